@@ -1,0 +1,1 @@
+"""Inference core: CXR preprocessing, MONAI bundles, the batched inference engine, phantoms, training."""
