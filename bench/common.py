@@ -1,0 +1,267 @@
+"""Shared helpers of the pipeline benchmarks: hardware description, phantoms, parallel dcmtk pushes, RSS.
+
+Every benchmark script imports this module; nothing here starts a server by itself.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # runnable from a plain checkout
+    sys.path.insert(0, str(REPO))
+
+#: dcmtk storescu option proposing a transfer syntax (plus the uncompressed ones).
+STORESCU_TS_OPTION = {
+    "1.2.840.10008.1.2.4.50": "-xy",
+    "1.2.840.10008.1.2.1": "-xe",
+    "1.2.840.10008.1.2": "-xi",
+}
+
+
+def cpu_model() -> str:
+    """CPU model name from /proc/cpuinfo (or platform's guess)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def hardware() -> dict[str, Any]:
+    """CPU model, logical core count, 1-min load average and (if present) the GPU name."""
+    info: dict[str, Any] = {"cpu": cpu_model(), "cores": os.cpu_count(), "load_1m": os.getloadavg()[0]}
+    try:
+        import torch
+
+        info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+        info["torch"] = torch.__version__
+    except Exception:  # torch absent: ingest benchmarks do not need it
+        info["gpu"] = None
+    return info
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 60.0, proc: subprocess.Popen | None = None) -> None:
+    """Wait (bounded) until something listens on 127.0.0.1:``port``; raise if ``proc`` dies."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process {proc.args!r} exited with {proc.returncode} before listening")
+        with socket.socket() as s:
+            s.settimeout(0.5)
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+def stop_process(proc: subprocess.Popen | None, timeout: float = 20.0) -> None:
+    """SIGTERM, bounded wait, then SIGKILL."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def median(values: Sequence[float]) -> float:
+    """Median of a non-empty sequence (ValueError naming it otherwise)."""
+    if not values:
+        raise ValueError(f"median of an empty sequence: {values!r}")
+    return float(statistics.median(values))
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile ``q`` in [0, 100]."""
+    if not values or not 0 <= q <= 100:
+        raise ValueError(f"percentile needs values and q in [0, 100], got {len(values)} values, q={q!r}")
+    import numpy as np
+
+    return float(np.percentile(np.asarray(values, dtype=float), q))
+
+
+# ------------------------------------------------------------------------------------- phantoms
+def rsna_phantoms(out: Path, n: int, *, seed: int = 1, size: int = 1024) -> list[Path]:
+    """``n`` RSNA-style Secondary Capture phantoms (JPEG baseline 8-bit), cached in ``out``."""
+    from models.synth import write_rsna_dataset
+
+    folder = out / f"rsna-{size}-{seed}-{n}"
+    images = folder / "stage_2_train_images"
+    files = sorted(images.glob("*.dcm")) if images.is_dir() else []
+    if len(files) != n:
+        shutil.rmtree(folder, ignore_errors=True)
+        write_rsna_dataset(folder, n=n, seed=seed, size=size)
+        files = sorted(images.glob("*.dcm"))
+    if len(files) != n:
+        raise RuntimeError(f"expected {n} phantoms in {images}, found {len(files)}")
+    return files
+
+
+def dx_phantoms(out: Path, n: int, *, seed: int = 1, rows: int = 2500, columns: int = 2048) -> list[Path]:
+    """``n`` 16-bit uncompressed DX phantoms with distinct SOP Instance UIDs, cached in ``out``."""
+    from models.synth import write_dx_phantom
+
+    folder = out / f"dx-{rows}x{columns}-{seed}"
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for i in range(n):
+        p = folder / f"dx{i:04d}.dcm"
+        if not p.exists():
+            write_dx_phantom(p, rows=rows, columns=columns, bits=16, seed=seed * 100003 + i)
+        files.append(p)
+    return files
+
+
+def transfer_syntax(path: Path) -> str:
+    """Transfer Syntax UID of a Part-10 file."""
+    import pydicom
+
+    return str(pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID)
+
+
+# ------------------------------------------------------------------------------------- pushing
+@dataclass
+class PushResult:
+    """Outcome of pushing files over ``k`` parallel storescu associations."""
+
+    seconds: float
+    files: int
+    bytes: int
+    failures: int
+    returncodes: list[int] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+
+    @property
+    def instances_per_s(self) -> float:
+        return self.files / self.seconds
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.bytes / self.seconds / 1e6
+
+
+def storescu_cmd(port: int, files: Sequence[Path], *, calling: str, called: str, ts_option: str) -> list[str]:
+    """dcmtk storescu command line sending ``files`` over one association."""
+    return ["storescu", ts_option, "-aet", calling, "-aec", called, "-to", "30", "-ta", "30", "-td", "120",
+            "127.0.0.1", str(port), *map(str, files)]  # fmt: skip
+
+
+#: dcmtk leaves Nagle's algorithm on unless ``TCP_NODELAY`` is set in its environment; with it on,
+#: every C-STORE waits for the peer's delayed ACK (~40 ms), capping one association at ~20
+#: instances/s whatever the receiver does. Every dcmtk process of the benchmarks gets this.
+DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
+
+
+def push_parallel(
+    files: Sequence[Path], port: int, k: int, *, calling: str = "BENCHSCU", called: str = "AINODE",
+    timeout: float = 600.0, nodelay: bool = True,
+) -> PushResult:  # fmt: skip
+    """Send ``files`` split round-robin over ``k`` simultaneous storescu processes (one association each)."""
+    if k < 1 or not files:
+        raise ValueError(f"need k >= 1 and files, got k={k!r}, {len(files)} files")
+    option = STORESCU_TS_OPTION.get(transfer_syntax(files[0]), "-xe")
+    chunks = [list(files[i::k]) for i in range(k)]
+    chunks = [c for c in chunks if c]
+    size = sum(p.stat().st_size for p in files)
+    t0 = time.perf_counter()
+    procs = [
+        subprocess.Popen(
+            storescu_cmd(port, c, calling=calling, called=called, ts_option=option),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=DCMTK_ENV if nodelay else None,
+        )  # fmt: skip
+        for c in chunks
+    ]
+    outputs = []
+    for p in procs:
+        try:
+            out, _ = p.communicate(timeout=max(1.0, timeout - (time.perf_counter() - t0)))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            out, _ = p.communicate()
+        outputs.append(out)
+    seconds = time.perf_counter() - t0
+    failures = sum(len(re.findall(r"(?i)\b(?:E|F):", o)) for o in outputs)
+    return PushResult(seconds, len(files), size, failures, [p.returncode for p in procs], outputs)
+
+
+# ------------------------------------------------------------------------------------- memory
+def rss_bytes(pid: int) -> int:
+    """Current resident set size of ``pid`` (VmRSS)."""
+    return _status_kb(pid, "VmRSS") * 1024
+
+
+def peak_rss_bytes(pid: int) -> int:
+    """Peak resident set size of ``pid`` so far (VmHWM)."""
+    return _status_kb(pid, "VmHWM") * 1024
+
+
+def _status_kb(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(f"{key} not in /proc/{pid}/status")
+
+
+class Sampler:
+    """Calls ``fn`` every ``interval`` s in a thread and keeps the maximum (e.g. GPU memory)."""
+
+    def __init__(self, fn: Callable[[], float], interval: float = 0.2) -> None:
+        self.fn, self.interval, self.peak = fn, interval, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.peak = max(self.peak, float(self.fn()))
+            except Exception:
+                pass
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def gpu_memory_used_mb() -> float | None:
+    """Used memory of GPU 0 from nvidia-smi (whole device), or None without one."""
+    if shutil.which("nvidia-smi") is None:
+        return None
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10).stdout  # fmt: skip
+        return float(out.split()[0])
+    except Exception:
+        return None

@@ -1,0 +1,265 @@
+"""End-to-end benchmark: RSNA-style CXRs pushed into the node until the last SR + SC is stored in a real Orthanc.
+
+One Orthanc (Debian's binary, loopback, temporary storage, auto-forward off) receives the
+results; for every configuration a fresh ``cxr-node serve`` subprocess (H6's ``NodeProcess``,
+JSON logs) is started, ``N`` phantoms are pushed with ``k`` parallel dcmtk storescu
+associations, and the clock stops when Orthanc holds the 2·N result instances (one SR and
+one SC per image). Reported per configuration (median of ``--repeats`` runs):
+
+* images/s from the first C-STORE to the last result stored in Orthanc;
+* p50/p95/p99 latency per instance: journal ``received_at`` (the row is committed just before
+  the C-STORE success response) to the node's ``job_delivered`` log event (Orthanc answered
+  success for both SR and SC), i.e. the ``ms`` field of that event;
+* peak RSS of the node process (``VmHWM``) and peak GPU memory (nvidia-smi, whole device;
+  n/a on CPU);
+* the models' own throughput *inside the node during the run*: images / (sum of the engine's
+  per-batch classify + detect time, from its DEBUG "batch done" log lines), and the ratio
+  end-to-end / that (= the fraction of the run the models were busy) - robust to host load;
+* model-only throughput of both bundles chained (1 / (1/cls + 1/det)) at the same batch size
+  and device, measured in this process with ``bench/model_throughput.time_model`` right after
+  each end-to-end run (same host load); the ratio is the median of the per-run ratios.
+
+    python bench/end_to_end.py --n 64 --senders 1 2 4 --batch-sizes 1 4 16 32 --repeats 3 --device cpu
+
+``--device cuda`` runs the same measurement on a GPU box.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from common import (  # noqa: E402
+    REPO,
+    Sampler,
+    free_port,
+    gpu_memory_used_mb,
+    hardware,
+    median,
+    peak_rss_bytes,
+    percentile,
+    push_parallel,
+    rsna_phantoms,
+)
+
+sys.path.insert(0, str(REPO / "tests" / "integration"))
+from integration_helpers import NodeProcess  # noqa: E402
+
+from dicom_node.orthanc.local import PUSHER_AET, LocalOrthanc, wait_until  # noqa: E402
+
+#: before/after variants: extra environment of the node subprocess (see bench/ab_patches/sitecustomize.py)
+VARIANTS: dict[str, dict[str, str]] = {
+    "current": {},
+    "torch-1-thread": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
+    "before-refill-fix": {
+        "CXR_BENCH_PATCH": "old_worker",
+        "PYTHONPATH": f"{HERE / 'ab_patches'}:{REPO}",
+    },  # fmt: skip
+}
+
+
+def orthanc_count(orthanc: LocalOrthanc) -> int:
+    """Number of instances Orthanc stores."""
+    return int(orthanc.get("/statistics")["CountInstances"])
+
+
+def wipe(orthanc: LocalOrthanc) -> None:
+    """Delete everything in Orthanc: result UIDs are deterministic, so a repeated run over the
+    same phantoms would only overwrite the previous run's instances (the count would not grow)."""
+    for pid in orthanc.get("/patients"):
+        orthanc.request("DELETE", f"/patients/{pid}").raise_for_status()
+    if orthanc_count(orthanc):
+        raise RuntimeError(f"Orthanc still holds {orthanc_count(orthanc)} instances after the wipe")
+
+
+def one_run(orthanc: LocalOrthanc, files: Sequence[Path], *, senders: int, batch: int, device: str,
+            workdir: Path, timeout: float, extra_env: dict[str, str]) -> dict[str, Any]:  # fmt: skip
+    """Start a node, push ``files`` over ``senders`` associations, wait for 2·N results in Orthanc."""
+    node = NodeProcess(workdir=workdir, port=free_port(), orthanc_dicom_port=orthanc.dicom_port,
+                       env_overrides={"CXR_NODE_BATCH_SIZE": str(batch), "CXR_NODE_DEVICE": device, "CXR_NODE_HTTP_PORT": "0",
+                                      "CXR_NODE_LOG_LEVEL": "DEBUG",
+                                      "CXR_NODE_DECODE_WORKERS": "2", **extra_env})  # fmt: skip
+    wipe(orthanc)
+    base = 0
+    want = 2 * len(files)
+    node.start(timeout=300)
+    try:
+        assert node.proc is not None
+        pid = node.proc.pid
+        with Sampler(lambda: gpu_memory_used_mb() or 0.0, 0.5) as gpu:
+            t0 = time.perf_counter()
+            push = push_parallel(files, node.port, senders, calling=PUSHER_AET, called="AINODE")
+            t_pushed = time.perf_counter() - t0
+            if push.failures or any(push.returncodes):
+                raise RuntimeError(f"push failed: rc {push.returncodes}: {push.outputs[0][-1500:]!r}")
+            wait_until(lambda: orthanc_count(orthanc) >= want, timeout, interval=0.1,
+                       what=f"{want - base} results in Orthanc")  # fmt: skip
+            seconds = time.perf_counter() - t0
+        rss = peak_rss_bytes(pid)
+        # the job_delivered line is written right after the last outbox row is marked delivered
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            lat = [float(r["ms"]) for r in node.log_records() if r.get("event") == "job_delivered"]
+            if len(lat) >= len(files):
+                break
+            time.sleep(0.2)
+        got = orthanc_count(orthanc) - base
+        # time the models actually ran inside the node (engine's DEBUG "batch done" lines)
+        batches = [r for r in node.log_records() if r.get("msg") == "batch done" and "classify_ms" in r]
+        model_busy_s = sum(float(r["classify_ms"]) + float(r["detect_ms"]) for r in batches) / 1000.0
+        batched = sum(int(r["batch_size"]) for r in batches)
+    finally:
+        node.stop()
+    if len(lat) != len(files) or got != 2 * len(files):
+        raise RuntimeError(f"{len(lat)} job_delivered lines and {got} results for {len(files)} images")
+    return {
+        "seconds": seconds,
+        "push_seconds": t_pushed,
+        "images_s": len(files) / seconds,
+        "p50_ms": percentile(lat, 50),
+        "p95_ms": percentile(lat, 95),
+        "p99_ms": percentile(lat, 99),
+        "peak_rss_mb": rss / 2**20,
+        "peak_gpu_mb": gpu.peak if gpu_memory_used_mb() is not None else None,
+        "in_node_model_images_s": batched / model_busy_s if model_busy_s else None,
+        "model_busy_fraction": model_busy_s / seconds,
+        "mean_batch": batched / len(batches) if batches else None,
+    }
+
+
+class ModelOnly:
+    """Model-only throughput of both bundles chained (H3b's ``time_model``), measured right after
+    each end-to-end run so that both see the same host load (the VM is shared)."""
+
+    def __init__(self, device: str, images: int) -> None:
+        import torch
+
+        from models.bundle_loader import load_bundle
+        from models.engine import DEFAULT_CLASSIFICATION_BUNDLE, DEFAULT_DETECTION_BUNDLE, resolve_device
+
+        self.device = resolve_device(device)
+        if self.device.type == "cpu":
+            torch.set_num_threads(2)  # what the node gets (OMP_NUM_THREADS=2)
+        self.images = images
+        self.cls = load_bundle(REPO / "monai_bundles" / DEFAULT_CLASSIFICATION_BUNDLE, device=self.device)
+        self.det = load_bundle(REPO / "monai_bundles" / DEFAULT_DETECTION_BUNDLE, device=self.device)
+
+    def images_per_s(self, batch: int) -> dict[str, float]:
+        """Classifier, detector and both chained (1 / (1/c + 1/d)) at ``batch``, ~``images`` images each."""
+        from model_throughput import time_model
+
+        iters = max(1, -(-self.images // batch))
+        c = time_model(self.cls, batch, iterations=iters, warmup=1, device=self.device)["images_per_s"]
+        d = time_model(self.det, batch, iterations=iters, warmup=1, device=self.device)["images_per_s"]
+        return {"classifier": c, "detector": d, "both": 1.0 / (1.0 / c + 1.0 / d)}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    scratch: Path = args.scratch
+    files = rsna_phantoms(scratch / "phantoms", args.n, seed=21, size=args.size)
+    configs = [(s, args.default_batch) for s in args.senders]
+    configs += [
+        (args.default_senders, b) for b in args.batch_sizes if (args.default_senders, b) not in configs
+    ]
+    work = Path(tempfile.mkdtemp(prefix="e2e-", dir=scratch))
+    orthanc = LocalOrthanc(workdir=work / "orthanc", http_port=free_port(), dicom_port=free_port(),
+                           node_port=free_port(), auto_forward=False)  # fmt: skip
+    rows = []
+    models = ModelOnly(args.device, args.model_images)
+    extra = dict(kv.split("=", 1) for kv in args.env)
+    try:
+        orthanc.start()
+        for senders, batch in configs:
+            runs: dict[str, list[dict[str, Any]]] = {v: [] for v in args.variants}
+            for rep in range(args.repeats):
+                for variant in args.variants:  # interleaved: host load hits every variant alike
+                    runs[variant].append(one_run(
+                        orthanc, files, senders=senders, batch=batch, device=args.device,
+                        workdir=work / f"node-{variant}-{senders}-{batch}-{rep}", timeout=args.timeout,
+                        extra_env={**extra, **VARIANTS[variant]}))  # fmt: skip
+                    mo = models.images_per_s(batch)
+                    runs[variant][-1]["model_only_images_s"] = mo["both"]
+                    runs[variant][-1]["ratio"] = runs[variant][-1]["images_s"] / mo["both"]
+                    print(f"{variant} senders={senders} batch={batch} rep={rep}: {runs[variant][-1]}",
+                          file=sys.stderr, flush=True)  # fmt: skip
+            for variant, vruns in runs.items():
+                row = {"variant": variant, "senders": senders, "batch": batch,
+                       "runs_images_s": [round(r["images_s"], 2) for r in vruns]}  # fmt: skip
+                for key in vruns[0]:
+                    vals = [r[key] for r in vruns if r[key] is not None]
+                    row[key] = median(vals) if vals else None
+                rows.append(row)
+    finally:
+        orthanc.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    return {"hardware": hardware(), "n": args.n, "size": args.size, "device": args.device,
+            "repeats": args.repeats, "env": extra, "rows": rows}  # fmt: skip
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    hw = report["hardware"]
+    lines = [
+        f"Hardware: {hw['cpu']}, {hw['cores']} logical cores (shared), GPU: {hw.get('gpu') or 'none'}; "
+        f"device {report['device']}; N = {report['n']} RSNA-style {report['size']}² JPEG SC per run; "
+        f"median of {report['repeats']} runs; extra env {report['env'] or '-'}.",
+        "",
+        "| variant | senders | batch | images/s (runs) | p50 / p95 / p99 latency (s) | peak RSS (MiB) "
+        "| peak GPU (MiB) | mean batch | models in the node: images/s | e2e / in-node model-only "
+        "| separate model-only images/s | e2e / separate model-only |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in report["rows"]:
+        gpu = f"{r['peak_gpu_mb']:.0f}" if r.get("peak_gpu_mb") else "n/a"
+        inn = r.get("in_node_model_images_s")
+        lines.append(
+            f"| {r['variant']} | {r['senders']} | {r['batch']} "
+            f"| {r['images_s']:.2f} ({', '.join(map(str, r['runs_images_s']))}) "
+            f"| {r['p50_ms'] / 1000:.1f} / {r['p95_ms'] / 1000:.1f} / {r['p99_ms'] / 1000:.1f} "
+            f"| {r['peak_rss_mb']:.0f} | {gpu} | {r.get('mean_batch') or 0:.1f} | {inn or 0:.1f} "
+            f"| {100 * r['model_busy_fraction']:.0f}% | {r['model_only_images_s']:.1f} | {100 * r['ratio']:.0f}% |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=64, help="images per run")
+    p.add_argument("--size", type=int, default=1024, help="phantom size (RSNA: 1024)")
+    p.add_argument("--senders", type=int, nargs="+", default=[1, 2, 4])
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 16, 32])
+    p.add_argument("--default-batch", type=int, default=8, help="batch size of the senders sweep")
+    p.add_argument("--default-senders", type=int, default=2, help="senders of the batch-size sweep")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--device", default="cpu", help="cpu | cuda")
+    p.add_argument("--model-images", type=int, default=16, help="images per model-only measurement")
+    p.add_argument("--timeout", type=float, default=900.0, help="per run, seconds")
+    p.add_argument("--env", nargs="*", default=[], help="extra CXR_NODE_*=value for the node")
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        default=["current"],
+        choices=sorted(VARIANTS),
+        help="code variants run side by side (interleaved) for before/after comparisons",
+    )
+    p.add_argument("--scratch", type=Path, default=Path(tempfile.gettempdir()) / "cxr-bench")
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args(argv)
+    args.scratch.mkdir(parents=True, exist_ok=True)
+    report = run(args)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    print(to_markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""The node's SCP with analysis paused: receive + persist (spool file + journal row) only.
+
+Builds the same ``Spool``, ``Journal`` and ``Receiver`` as ``NodeService`` but starts neither the
+analysis worker nor the deliverer, so received jobs stay in state ``received``. Used by
+``bench/ingest.py`` (as a subprocess, like the real node) and by the reliability tests.
+
+    python bench/receive_only.py --spool DIR --port 11112 [--max-associations 10] [--reserve-mb 0]
+
+Prints ``LISTENING <port>`` on stdout once the SCP listens; stops on SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from dicom_node.journal import Journal  # noqa: E402
+from dicom_node.logging_setup import configure_logging  # noqa: E402
+from dicom_node.receive import Receiver  # noqa: E402
+from dicom_node.settings import NodeSettings  # noqa: E402
+from dicom_node.spool import Spool  # noqa: E402
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--spool", type=Path, required=True)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--ae-title", default="AINODE")
+    parser.add_argument("--max-associations", type=int, default=10)
+    parser.add_argument("--reserve-mb", type=float, default=0.0)
+    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-format", default="json")
+    parser.add_argument(
+        "--max-pdu",
+        type=int,
+        default=None,
+        help="override the SCP's maximum PDU receive size (default: receive.py's)",
+    )
+    parser.add_argument(
+        "--unsafe-no-fsync",
+        action="store_true",
+        help="DIAGNOSTIC ONLY: make os.fsync a no-op (measures what durability costs)",
+    )
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level, args.log_format)
+    if args.unsafe_no_fsync:
+        import os
+
+        os.fsync = lambda fd: None  # type: ignore[assignment]  # SQLite's own fsync is untouched
+
+    settings = NodeSettings(
+        port=args.port,
+        ae_title=args.ae_title,
+        spool_dir=args.spool,
+        max_associations=args.max_associations,
+        disk_reserve_mb=args.reserve_mb,
+        destinations=[],
+    )
+    spool = Spool(settings.spool_dir, reserve_bytes=int(settings.disk_reserve_mb * 1024 * 1024))
+    journal = Journal(settings.journal_path)
+    receiver = Receiver(settings, spool, journal)
+    if args.max_pdu is not None:
+        receiver.ae.maximum_pdu_size = args.max_pdu
+    port = receiver.start()
+    print(f"LISTENING {port}", flush=True)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(1.0):
+        pass
+    receiver.stop(10)
+    journal.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

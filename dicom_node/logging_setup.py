@@ -1,0 +1,122 @@
+"""Structured logging for the node: text or JSON lines, never patient name or ID.
+
+Log records carry their structured fields through ``extra={...}`` (``event``,
+``sop_instance_uid``, ``sop_class_uid``, ``calling_aet``, ``ms``, ...). The formatters
+append every such field to the line. A filter drops any field whose name looks like a
+patient identifier, and pynetdicom's logger (which dumps datasets at DEBUG) is kept at
+WARNING unless asked otherwise.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import sys
+from typing import Any, TextIO
+
+#: Attributes every LogRecord has; anything else came from ``extra=``.
+_STANDARD_ATTRS = frozenset(
+    vars(logging.LogRecord("x", logging.INFO, "x", 0, "x", None, None)).keys()
+    | {"message", "asctime", "taskName"}
+)
+#: Structured fields that must never reach a log line.
+FORBIDDEN_FIELDS = frozenset({"patient_name", "patientname", "patient_id", "patientid", "patient_birth_date"})
+_HANDLER_MARK = "_cxr_node_handler"
+
+
+def _extra_fields(record: logging.LogRecord) -> dict[str, Any]:
+    return {
+        k: v
+        for k, v in vars(record).items()
+        if k not in _STANDARD_ATTRS and not k.startswith("_") and k.lower() not in FORBIDDEN_FIELDS
+    }
+
+
+def _jsonable(value: Any, key: str = "") -> Any:
+    if isinstance(value, float) and (key == "ms" or key.endswith("_ms")):
+        return round(value, 2)
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return str(value)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, msg, plus the ``extra`` fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": _dt.datetime.fromtimestamp(record.created, tz=_dt.timezone.utc).isoformat(
+                timespec="milliseconds"
+            ),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for k, v in _extra_fields(record).items():
+            out.setdefault(k, _jsonable(v, k))
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False)
+
+
+class TextFormatter(logging.Formatter):
+    """``2026-01-01T00:00:00.000Z INFO logger: message key=value ...``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        ts = _dt.datetime.fromtimestamp(record.created, tz=_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[
+            :-3
+        ]
+        fields = " ".join(f"{k}={_text_value(v)}" for k, v in _extra_fields(record).items())
+        line = f"{ts}Z {record.levelname} {record.name}: {record.getMessage()}"
+        if fields:
+            line += " " + fields
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def _text_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.1f}"
+    text = str(value)
+    return json.dumps(text) if (" " in text or not text) else text
+
+
+def make_formatter(fmt: str) -> logging.Formatter:
+    """``TextFormatter`` for "text", ``JsonFormatter`` for "json"; ``ValueError`` otherwise."""
+    if fmt == "json":
+        return JsonFormatter()
+    if fmt == "text":
+        return TextFormatter()
+    raise ValueError(f"log format must be 'text' or 'json', got {fmt!r}")
+
+
+def configure_logging(
+    level: str = "INFO",
+    fmt: str = "text",
+    *,
+    stream: TextIO | None = None,
+    pynetdicom_level: str = "WARNING",
+) -> logging.Handler:
+    """Install one handler on the root logger (replacing a previous one of ours) and return it."""
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(make_formatter(fmt))
+    setattr(handler, _HANDLER_MARK, True)
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        if getattr(old, _HANDLER_MARK, False):
+            root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    quiet_pynetdicom(pynetdicom_level)
+    return handler
+
+
+def quiet_pynetdicom(level: str = "WARNING") -> None:
+    """Keep pynetdicom's logger (DEBUG dumps dataset contents, incl. patient data) at ``level``."""
+    logging.getLogger("pynetdicom").setLevel(level.upper())

@@ -1,0 +1,274 @@
+"""Which Orthanc instances the routing plug-in forwards to the AI node (pure Python, stdlib only).
+
+This module runs inside Orthanc's embedded interpreter (the system Python that the
+``orthanc-python`` plug-in links against), so it must not import anything outside the
+standard library. It is also imported by the unit tests as
+``dicom_node.orthanc_plugin.routing_rules``.
+
+The plug-in reads its settings from the ``"CxrAiNode"`` section of the Orthanc
+configuration; :func:`PluginConfig.from_orthanc_configuration` validates that section.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Name of the Orthanc configuration section read by the plug-in.
+CONFIG_SECTION = "CxrAiNode"
+#: Name of the Orthanc user metadata that marks an instance as delivered to the node.
+FORWARDED_METADATA = "CxrAiForwarded"
+#: Manufacturer written by the node into its own SR / SC (loop guard).
+NODE_MANUFACTURER = "cxr-ai-node"
+#: Modalities that are never forwarded, whatever the configuration says (results, not images).
+NEVER_FORWARDED_MODALITIES = frozenset({"SR", "KO", "PR", "SEG", "RTSTRUCT", "DOC"})
+
+_CODE_RE = re.compile(r"^[A-Z0-9 _]{0,16}$")
+
+
+def _norm(value: Any) -> str:
+    """A DICOM code string from Orthanc's simplified tags, stripped and upper-cased ('' if absent)."""
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)):  # multi-valued tags come back as lists in some Orthanc answers
+        value = value[0] if value else ""
+    if not isinstance(value, str):
+        return ""
+    return value.strip().upper()
+
+
+def _code_set(name: str, value: Any, *, allow_empty_code: bool) -> frozenset[str]:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"{CONFIG_SECTION}.{name} must be a list of strings, got {value!r}")
+    codes = frozenset(v.strip().upper() for v in value)
+    for code in codes:
+        if not _CODE_RE.match(code):
+            raise ValueError(f"{CONFIG_SECTION}.{name} has an invalid DICOM code string {code!r}")
+        if code == "" and not allow_empty_code:
+            raise ValueError(f"{CONFIG_SECTION}.{name} may not contain the empty string, got {value!r}")
+    return codes
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Whether one instance is forwarded, and why (the reason is safe to log: no patient data)."""
+
+    forward: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class RoutingRules:
+    """The CXR filter: modality, body part and view position, plus the loop guard.
+
+    An instance is forwarded when
+
+    * its Manufacturer is not one of ``excluded_manufacturers`` (the node's own SR/SC) and its
+      Modality is not a result modality (SR, KO, PR, SEG, ...), and
+    * its Modality is in ``modalities`` and its BodyPartExamined in ``body_parts`` (``""`` = absent), or
+      its Modality is ``OT``/``SC``-like in ``secondary_capture_modalities`` and its BodyPartExamined is
+      in ``secondary_capture_body_parts`` (never empty: a Secondary Capture must say it is a chest), and
+    * its ViewPosition is in ``view_positions`` (``""`` = absent; frontal AP/PA by default).
+    """
+
+    modalities: frozenset[str] = frozenset({"CR", "DX"})
+    body_parts: frozenset[str] = frozenset({"CHEST", ""})
+    secondary_capture_modalities: frozenset[str] = frozenset({"SC", "OT"})
+    secondary_capture_body_parts: frozenset[str] = frozenset({"CHEST"})
+    view_positions: frozenset[str] = frozenset({"AP", "PA", ""})
+    excluded_manufacturers: frozenset[str] = frozenset({NODE_MANUFACTURER.upper()})
+
+    def __post_init__(self) -> None:
+        for name in ("modalities", "secondary_capture_modalities"):
+            bad = getattr(self, name) & NEVER_FORWARDED_MODALITIES
+            if bad:
+                raise ValueError(f"{CONFIG_SECTION}: modalities {sorted(bad)} can never be forwarded ({name})")
+            if "" in getattr(self, name):
+                raise ValueError(f"{CONFIG_SECTION}: {name} may not contain the empty string")
+        if "" in self.secondary_capture_body_parts:
+            raise ValueError(f"{CONFIG_SECTION}: secondary_capture_body_parts may not contain the empty string")
+        if NODE_MANUFACTURER.upper() not in self.excluded_manufacturers:
+            raise ValueError(
+                f"{CONFIG_SECTION}.ExcludedManufacturers must contain {NODE_MANUFACTURER!r} (loop guard), "
+                f"got {sorted(self.excluded_manufacturers)!r}"
+            )
+
+    def decide(self, tags: Mapping[str, Any]) -> Decision:
+        """Decide for one instance from its Orthanc ``simplified-tags`` (keyword → value)."""
+        manufacturer = _norm(tags.get("Manufacturer"))
+        modality = _norm(tags.get("Modality"))
+        body_part = _norm(tags.get("BodyPartExamined"))
+        view = _norm(tags.get("ViewPosition"))
+        if manufacturer in self.excluded_manufacturers:
+            return Decision(False, f"manufacturer {manufacturer!r} is excluded (node output)")
+        if modality in NEVER_FORWARDED_MODALITIES:
+            return Decision(False, f"modality {modality!r} is a result, not an image")
+        if modality in self.modalities:
+            if body_part not in self.body_parts:
+                return Decision(False, f"body part {body_part!r} is not a chest")
+        elif modality in self.secondary_capture_modalities:
+            if body_part not in self.secondary_capture_body_parts:
+                return Decision(False, f"secondary capture with body part {body_part!r} is not a chest")
+        else:
+            return Decision(False, f"modality {modality!r} is not a chest radiograph modality")
+        if view not in self.view_positions:
+            return Decision(False, f"view position {view!r} is not frontal")
+        return Decision(True, f"{modality} {body_part or '-'} {view or '-'}")
+
+
+@dataclass(frozen=True)
+class PluginConfig:
+    """The validated ``"CxrAiNode"`` section of the Orthanc configuration."""
+
+    #: Symbolic name of the node in Orthanc's ``DicomModalities``.
+    node_modality: str = "cxr-node"
+    #: Forward every stable study automatically (else only on ``POST /cxr-ai/studies/{id}/analyze``).
+    auto_forward: bool = True
+    #: Orthanc job priority of the C-STORE jobs.
+    job_priority: int = 0
+    #: How often a failed C-STORE job to the node is retried (node down), and the delay between tries.
+    max_retries: int = 5
+    retry_delay_s: float = 10.0
+    #: How often the worker checks its pending jobs.
+    poll_interval_s: float = 1.0
+    #: Log every skipped instance at warning level (else at info level).
+    verbose: bool = False
+    rules: RoutingRules = field(default_factory=RoutingRules)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.node_modality, str) or not self.node_modality.strip():
+            raise ValueError(f"{CONFIG_SECTION}.NodeModality must be a non-empty string, got {self.node_modality!r}")
+        if not isinstance(self.auto_forward, bool):
+            raise ValueError(f"{CONFIG_SECTION}.AutoForward must be true or false, got {self.auto_forward!r}")
+        if not isinstance(self.verbose, bool):
+            raise ValueError(f"{CONFIG_SECTION}.Verbose must be true or false, got {self.verbose!r}")
+        if not isinstance(self.job_priority, int) or isinstance(self.job_priority, bool):
+            raise ValueError(f"{CONFIG_SECTION}.JobPriority must be an integer, got {self.job_priority!r}")
+        if not isinstance(self.max_retries, int) or isinstance(self.max_retries, bool) or self.max_retries < 0:
+            raise ValueError(f"{CONFIG_SECTION}.MaxRetries must be an integer >= 0, got {self.max_retries!r}")
+        for name, value in (("RetryDelaySeconds", self.retry_delay_s), ("PollIntervalSeconds", self.poll_interval_s)):
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value <= 3600:
+                raise ValueError(f"{CONFIG_SECTION}.{name} must be a number in (0, 3600], got {value!r}")
+
+    @classmethod
+    def from_section(cls, section: Mapping[str, Any] | None) -> PluginConfig:
+        """Build from the ``"CxrAiNode"`` section (missing keys take the defaults; unknown keys are errors)."""
+        section = dict(section or {})
+        known = {
+            "NodeModality", "AutoForward", "JobPriority", "MaxRetries", "RetryDelaySeconds",
+            "PollIntervalSeconds", "Verbose", "Modalities", "BodyParts", "SecondaryCaptureModalities",
+            "SecondaryCaptureBodyParts", "ViewPositions", "ExcludedManufacturers",
+        }  # fmt: skip
+        unknown = sorted(set(section) - known)
+        if unknown:
+            raise ValueError(f"unknown keys in the {CONFIG_SECTION} configuration section: {unknown}")
+        d = RoutingRules()
+        rules = RoutingRules(
+            modalities=_code_set("Modalities", section.get("Modalities", sorted(d.modalities)), allow_empty_code=False),
+            body_parts=_code_set("BodyParts", section.get("BodyParts", sorted(d.body_parts)), allow_empty_code=True),
+            secondary_capture_modalities=_code_set(
+                "SecondaryCaptureModalities",
+                section.get("SecondaryCaptureModalities", sorted(d.secondary_capture_modalities)),
+                allow_empty_code=False,
+            ),
+            secondary_capture_body_parts=_code_set(
+                "SecondaryCaptureBodyParts",
+                section.get("SecondaryCaptureBodyParts", sorted(d.secondary_capture_body_parts)),
+                allow_empty_code=False,
+            ),
+            view_positions=_code_set(
+                "ViewPositions", section.get("ViewPositions", sorted(d.view_positions)), allow_empty_code=True
+            ),
+            excluded_manufacturers=frozenset(
+                _code_set_any("ExcludedManufacturers", section.get("ExcludedManufacturers", [NODE_MANUFACTURER]))
+            ),
+        )
+        defaults = cls()
+        return cls(
+            node_modality=section.get("NodeModality", defaults.node_modality),
+            auto_forward=section.get("AutoForward", defaults.auto_forward),
+            job_priority=section.get("JobPriority", defaults.job_priority),
+            max_retries=section.get("MaxRetries", defaults.max_retries),
+            retry_delay_s=section.get("RetryDelaySeconds", defaults.retry_delay_s),
+            poll_interval_s=section.get("PollIntervalSeconds", defaults.poll_interval_s),
+            verbose=section.get("Verbose", defaults.verbose),
+            rules=rules,
+        )
+
+    @classmethod
+    def from_orthanc_configuration(cls, configuration: Mapping[str, Any]) -> PluginConfig:
+        """Build from the whole Orthanc configuration (``json.loads(orthanc.GetConfiguration())``).
+
+        Also checks that the node is declared in ``DicomModalities`` (else nothing could be sent).
+        """
+        cfg = cls.from_section(configuration.get(CONFIG_SECTION))
+        modalities = configuration.get("DicomModalities") or {}
+        if cfg.node_modality not in modalities:
+            raise ValueError(
+                f"{CONFIG_SECTION}.NodeModality {cfg.node_modality!r} is not declared in DicomModalities "
+                f"(declared: {sorted(modalities)})"
+            )
+        return cfg
+
+
+def _code_set_any(name: str, value: Any) -> frozenset[str]:
+    """Like :func:`_code_set` for free-text values (Manufacturer is LO, not CS)."""
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise ValueError(f"{CONFIG_SECTION}.{name} must be a list of non-empty strings, got {value!r}")
+    return frozenset(v.strip().upper() for v in value)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The instances of one study to forward, and the ones skipped with their reason."""
+
+    forward: tuple[str, ...]
+    skipped: tuple[tuple[str, str], ...]
+
+
+def select_instances(
+    instances: Iterable[tuple[str, Mapping[str, Any]]],
+    rules: RoutingRules,
+    *,
+    already_forwarded: Iterable[str] = (),
+) -> Selection:
+    """Apply ``rules`` to ``(orthanc instance id, simplified tags)`` pairs.
+
+    Instances in ``already_forwarded`` are skipped (reason ``"already forwarded"``); order is kept.
+    """
+    done = set(already_forwarded)
+    forward: list[str] = []
+    skipped: list[tuple[str, str]] = []
+    for instance_id, tags in instances:
+        if instance_id in done:
+            skipped.append((instance_id, "already forwarded"))
+            continue
+        decision = rules.decide(tags)
+        if decision.forward:
+            forward.append(instance_id)
+        else:
+            skipped.append((instance_id, decision.reason))
+    return Selection(tuple(forward), tuple(skipped))
+
+
+def store_request(instance_ids: Iterable[str], config: PluginConfig) -> dict[str, Any]:
+    """Body of ``POST /modalities/{node}/store`` for an asynchronous Orthanc job."""
+    ids = list(instance_ids)
+    if not ids:
+        raise ValueError("store_request needs at least one instance id")
+    return {"Resources": ids, "Synchronous": False, "Priority": config.job_priority}
+
+
+def analyze_route_study_id(uri: str) -> str | None:
+    """The Orthanc study id in ``/cxr-ai/studies/{id}/analyze`` (``None`` if ``uri`` is not that route)."""
+    m = ANALYZE_ROUTE_RE.match(uri)
+    return m.group(1) if m else None
+
+
+#: Orthanc REST route served by the plug-in (regular expression as given to ``RegisterRestCallback``).
+ANALYZE_ROUTE = "/cxr-ai/studies/([0-9a-f-]+)/analyze"
+ANALYZE_ROUTE_RE = re.compile("^" + ANALYZE_ROUTE + "$")
+#: Status route: configuration and counters of the plug-in.
+STATUS_ROUTE = "/cxr-ai/status"

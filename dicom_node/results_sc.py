@@ -1,0 +1,129 @@
+"""Secondary Capture overlay: the source CXR with the AI findings burned in (RGB, not for diagnosis)."""
+
+from __future__ import annotations
+
+import logging
+
+from highdicom.sc import SCImage
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
+
+from dicom_node import uids
+from dicom_node.overlay_render import MAX_SIDE, output_shape, render_overlay
+from dicom_node.results_common import (
+    MANUFACTURER,
+    SC_SERIES_DESCRIPTION,
+    SC_SERIES_NUMBER,
+    check_source_matches,
+    check_threshold,
+    copy_patient_study,
+    instance_number,
+    model_names,
+    models_label,
+    software_versions,
+)
+from models.dicom_image import SourceImage, load_source_image
+from models.findings import Findings
+
+logger = logging.getLogger(__name__)
+
+#: DCM 121322 "Source image for image processing operation" (CID 7202), purpose of the source reference.
+_SOURCE_PURPOSE = ("121322", "DCM", "Source image for image processing operation")
+
+
+def build_sc(
+    source: Dataset,
+    findings: Findings,
+    *,
+    threshold: float,
+    image: SourceImage | None = None,
+    max_side: int = MAX_SIDE,
+) -> SCImage:
+    """Build the Secondary Capture overlay for an analysed image.
+
+    ``image`` is the decoded, windowed source (``models.dicom_image.load_source_image(source)``
+    when not given). Raises ValueError for a not-analysed Findings (no overlay is made
+    for those) or findings that do not belong to ``source``; ``models.errors.ImageDecodeError``
+    if the source pixels cannot be decoded.
+    """
+    threshold = check_threshold(threshold)
+    check_source_matches(source, findings)
+    if not findings.analysed:
+        raise ValueError(f"no SC overlay for not-analysed SOP Instance {findings.sop_instance_uid}")
+    if image is None:
+        image = load_source_image(source)
+    if image.sop_instance_uid != findings.sop_instance_uid:
+        raise ValueError(
+            f"source image is SOP Instance {image.sop_instance_uid}, findings are for {findings.sop_instance_uid}"
+        )
+    models = findings.models
+    rgb = render_overlay(image.pixels, findings, threshold=threshold, models_label=models_label(models), max_side=max_side)
+    out_rows, out_cols, scale = output_shape(findings.rows, findings.columns, max_side)
+
+    orientation = source.get("PatientOrientation")
+    has_orientation = orientation is not None and not isinstance(orientation, str) and len(orientation) == 2
+    sc = SCImage(
+        pixel_array=rgb,
+        photometric_interpretation="RGB",
+        bits_allocated=8,
+        coordinate_system="PATIENT",
+        study_instance_uid=source.StudyInstanceUID,
+        series_instance_uid=uids.series_uid(source.StudyInstanceUID, models, uids.ResultKind.SC),
+        series_number=SC_SERIES_NUMBER,
+        sop_instance_uid=uids.instance_uid(findings.sop_instance_uid, models, uids.ResultKind.SC),
+        instance_number=instance_number(source),
+        manufacturer=MANUFACTURER,
+        # highdicom needs an orientation for PATIENT; replaced below by the source's (or empty)
+        patient_orientation=tuple(orientation) if has_orientation else ("L", "F"),
+        transfer_syntax_uid=ExplicitVRLittleEndian,
+        series_description=SC_SERIES_DESCRIPTION,
+        manufacturer_model_name=model_names(models),
+        software_versions=software_versions(models),
+    )
+    copy_patient_study(source, sc)
+    # Type 2: the source's value when it has a valid one, otherwise empty (never invented)
+    sc.PatientOrientation = [str(v) for v in orientation] if has_orientation else []
+    if source.get("Laterality"):
+        sc.Laterality = source.Laterality
+    if source.get("BodyPartExamined"):
+        sc.BodyPartExamined = source.BodyPartExamined
+    sc.ConversionType = "WSD"
+    sc.BurnedInAnnotation = "YES"
+    sc.RecognizableVisualFeatures = "NO"
+    sc.ImageType = ["DERIVED", "SECONDARY", "OTHER"]
+    sc.DerivationDescription = (
+        f"AI findings of {models_label(models)} burned into the windowed source image"
+        + (f", downscaled by {scale:.4f}" if scale < 1.0 else "")
+        + "; not for primary diagnosis"
+    )[:1024]
+    sc.ReferencedImageSequence = [_reference(source, with_purpose=False)]
+    sc.SourceImageSequence = [_reference(source, with_purpose=True)]
+    # once lossy, always flagged (PS3.3 C.7.6.1.1.5): a derived image inherits the source's history
+    if str(source.get("LossyImageCompression", "")) == "01":
+        sc.LossyImageCompression = "01"
+        for keyword in ("LossyImageCompressionRatio", "LossyImageCompressionMethod"):
+            if keyword in source:
+                sc[keyword] = source[keyword]
+    logger.info(
+        "built SC overlay",
+        extra={
+            "source_sop_instance_uid": findings.sop_instance_uid,
+            "sc_sop_instance_uid": str(sc.SOPInstanceUID),
+            "rows": out_rows,
+            "columns": out_cols,
+            "n_boxes": len(findings.boxes),
+        },
+    )
+    return sc
+
+
+def _reference(source: Dataset, *, with_purpose: bool) -> Dataset:
+    item = Dataset()
+    item.ReferencedSOPClassUID = source.SOPClassUID
+    item.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    if with_purpose:
+        code = Dataset()
+        code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = _SOURCE_PURPOSE
+        item.PurposeOfReferenceCodeSequence = [code]
+    return item
+

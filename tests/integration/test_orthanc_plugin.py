@@ -1,0 +1,160 @@
+"""The routing plug-in inside a real Orthanc, with dcmtk ``storescp`` standing in for the node."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pydicom
+import pytest
+from integration_helpers import StoreSCP, make_image, write
+
+from dicom_node.orthanc.local import LocalOrthanc, storescu, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def _received_uids(scp: StoreSCP) -> set[str]:
+    return {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in scp.received()}
+
+
+def _push(orthanc: LocalOrthanc, files: list[Path]) -> None:
+    res = storescu(files, orthanc.dicom_port)
+    assert res.returncode == 0, f"storescu failed: {res.stdout}\n{res.stderr}"
+
+
+def _wait_routed(orthanc: LocalOrthanc, studies: int, timeout: float = 30.0) -> dict:
+    """Wait until the plug-in has looked at ``studies`` stable studies and has no job pending."""
+
+    def done() -> dict | None:
+        st = orthanc.router_status()
+        ok = st["Counters"]["studies_seen"] >= studies and st["PendingJobs"] == 0 and st["PendingRetries"] == 0
+        return st if ok else None
+
+    return wait_until(done, timeout, what=f"the router to process {studies} stable studies")
+
+
+def test_stable_cxr_study_is_forwarded_but_ct_and_lateral_are_not(
+    orthanc: LocalOrthanc, fake_node: StoreSCP, tmp_path: Path
+) -> None:
+    study = pydicom.uid.generate_uid()
+    cr = write(make_image("CR", study_uid=study, seed=1), tmp_path / "cr.dcm")
+    dx_no_view = write(make_image("DX", study_uid=study, view_position=None, body_part=None, seed=2),
+                       tmp_path / "dx.dcm")  # fmt: skip
+    lateral = write(make_image("CR", study_uid=study, view_position="LL", seed=3), tmp_path / "lat.dcm")
+    ct_study = pydicom.uid.generate_uid()
+    ct = write(make_image("CT", study_uid=ct_study, body_part="CHEST", view_position=None, seed=4),
+               tmp_path / "ct.dcm")  # fmt: skip
+    _push(orthanc, [cr, dx_no_view, lateral, ct])
+
+    st = _wait_routed(orthanc, studies=2)
+    wait_until(lambda: len(fake_node.received()) >= 2, 20, what="two instances at the fake node")
+    expected = {str(pydicom.dcmread(p).SOPInstanceUID) for p in (cr, dx_no_view)}
+    assert _received_uids(fake_node) == expected
+    assert st["Counters"]["instances_forwarded"] == 2
+    # forwarded instances are marked, the others are not
+    for tags in orthanc.study_instances(study):
+        meta = orthanc.get(f"/instances/{tags['_orthanc_id']}/metadata")
+        assert ("CxrAiForwarded" in meta) == (tags["SOPInstanceUID"] in expected), tags["SOPInstanceUID"]
+
+
+def test_results_coming_back_are_not_forwarded_and_nothing_is_sent_twice(
+    orthanc: LocalOrthanc, fake_node: StoreSCP, tmp_path: Path
+) -> None:
+    study = pydicom.uid.generate_uid()
+    cr = write(make_image("CR", study_uid=study, seed=5), tmp_path / "cr.dcm")
+    _push(orthanc, [cr])
+    _wait_routed(orthanc, studies=1)
+    wait_until(lambda: len(fake_node.received()) == 1, 20, what="the CXR at the fake node")
+
+    # what the node sends back: an SC overlay (CHEST, Manufacturer cxr-ai-node) and an SR-like object
+    sc = make_image("CR", study_uid=study, manufacturer="cxr-ai-node", seed=6)
+    sc.Modality = "OT"
+    sc.SOPClassUID = sc.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    sr = make_image("CR", study_uid=study, manufacturer="someone-else", seed=7)
+    sr.Modality = "SR"
+    _push(orthanc, [write(sc, tmp_path / "sc.dcm"), write(sr, tmp_path / "sr.dcm")])
+
+    # the study becomes stable again and is routed again ...
+    st = _wait_routed(orthanc, studies=2)
+    # ... but neither the results nor the already-forwarded CXR go out again
+    assert len(fake_node.received()) == 1
+    assert st["Counters"]["instances_forwarded"] == 1
+
+
+def test_analyze_route_sends_one_study_on_demand(
+    orthanc_factory, fake_node: StoreSCP, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    orthanc = orthanc_factory(auto_forward=False).start()
+    study = pydicom.uid.generate_uid()
+    cr = make_image("CR", study_uid=study, seed=8)
+    ct = make_image("CT", study_uid=study, body_part="CHEST", view_position=None, seed=9)
+    _push(orthanc, [write(cr, tmp_path / "cr.dcm"), write(ct, tmp_path / "ct.dcm")])
+    sid = orthanc.study_id(study)
+    assert sid is not None
+
+    # auto-forward is off: nothing arrives on its own
+    wait_until(lambda: orthanc.get(f"/studies/{sid}").get("IsStable"), 20, what="study to become stable")
+    assert fake_node.received() == []
+
+    answer = orthanc.post(f"/cxr-ai/studies/{sid}/analyze")
+    assert answer["StudyID"] == sid and answer["NodeModality"] == "cxr-node"
+    assert len(answer["Forwarded"]) == 1 and answer["Job"]
+    assert [s["Reason"] for s in answer["Skipped"]] == ["modality 'CT' is not a chest radiograph modality"]
+    wait_until(lambda: len(fake_node.received()) == 1, 20, what="the CXR at the fake node")
+    assert _received_uids(fake_node) == {str(cr.SOPInstanceUID)}
+
+    # unknown study -> 404; wrong method -> 405; no credentials -> 401
+    assert orthanc.request("POST", "/cxr-ai/studies/0000-unknown/analyze").status_code == 404
+    assert orthanc.request("GET", f"/cxr-ai/studies/{sid}/analyze").status_code == 405
+    import httpx
+
+    assert httpx.post(f"{orthanc.base_url}/cxr-ai/studies/{sid}/analyze", timeout=10).status_code == 401
+
+
+def test_node_down_job_is_retried(orthanc_factory, ports, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    orthanc = orthanc_factory(retry_delay_s=1.0).start()
+    cr = make_image("CR", seed=10)
+    _push(orthanc, [write(cr, tmp_path / "cr.dcm")])
+    wait_until(lambda: orthanc.router_status()["Counters"]["jobs_failed"] >= 1, 40, what="a failed job (node down)")
+    scp = StoreSCP(port=ports.node, outdir=tmp_path / "late-node" / "in").start()
+    try:
+        wait_until(lambda: len(scp.received()) == 1, 40, what="the retried CXR at the (late) node")
+        assert _received_uids(scp) == {str(cr.SOPInstanceUID)}
+    finally:
+        scp.stop()
+
+
+def test_shipped_config_runs_with_environment_variables(binaries, ports, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The file docker-compose mounts: only the integers and paths change here, strings come from the env."""
+    import json
+    import os
+    import subprocess
+
+    import httpx
+
+    from dicom_node.orthanc.config import PLUGIN_SCRIPT, load_shipped_config
+    from dicom_node.orthanc.local import orthanc_binary
+
+    cfg = load_shipped_config()
+    cfg.update({"HttpPort": ports.http, "DicomPort": ports.dicom, "StorageDirectory": str(tmp_path / "db"),
+                "IndexDirectory": str(tmp_path / "db"), "RemoteAccessAllowed": False})  # fmt: skip
+    (tmp_path / "orthanc.json").write_text(json.dumps(cfg))
+    env = dict(os.environ, ORTHANC_USER="envuser", ORTHANC_PASSWORD="envpass", CXR_NODE_HOST="node.example",
+               CXR_MODALITY_AET="CR1", CXR_ORTHANC_PLUGIN_SCRIPT=str(PLUGIN_SCRIPT))  # fmt: skip
+    log = open(tmp_path / "orthanc.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen([orthanc_binary(), str(tmp_path / "orthanc.json")], cwd=tmp_path, env=env,
+                            stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    log.close()
+    base = f"http://127.0.0.1:{ports.http}"
+    try:
+        wait_until(lambda: httpx.get(f"{base}/system", auth=("envuser", "envpass"), timeout=5).status_code == 200,
+                   30, what="Orthanc with the shipped configuration")  # fmt: skip
+        assert httpx.get(f"{base}/system", auth=("envuser", "wrong"), timeout=5).status_code == 401
+        node = httpx.get(f"{base}/modalities/cxr-node/configuration", auth=("envuser", "envpass"), timeout=5)
+        assert node.status_code == 200, node.text
+        assert node.json()["Host"] == "node.example" and node.json()["Port"] == 11112
+        status = httpx.get(f"{base}/cxr-ai/status", auth=("envuser", "envpass"), timeout=5).json()
+        assert status["NodeModality"] == "cxr-node" and status["AutoForward"] is True
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

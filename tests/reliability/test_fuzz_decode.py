@@ -1,0 +1,32 @@
+"""Bounded atheris run of ``fuzz/fuzz_decode.py`` (the decode path must only raise ImageDecodeError)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO, SCALE, report, scaled
+
+pytest.importorskip("atheris", reason="atheris is not installed (pip install atheris)")
+
+RUNS = scaled(80000, 20000)
+
+
+def test_fuzz_decode_bounded_run(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    cmd = [sys.executable, str(REPO / "fuzz" / "fuzz_decode.py"), f"-runs={RUNS}", "-max_len=131072",
+           "-timeout=20", "-rss_limit_mb=3072", "-seed=20261123", f"-artifact_prefix={tmp_path}/", str(corpus)]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    out = res.stdout + res.stderr
+    crashes = sorted(p.name for p in tmp_path.glob("crash-*")) + sorted(
+        p.name for p in tmp_path.glob("timeout-*")
+    )
+    assert res.returncode == 0 and not crashes, f"fuzzer finding ({res.returncode}): {crashes}\n{out[-3000:]}"
+    done = re.search(r"Done (\d+) runs in (\d+) second", out)
+    assert done and int(done.group(1)) >= RUNS, out[-2000:]
+    report("fuzz: atheris on dcmread + load_source_image", tried=int(done.group(1)), lost=0, findings=0,
+           seconds=int(done.group(2)), scale_note=f"{RUNS} runs at scale {SCALE}")  # fmt: skip
