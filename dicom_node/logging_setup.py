@@ -61,7 +61,8 @@ class JsonFormatter(logging.Formatter):
             out.setdefault(k, _jsonable(v, k))
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, ensure_ascii=False)
+        # ASCII-only: U+2028/U+0085 and friends in a logged value must not split a JSON line
+        return json.dumps(out, ensure_ascii=True)
 
 
 class TextFormatter(logging.Formatter):
@@ -114,6 +115,8 @@ def configure_logging(
     root.addHandler(handler)
     root.setLevel(level.upper())
     quiet_pynetdicom(pynetdicom_level)
+    # pydicom's warnings go through this handler (structured, one line) instead of raw stderr
+    logging.captureWarnings(True)
     return handler
 
 

@@ -356,11 +356,15 @@ class InferenceEngine:
             logger.warning("decode failed", extra={"sop_instance_uid": uid, "error": str(exc)})
             self._fail(future, exc, "decode_errors")
             return
-        except Exception as exc:  # anything unexpected while decoding still names the instance
+        except BaseException as exc:  # anything unexpected while decoding still names the instance
+            # BaseException too: a Rust decoder's panic (pyo3 PanicException) is not an Exception,
+            # and an escaped one would leave this future unresolved for ever
             logger.warning("decode failed", extra={"sop_instance_uid": uid, "error": repr(exc)})
             err = ImageDecodeError(uid, f"{type(exc).__name__}: {exc}")
             err.__cause__ = exc
             self._fail(future, err, "decode_errors")
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
             return
         self._prepare_task(image, future, t0, decode_ms, running=True)
 
@@ -380,7 +384,7 @@ class InferenceEngine:
                     raise ValueError(f"prepare returned shape {arr.shape}, expected {(1, *size)}")
                 item.prepared[size] = (arr, geom)
             item.decode_ms = decode_ms + (time.perf_counter() - t_prep) * 1000.0
-        except Exception as exc:
+        except BaseException as exc:  # see _decode_task: never leave the future unresolved
             err = (
                 exc
                 if isinstance(exc, ImageDecodeError)
@@ -390,6 +394,8 @@ class InferenceEngine:
                 err.__cause__ = exc
             logger.warning("preprocess failed", extra={"sop_instance_uid": uid, "error": str(err)})
             self._fail(future, err, "decode_errors")
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
             return
         item.t_enqueued = time.perf_counter()
         self._queue.put(item)

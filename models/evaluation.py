@@ -211,6 +211,12 @@ class EvaluationConfig:
 # --------------------------------------------------------------------------- split selection
 
 
+def bundle_split_file(bundles_dir: Path, bundle: str = "cxr_classification") -> Path | None:
+    """``split.json`` that ``cxr-node train`` left in the bundle folder, or None."""
+    path = Path(bundles_dir) / bundle / "split.json"
+    return path if path.is_file() else None
+
+
 def training_split_from_metadata(bundles_dir: Path, bundle: str = "cxr_classification") -> dict[str, Any]:
     """Split seed/fractions that training recorded in the bundle's ``configs/metadata.json``.
 
@@ -949,15 +955,28 @@ def evaluate(config: EvaluationConfig, *, engine: Any = None) -> dict[str, Any]:
             recorded = training_split_from_metadata(config.bundles_dir)
             seed = config.seed if config.seed is not None else recorded.get("seed", 0)
             fractions = config.fractions or recorded.get("fractions", (0.8, 0.1, 0.1))
+            split_file = config.split_file
+            bundle_split = bundle_split_file(config.bundles_dir)
+            if split_file is None and config.seed is None and config.split != "all" and bundle_split is not None:
+                split_file = bundle_split  # the exact split training used (written by models.training)
             pids, split_info = select_patients(
                 labels,
                 split=config.split,
-                split_file=config.split_file,
+                split_file=split_file,
                 seed=seed,
                 fractions=fractions,
                 max_images=config.max_images,
             )
-            if config.split_file is None and config.split != "all":
+            if split_file is not None and split_file == bundle_split:
+                split_info["source"] = "bundle split.json"
+                other = bundle_split_file(config.bundles_dir, "cxr_opacity_detection")
+                if other is not None and read_split(other) != read_split(split_file):
+                    split_info["warning"] = (
+                        "the detection bundle was trained on another split than the classifier: its "
+                        f"{config.split!r} images may include detection training patients"
+                    )
+                    logger.warning("bundles trained on different splits", extra={"split": config.split})
+            if split_file is None and config.split != "all":
                 split_info["seed_source"] = (
                     "--seed"
                     if config.seed is not None

@@ -215,11 +215,15 @@ def test_shipped_bundles_load(name: str) -> None:
 
 
 def test_box_format_from_config(det_bundle: Path, tmp_path: Path) -> None:
-    assert load_bundle(det_bundle, device="cpu").box_format == DEFAULT_BOX_FORMAT == "xyxy"
+    # the shipped detector declares MONAI's [r1, c1, r2, c2] order (trained that way)
+    assert load_bundle(det_bundle, device="cpu").box_format == "monai"
     bundle = tmp_path / DET
     shutil.copytree(det_bundle, bundle)
     cfg_file = bundle / "configs" / "inference.json"
     cfg = json.loads(cfg_file.read_text())
+    del cfg["box_format"]  # a bundle that says nothing gets the documented default
+    cfg_file.write_text(json.dumps(cfg))
+    assert load_bundle(bundle, device="cpu").box_format == DEFAULT_BOX_FORMAT == "xyxy"
     cfg["box_format"] = "monai"
     cfg_file.write_text(json.dumps(cfg))
     b = load_bundle(bundle, device="cpu")

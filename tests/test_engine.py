@@ -326,3 +326,29 @@ def test_context_manager_drains_pending_work(phantom_files: list[Path]) -> None:
     assert [f.result().sop_instance_uid for f in futures] == [
         _read(p).SOPInstanceUID for p in phantom_files[:5]
     ]
+
+
+class _Panic(BaseException):
+    """Stands in for pyo3's PanicException (a Rust decoder panic), which is not an Exception."""
+
+
+def test_decoder_panic_fails_the_future_instead_of_hanging(phantom_files: list[Path]) -> None:
+    """Regression: a BaseException from the decoder escaped the decode task and left the future
+    unresolved for ever (the node's job stayed in flight)."""
+    import pydicom
+
+    eng = InferenceEngine(BUNDLES, device="cpu", max_batch_size=2, max_wait_ms=10.0, decode_workers=1)
+    try:
+        def panicking_loader(ds, **kw):
+            raise _Panic("called `Result::unwrap()` on an `Err` value")
+
+        eng._load_source_image = panicking_loader
+        ds = pydicom.dcmread(phantom_files[0])
+        fut = eng.submit(ds)
+        with pytest.raises(ImageDecodeError, match=str(ds.SOPInstanceUID)):
+            fut.result(timeout=30)
+        # the engine keeps working for the next image
+        eng._load_source_image = __import__("models.dicom_image", fromlist=["x"]).load_source_image
+        assert eng.submit(ds).result(timeout=60).analysed
+    finally:
+        eng.close()

@@ -170,7 +170,8 @@ def test_report_numbers_equal_metrics_on_saved_predictions(phantom_report: Path)
 
     det = report["detection"]
     op = det["operating_threshold"]
-    assert op == pytest.approx(0.3)  # the shipped detection config's score_threshold
+    shipped = json.loads((SHIPPED / "cxr_opacity_detection" / "configs" / "inference.json").read_text())
+    assert op == pytest.approx(shipped["score_threshold"])  # the detection config's reporting threshold
     gt = [[tuple(b) for b in json.loads(r["gt_boxes"])] for r in rows]
     pred = [[tuple(b) for b in json.loads(r["pred_boxes"])] for r in rows]
     at_op = [(g, [b for b in p if b[4] >= op]) for g, p in zip(gt, pred, strict=True)]
@@ -219,6 +220,32 @@ def test_split_file_and_max_images(bundles: Path, phantoms: Path, tmp_path: Path
     report = json.loads((out / "report.json").read_text())
     assert report["split"]["source"] == "split_file"
     assert (out / "samples.png").read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_bundle_split_json_is_used_by_default(bundles: Path, phantoms: Path, tmp_path: Path) -> None:
+    """Regression: evaluation used to recompute the split from seed/fractions, which is not the split
+    training held out when training saw another patient set (--max-images, several --data folders)."""
+    from models.rsna_layout import read_rsna_labels
+
+    labels = read_rsna_labels(phantoms)
+    # a split that no seed of split_patients over this folder reproduces: every other patient, sorted
+    ids = sorted(labels)
+    split = {"train": ids[0::3], "val": ids[1::3], "test": ids[2::3]}
+    root = tmp_path / "bundles"
+    shutil.copytree(bundles, root)
+    write_split(root / "cxr_classification" / "split.json", split, seed=123)
+    out = tmp_path / "rep"
+    rc = _run_cli(
+        [
+            "--data", str(phantoms), "--split", "test", "--bundles", str(root),
+            "--device", "cpu", "--out", str(out), "--n-boot", "20", "--max-images", "5", "--threads", "2",
+        ]
+    )  # fmt: skip
+    assert rc == 0
+    rows = _read_csv(out / "predictions.csv")
+    assert [r["patient_id"] for r in rows] == sorted(split["test"])[:5]
+    report = json.loads((out / "report.json").read_text())
+    assert report["split"]["source"] == "bundle split.json"
 
 
 @pytest.mark.slow

@@ -182,3 +182,28 @@ def test_no_patient_name_or_id_in_logs(tmp_path: Path, restore_logging: None, fm
         assert f"event={event}" in text or f'"event": "{event}"' in text, event
     for needle in (name, "Xylophage", "Quintessa", pid, "55667788"):
         assert needle not in text, needle
+
+
+def test_json_log_line_survives_line_separators_and_warnings_are_captured() -> None:
+    """Regression: with ensure_ascii=False a U+2028/U+0085 in a logged value split a JSON log line;
+    pydicom warnings bypassed the structured handler."""
+    import io
+    import json as _json
+    import logging as _logging
+    import warnings
+
+    from dicom_node.logging_setup import configure_logging
+
+    _logging.captureWarnings(False)  # an earlier test's capture may have been undone by pytest's own
+    stream = io.StringIO()
+    handler = configure_logging("INFO", "json", stream=stream)
+    try:
+        _logging.getLogger("cxr.test").info("odd value", extra={"reason": "a\u2028b\u0085c\u2029d"})
+        warnings.warn("a pydicom-style warning", UserWarning, stacklevel=1)
+    finally:
+        _logging.getLogger().removeHandler(handler)
+        _logging.captureWarnings(False)
+    lines = stream.getvalue().splitlines()  # splitlines() breaks on U+2028/U+0085 too
+    records = [_json.loads(line) for line in lines]
+    assert records[0]["reason"] == "a\u2028b\u0085c\u2029d"
+    assert any("a pydicom-style warning" in r["msg"] for r in records[1:])

@@ -254,10 +254,9 @@ def test_default_http_port_in_use_is_logged_and_the_node_runs_without_it(
         busy.listen(1)
         port = busy.getsockname()[1]
         validated = _settings(tmp_path, dest)
-        assert "http_port" not in validated.model_fields_set
-        settings = NodeSettings.model_construct(
-            _fields_set=set(validated.model_fields_set), **{**dict(validated), "http_port": port}
-        )
+        # _settings pins http_port=0 for the rest of the suite: mark it "left at its default" here
+        fields_set = set(validated.model_fields_set) - {"http_port"}
+        settings = NodeSettings.model_construct(_fields_set=fields_set, **{**dict(validated), "http_port": port})
         with NodeService(settings, analyser=FakeAnalyser()) as svc:
             assert svc.ready and svc.health is None
     errors = [r for r in caplog.records if getattr(r, "event", None) == "http_unavailable"]

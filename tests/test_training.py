@@ -48,6 +48,12 @@ def test_classification_training_lowers_loss_and_writes_loadable_bundle(trained_
     training = meta["cxr_node"]["training"]
     sizes = training["split"]["sizes"]
     assert sizes["train"] + sizes["val"] + sizes["test"] == 60
+    # the exact split ships with the bundle so that `cxr-node evaluate` tests on what training held out
+    from models.split import read_split
+
+    saved = read_split(cfg.out_dir / "split.json")
+    assert {k: len(v) for k, v in saved.items()} == sizes
+    assert not set(saved["train"]) & set(saved["test"])
     assert training["image_size"] == [64, 64]
     assert 0.0 <= training["val_metrics"]["auc"] <= 1.0
     assert (cfg.out_dir / "models" / "checkpoint.pt").is_file()

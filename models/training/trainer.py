@@ -57,6 +57,9 @@ class _AugmentedSet(Dataset):
         return img, int(self.data.labels[i]), boxes
 
 
+#: File in the bundle folder holding the patient-level split training used (models.split format).
+SPLIT_FILE_NAME = "split.json"
+
 def _collate(batch: Sequence[tuple[torch.Tensor, int, np.ndarray]]) -> tuple[torch.Tensor, torch.Tensor, list]:
     imgs = torch.stack([b[0] for b in batch])
     labels = torch.tensor([b[1] for b in batch], dtype=torch.int64)
@@ -256,6 +259,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     size = image_size_of(parser)
 
     labels, split, origin = _split(cfg)
+    # the exact patient split travels with the bundle: `cxr-node evaluate` reads it, so its test split
+    # is the one training held out even when --max-images or several --data folders changed the patient set
+    from models.split import write_split
+
+    write_split(out_dir / SPLIT_FILE_NAME, split, seed=cfg.seed, fractions=cfg.fractions)
     t0 = time.monotonic()
     train_set = _load_split(cfg, labels, split["train"], origin, size)
     val_set = _load_split(cfg, labels, split["val"], origin, size)
@@ -396,7 +404,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         "command": cfg.command,
         "data": {"folders": [d.name for d in cfg.data_dirs], "n_patients": len(labels),
                  "train_class_counts": _class_counts(train_set), "extra_npz": extra_info},
-        "split": {"seed": cfg.seed, "fractions": list(cfg.fractions),
+        "split": {"seed": cfg.seed, "fractions": list(cfg.fractions), "file": SPLIT_FILE_NAME,
                   "sizes": {k: len(v) for k, v in split.items()}, "unit": "patient",
                   "used": "train for fitting, val for checkpoint selection; test untouched"},
         "image_size": list(size),
