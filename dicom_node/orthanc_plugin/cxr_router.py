@@ -12,7 +12,8 @@ Loaded by Orthanc (``"PythonScript"`` in the Orthanc configuration; the script's
 * failed jobs (node down) are retried ``MaxRetries`` times, ``RetryDelaySeconds`` apart;
 * ``POST /cxr-ai/studies/{id}/analyze`` sends one study on demand (ignores the ``CxrAiForwarded``
   mark, still applies the filter) and answers which instances were sent and which skipped;
-* ``GET /cxr-ai/status`` answers the configuration and counters.
+* ``GET /cxr-ai/status`` answers the configuration and counters;
+* Orthanc Explorer gets an "Analyze with cxr-ai-node" button on the study page (the analyze route).
 
 Log lines carry Orthanc resource ids and reasons, never patient names or ids.
 """
@@ -260,3 +261,5 @@ def on_status(output: Any, uri: str, **request: Any) -> None:
 orthanc.RegisterOnChangeCallback(on_change)
 orthanc.RegisterRestCallback(rr.ANALYZE_ROUTE, on_analyze)
 orthanc.RegisterRestCallback(rr.STATUS_ROUTE, on_status)
+if hasattr(orthanc, "ExtendOrthancExplorer"):  # a button on Orthanc Explorer's study page
+    orthanc.ExtendOrthancExplorer(rr.EXPLORER_JS)

@@ -272,3 +272,36 @@ ANALYZE_ROUTE = "/cxr-ai/studies/([0-9a-f-]+)/analyze"
 ANALYZE_ROUTE_RE = re.compile("^" + ANALYZE_ROUTE + "$")
 #: Status route: configuration and counters of the plug-in.
 STATUS_ROUTE = "/cxr-ai/status"
+
+#: Label of the Orthanc Explorer button that sends the open study to the node.
+EXPLORER_BUTTON_LABEL = "Analyze with cxr-ai-node"
+
+#: JavaScript that Orthanc Explorer runs (``orthanc.ExtendOrthancExplorer``): a button on the study
+#: page that POSTs to the analyze route (same origin, so the user's Orthanc login applies) and says
+#: how many instances were sent. Orthanc Explorer is jQuery Mobile; pages live under ``/app/``.
+EXPLORER_JS = """
+$('#study').live('pagebeforecreate', function() {
+  var b = $('<a>')
+    .attr('data-role', 'button')
+    .attr('href', '#')
+    .attr('data-icon', 'forward')
+    .attr('data-theme', 'e')
+    .attr('id', 'cxr-ai-analyze')
+    .text('%(label)s');
+  b.insertBefore($('#study-delete').parent().parent());
+  b.click(function(e) {
+    e.preventDefault();
+    if (!$.mobile.pageData) { return; }
+    $.ajax({
+      url: '../cxr-ai/studies/' + $.mobile.pageData.uuid + '/analyze',
+      type: 'POST',
+      dataType: 'json',
+      success: function(s) {
+        alert('cxr-ai-node: ' + s.Forwarded.length + ' image(s) sent for analysis, ' +
+              s.Skipped.length + ' skipped (not frontal chest radiographs).');
+      },
+      error: function(x) { alert('cxr-ai-node: request failed (HTTP ' + x.status + ')'); }
+    });
+  });
+});
+""" % {"label": EXPLORER_BUTTON_LABEL}

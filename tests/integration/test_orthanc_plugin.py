@@ -158,3 +158,19 @@ def test_shipped_config_runs_with_environment_variables(binaries, ports, tmp_pat
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_orthanc_explorer_gets_the_analyze_button(orthanc_factory) -> None:  # type: ignore[no-untyped-def]
+    """The plug-in extends Orthanc Explorer: the study page gets a button that POSTs the analyze route."""
+    from dicom_node.orthanc_plugin import routing_rules as rules
+
+    orthanc = orthanc_factory(auto_forward=False).start()
+    # Orthanc Explorer loads the plug-ins' extensions from ../plugins/explorer.js (explorer.html)
+    assert "../plugins/explorer.js" in orthanc.request("GET", "/app/explorer.html").text
+    js = orthanc.request("GET", "/plugins/explorer.js")
+    assert js.status_code == 200
+    text = js.text
+    assert rules.EXPLORER_BUTTON_LABEL in text
+    assert "'../cxr-ai/studies/' + $.mobile.pageData.uuid + '/analyze'" in text
+    # the URL the button builds is the route the plug-in serves
+    assert rules.ANALYZE_ROUTE_RE.match("/cxr-ai/studies/" + "0123abcd-" * 4 + "0123abcd/analyze")
