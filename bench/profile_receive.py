@@ -6,7 +6,10 @@ milliseconds per instance of: the whole C-STORE handler, ``Spool.store_incoming`
 rename + folder fsync), every ``os.fsync`` (spool file and folder), the folder fsync alone, the
 journal insert + commit, and routing (``RoutingRules.decide``, including the header parse).
 
-    python bench/profile_receive.py --kind rsna|dx [--n 64]
+    python bench/profile_receive.py --kind rsna|dx [--n 64] [--memory-receive]
+
+With chunked receive (the default) the header parse for routing is a separate ``dcmread`` of the
+staged file (timed as "header dcmread"); with ``--memory-receive`` it happens inside routing.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DCMTK_ENV, dx_phantoms, rsna_phantoms  # noqa: E402
 
+import dicom_node.receive as receive_mod  # noqa: E402
 import dicom_node.routing as routing  # noqa: E402
 import dicom_node.spool as spool_mod  # noqa: E402
 from dicom_node.journal import Journal  # noqa: E402
@@ -57,6 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--kind", choices=["rsna", "dx"], default="rsna")
     p.add_argument("--n", type=int, default=None, help="instances (default 64 rsna, 16 dx)")
     p.add_argument("--scratch", type=Path, default=Path(tempfile.gettempdir()) / "cxr-bench")
+    p.add_argument("--memory-receive", action="store_true", help="Receiver(chunked_receive=False)")
     args = p.parse_args(argv)
     n = args.n or (64 if args.kind == "rsna" else 16)
     cache = args.scratch / "phantoms"
@@ -67,6 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     os.fsync = timed("os.fsync (file + folder)", os.fsync)  # type: ignore[assignment]
     spool_mod.fsync_dir = timed("folder fsync", spool_mod.fsync_dir)
+    receive_mod.pydicom.dcmread = timed("header dcmread (chunked)", receive_mod.pydicom.dcmread)
     routing.RoutingRules.decide = timed("routing incl. header parse", routing.RoutingRules.decide)  # type: ignore[method-assign]
     work = Path(tempfile.mkdtemp(prefix="profile-receive-", dir=args.scratch))
     try:
@@ -75,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         journal = Journal(settings.journal_path)
         spool.store_incoming = timed("Spool.store_incoming", spool.store_incoming)  # type: ignore[method-assign]
         journal.add_job = timed("Journal.add_job (insert + commit)", journal.add_job)  # type: ignore[method-assign]
-        receiver = Receiver(settings, spool, journal)
+        receiver = Receiver(settings, spool, journal, chunked_receive=not args.memory_receive)
         receiver._store = timed("C-STORE handler (total)", receiver._store)  # type: ignore[method-assign]
         port = receiver.start()
         t0 = time.perf_counter()

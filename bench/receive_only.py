@@ -49,6 +49,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="DIAGNOSTIC ONLY: make os.fsync a no-op (measures what durability costs)",
     )
+    parser.add_argument(
+        "--memory-receive",
+        action="store_true",
+        help="assemble each data set in memory (Receiver(chunked_receive=False)) instead of "
+        "receiving it straight into the spool (the default)",
+    )
     args = parser.parse_args(argv)
     configure_logging(args.log_level, args.log_format)
     if args.unsafe_no_fsync:
@@ -66,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     spool = Spool(settings.spool_dir, reserve_bytes=int(settings.disk_reserve_mb * 1024 * 1024))
     journal = Journal(settings.journal_path)
-    receiver = Receiver(settings, spool, journal)
+    receiver = Receiver(settings, spool, journal, chunked_receive=not args.memory_receive)
     if args.max_pdu is not None:
         receiver.ae.maximum_pdu_size = args.max_pdu
     port = receiver.start()

@@ -5,16 +5,28 @@ fills. For each finished instance it builds the result objects (SR, and SC when 
 writes them to the spool outbox and, in one journal transaction, queues them for every
 destination and marks the job analysed. ``ImageDecodeError`` marks the job failed (one log
 line, never a crash); other errors are retried up to ``analysis_max_attempts`` times.
+
+The engine hands back the image it decoded (``submit(ds, keep_image=True)``), so the SC overlay
+does not decode the source a second time. SR + SC are built in a ``ProcessPoolExecutor``
+(``result_workers`` processes, spawn context) so that this CPU-heavy Python does not compete
+with the engine's batch thread for the GIL; the worker process returns the encoded files and
+this thread writes them to the outbox and marks the job analysed in one journal transaction,
+as before. A pool process that dies fails (retries) only the jobs it had; the pool is
+recreated. ``result_workers=0`` builds in this thread (the mode used with injected fakes).
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
+import multiprocessing
+import os
 import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -24,7 +36,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from dicom_node.journal import Job, Journal, ResultFile
 from dicom_node.node_metrics import NodeMetrics, skip_reason_category
-from dicom_node.spool import Spool
+from dicom_node.spool import _SAFE, Spool, write_atomic
 from models.errors import ImageDecodeError
 from models.findings import Findings
 
@@ -55,6 +67,80 @@ class _InFlight:
     future: Future[Findings] | None = None
 
 
+@dataclass
+class _Built:
+    """A job whose results are being built in the process pool."""
+
+    job: Job
+    findings: Findings
+    t0: float
+    pool: ProcessPoolExecutor
+    future: Future | None = None
+
+
+def default_result_workers() -> int:
+    """``min(2, cpu_count)`` result-building processes."""
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+class _KeepRecords(logging.Handler):
+    """Collects the log records of one result build in a pool process (sent back to the node)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.NOTSET)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # make it picklable: message formatted, no args / traceback objects
+        record.msg = record.getMessage()
+        record.args = None
+        if record.exc_info:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+            record.exc_info = None
+        self.records.append(record)
+
+
+def _build_in_pool(
+    source_path: str, findings_json: dict, threshold: float, image: object, log_level: int
+) -> tuple[list, list[logging.LogRecord]]:
+    """Pool-process job: ``dicom_node.results.build_encoded_results`` plus the log records it wrote
+    (a spawned process has no log handlers; the node re-emits them so none are lost)."""
+    from dicom_node.results import build_encoded_results
+
+    root = logging.getLogger()
+    root.setLevel(log_level)
+    keep = _KeepRecords()
+    root.addHandler(keep)
+    try:
+        encoded = build_encoded_results(source_path, findings_json, threshold, image)  # type: ignore[arg-type]
+    finally:
+        root.removeHandler(keep)
+    return encoded, keep.records
+
+
+def _pool_init(parent_pid: int) -> None:
+    """Initializer of each pool process: exit as soon as the node process is gone.
+
+    A pool process blocks on its job queue, whose write end its siblings also hold, so it would
+    outlive a node that was killed (SIGKILL, crash) or exited without ``stop()``.
+    """
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent_pid:
+                os._exit(0)
+
+    threading.Thread(target=watch, name="cxr-parent-watch", daemon=True).start()
+
+
+def _pool_warmup() -> int:
+    """Runs once in each new pool process: imports the result builders ahead of the first job."""
+    import dicom_node.results  # noqa: F401
+
+    return os.getpid()
+
+
 class AnalysisWorker:
     """Background thread: received jobs -> engine -> result files + outbox rows."""
 
@@ -72,11 +158,28 @@ class AnalysisWorker:
         build_results: BuildResults | None = None,
         on_analysed: Callable[[int], None] | None = None,
         metrics: NodeMetrics | None = None,
+        result_workers: int | None = None,
     ) -> None:
+        """``result_workers``: processes building SR + SC; None = :func:`default_result_workers`
+        with the default builder, 0 (build in the worker thread) with an injected ``build_results``."""
         if batch_size < 1 or max_attempts < 1:
             raise ValueError(
                 f"batch_size and max_attempts must be >= 1, got {batch_size!r}, {max_attempts!r}"
             )
+        if result_workers is None:
+            result_workers = 0 if build_results is not None else default_result_workers()
+        if not isinstance(result_workers, int) or result_workers < 0:
+            raise ValueError(f"result_workers must be an int >= 0, got {result_workers!r}")
+        if result_workers and build_results is not None:
+            raise ValueError(
+                "result_workers > 0 builds with dicom_node.results; do not inject build_results too"
+            )
+        self.result_workers = result_workers
+        self._pool: ProcessPoolExecutor | None = None
+        self._building: dict[int, _Built] = {}
+        # the engine can hand back its decoded image (fakes with a plain submit(ds) cannot)
+        self._keep_image = _accepts_keep_image(analyser)
+        self._injected_builder = build_results is not None
         self.journal = journal
         self.spool = spool
         self.analyser = analyser
@@ -88,7 +191,7 @@ class AnalysisWorker:
         self._build_results = build_results
         self.on_analysed = on_analysed
         self.metrics = metrics
-        self._events: queue.Queue[_InFlight | None] = queue.Queue()
+        self._events: queue.Queue[_InFlight | _Built | None] = queue.Queue()
         self._inflight: dict[int, _InFlight] = {}
         self._not_before: dict[int, float] = {}
         self._stop = threading.Event()
@@ -102,6 +205,8 @@ class AnalysisWorker:
             raise RuntimeError("analysis worker already started")
         if self._build_results is None:
             self._build_results = default_build_results()
+        if self.result_workers:
+            self._pool = self._new_pool()
         self._thread = threading.Thread(target=self._run, name="cxr-analyse", daemon=True)
         self._thread.start()
 
@@ -118,17 +223,39 @@ class AnalysisWorker:
             self._thread.join(timeout)
             if self._thread.is_alive():
                 logger.warning(
-                    "analysis worker did not stop in time", extra={"inflight": len(self._inflight)}
+                    "analysis worker did not stop in time",
+                    extra={"inflight": len(self._inflight) + len(self._building)},
                 )
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        pool = ProcessPoolExecutor(
+            max_workers=self.result_workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_pool_init,
+            initargs=(os.getpid(),),
+        )
+        for _ in range(self.result_workers):  # start the processes and import highdicom now
+            pool.submit(_pool_warmup)
+        return pool
+
+    @property
+    def result_pool_pids(self) -> list[int]:
+        """PIDs of the result-building processes (empty in thread mode)."""
+        procs = getattr(self._pool, "_processes", None) or {}
+        return sorted(int(pid) for pid in procs)
 
     @property
     def inflight(self) -> int:
-        return len(self._inflight)
+        return len(self._inflight) + len(self._building)
 
     # --------------------------------------------------------------------- loop
     def _run(self) -> None:
         while True:
-            if self._stop.is_set() and (not self._inflight or time.monotonic() > self._drain_deadline):
+            if self._stop.is_set() and (
+                (not self._inflight and not self._building) or time.monotonic() > self._drain_deadline
+            ):
                 return
             if not self._stop.is_set():
                 try:
@@ -142,7 +269,10 @@ class AnalysisWorker:
             while item is not None or not self._events.empty():
                 if item is not None:
                     try:
-                        self._finish(item)
+                        if isinstance(item, _Built):
+                            self._finish_built(item)
+                        else:
+                            self._finish(item)
                     except Exception:  # journal/spool trouble: the job stays 'received' and is retried
                         logger.exception(
                             "could not record the analysis result",
@@ -164,12 +294,13 @@ class AnalysisWorker:
                     break
 
     def _fill(self) -> None:
-        room = self.max_inflight - len(self._inflight)
+        room = self.max_inflight - len(self._inflight) - len(self._building)
         if room <= 0:
             return
         now = time.monotonic()
         waiting = {j for j, t in self._not_before.items() if t > now}
-        for job in self.journal.next_received(room, exclude=set(self._inflight) | waiting):
+        busy = set(self._inflight) | set(self._building)
+        for job in self.journal.next_received(room, exclude=busy | waiting):
             self._not_before.pop(job.id, None)
             t0 = time.perf_counter()
             try:
@@ -187,7 +318,11 @@ class AnalysisWorker:
                 continue
             entry = _InFlight(job=job, ds=ds, t0=t0)
             try:
-                entry.future = self.analyser.submit(ds)
+                entry.future = (
+                    self.analyser.submit(ds, keep_image=True)  # type: ignore[call-arg]
+                    if self._keep_image
+                    else self.analyser.submit(ds)
+                )
             except Exception as exc:
                 logger.warning(
                     "engine refused the instance: %s",
@@ -215,12 +350,98 @@ class AnalysisWorker:
         except Exception as exc:
             self._retry_or_fail(job, exc, entry.t0)
             return
+        image = _source_image_of(entry.future) if self._keep_image else None
+        entry.future = None  # the image is now only referenced here
+        if self._pool is not None:
+            self._submit_build(job, findings, image, entry.t0)
+            return
         try:
-            outbox_ids = self._store_results(job, entry.ds, findings)
+            outbox_ids = self._store_results(job, entry.ds, findings, image)
         except Exception as exc:
             self._retry_or_fail(job, exc, entry.t0)
             return
-        elapsed_s = time.perf_counter() - entry.t0
+        self._analysed(job, findings, outbox_ids, entry.t0)
+
+    def _submit_build(self, job: Job, findings: Findings, image: object, t0: float) -> None:
+        from dicom_node.results import findings_to_dict
+
+        assert self._pool is not None
+        built = _Built(job=job, findings=findings, t0=t0, pool=self._pool)
+        try:
+            built.future = self._pool.submit(
+                _build_in_pool,
+                job.path,
+                findings_to_dict(findings),
+                self.threshold,
+                image,
+                logging.getLogger().getEffectiveLevel(),
+            )
+        except BrokenProcessPool as exc:
+            self._pool_broken(built.pool, exc)
+            self._retry_or_fail(job, exc, t0)
+            return
+        except RuntimeError as exc:  # pool shut down (stopping)
+            self._retry_or_fail(job, exc, t0)
+            return
+        self._building[job.id] = built
+        built.future.add_done_callback(lambda _f, b=built: self._events.put(b))
+
+    def _pool_broken(self, pool: ProcessPoolExecutor, exc: BaseException) -> None:
+        """A result process died: replace the pool once (the jobs it had are retried)."""
+        if self._pool is not pool or self._stop.is_set():
+            return
+        logger.error(
+            "result-building process died; recreating the pool: %s",
+            exc,
+            extra={"event": "result_pool_broken", "result_workers": self.result_workers},
+        )
+        pool.shutdown(wait=False, cancel_futures=True)
+        self._pool = self._new_pool()
+
+    def _finish_built(self, built: _Built) -> None:
+        job = built.job
+        self._building.pop(job.id, None)
+        assert built.future is not None
+        try:
+            encoded, records = built.future.result()
+            for record in records:
+                logging.getLogger(record.name).handle(record)
+            if not encoded:
+                raise ValueError(f"build_results returned no datasets for {job.sop_instance_uid}")
+            outbox_ids = self._store_encoded(job, encoded)
+        except BrokenProcessPool as exc:
+            logger.error(
+                "result building failed: its process died",
+                extra={
+                    "event": "result_worker_died",
+                    "job_id": job.id,
+                    "sop_instance_uid": job.sop_instance_uid,
+                },
+            )
+            self._pool_broken(built.pool, exc)
+            self._retry_or_fail(job, exc, built.t0)
+            return
+        except Exception as exc:
+            self._retry_or_fail(job, exc, built.t0)
+            return
+        self._analysed(job, built.findings, outbox_ids, built.t0)
+
+    def _store_encoded(self, job: Job, encoded: Sequence[object]) -> list[int]:
+        files: list[ResultFile] = []
+        for res in encoded:
+            uid = str(res.sop_instance_uid)  # type: ignore[attr-defined]
+            data: bytes = res.data  # type: ignore[attr-defined]
+            self.spool.check_space(len(data))
+            # same name as Spool.store_result
+            path = self.spool.outbox / str(int(job.id)) / f"{_SAFE.sub('_', uid)}.dcm"
+            write_atomic(path, data)
+            files.append(
+                ResultFile(uid, str(res.sop_class_uid), str(res.transfer_syntax_uid), str(path))  # type: ignore[attr-defined]
+            )
+        return self.journal.mark_analysed(job.id, files, self.destinations)
+
+    def _analysed(self, job: Job, findings: Findings, outbox_ids: list[int], t0: float) -> None:
+        elapsed_s = time.perf_counter() - t0
         ms = elapsed_s * 1000
         if self.metrics is not None:
             if findings.analysed:
@@ -246,9 +467,12 @@ class AnalysisWorker:
         if self.on_analysed is not None:
             self.on_analysed(job.id)
 
-    def _store_results(self, job: Job, ds: Dataset, findings: Findings) -> list[int]:
+    def _store_results(self, job: Job, ds: Dataset, findings: Findings, image: object = None) -> list[int]:
         assert self._build_results is not None
-        datasets = list(self._build_results(ds, findings, threshold=self.threshold))
+        if self._injected_builder or image is None:
+            datasets = list(self._build_results(ds, findings, threshold=self.threshold))
+        else:
+            datasets = list(self._build_results(ds, findings, threshold=self.threshold, image=image))
         if not datasets:
             raise ValueError(f"build_results returned no datasets for {job.sop_instance_uid}")
         files: list[ResultFile] = []
@@ -302,3 +526,16 @@ class AnalysisWorker:
                 "retry_in_s": delay,
             },
         )
+
+
+def _accepts_keep_image(analyser: object) -> bool:
+    try:
+        return "keep_image" in inspect.signature(analyser.submit).parameters  # type: ignore[attr-defined]
+    except (AttributeError, TypeError, ValueError):
+        return False
+
+
+def _source_image_of(future: Future) -> object | None:
+    from models.engine import source_image_of
+
+    return source_image_of(future)

@@ -1,10 +1,20 @@
 """DICOM receive (SCP): C-ECHO, C-STORE for every storage SOP class, calling-AE allow-list.
 
-C-STORE persists before it answers: the dataset is written *as received* (file meta +
-``event.encoded_dataset()``, no decode/re-encode of pixel data) to the spool with
-tmp-file/fsync/atomic-rename, then a journal row is committed, and only then does the
-handler return 0x0000. Out of disk space (ENOSPC/EDQUOT or free space below the reserve)
-answers 0xA700; any other storage failure 0xA701; an undecodable data set 0xC000.
+C-STORE persists before it answers: the dataset is written *as received* (file meta + the
+data set bytes, no decode/re-encode of pixel data) to the spool with tmp-file/fsync/atomic-rename,
+then a journal row is committed, and only then does the handler return 0x0000. Out of disk
+space (ENOSPC/EDQUOT or free space below the reserve) answers 0xA700; any other storage failure
+0xA701; an undecodable data set 0xC000.
+
+Chunked receive (default): pynetdicom's ``STORE_RECV_CHUNKED_DATASET`` path writes the P-DATA
+fragments straight into a hidden ``.rcv-*.tmp`` file in the spool's ``incoming/`` folder (a
+:class:`~dicom_node.spool.StagedFile`) instead of assembling the data set in memory; routing reads
+only the header from that file (``stop_before_pixels``); the file is then fsync'ed and renamed.
+It is switched on only for this node's own associations (pynetdicom's flag is global, so the
+flag and the temp-file factory that ``pynetdicom.dimse_messages`` reads are replaced by
+per-association switches; every other association keeps pynetdicom's default behaviour). A write
+error while receiving (ENOSPC) is answered 0xA700 once the data set is complete; the partial file
+is deleted at once, and so is the file of a transfer cut off by an abort (``EVT_CONN_CLOSE``).
 """
 
 from __future__ import annotations
@@ -17,6 +27,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pydicom
+import pynetdicom.dimse_messages as _dimse_messages
 from pydicom.uid import (
     JPEG2000,
     DeflatedExplicitVRLittleEndian,
@@ -40,7 +52,7 @@ from dicom_node.journal import Journal
 from dicom_node.node_metrics import NodeMetrics, skip_reason_category
 from dicom_node.routing import RoutingRules
 from dicom_node.settings import NodeSettings
-from dicom_node.spool import Spool, is_out_of_space
+from dicom_node.spool import Spool, StagedFile, is_out_of_space
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +95,71 @@ def clip_text(text: object, limit: int = MAX_REASON_CHARS) -> str:
     """
     s = _UNPRINTABLE.sub("?", str(text))
     return s if len(s) <= limit else s[: limit - 3] + "..."
+
+
+# ------------------------------------------------------------- chunked receive switch
+#: Receivers with chunked receive on, by ``id()`` of their AE (registered in start(), removed in stop()).
+_CHUNKED: dict[int, Receiver] = {}
+_CHUNKED_LOCK = threading.Lock()
+_PATCHED = False
+
+
+def _receiver_for_current_thread() -> Receiver | None:
+    """The chunked-receive ``Receiver`` owning the association whose DUL thread is running, if any.
+
+    pynetdicom decodes P-DATA in the association's DUL thread (``DULServiceProvider.assoc``)."""
+    if not _CHUNKED:
+        return None
+    thread = threading.current_thread()
+    assoc = getattr(thread, "assoc", None) or thread
+    ae = getattr(assoc, "ae", None)
+    return None if ae is None else _CHUNKED.get(id(ae))
+
+
+class _ConfigSwitch:
+    """Stands in for ``pynetdicom._config`` inside ``pynetdicom.dimse_messages`` only:
+    ``STORE_RECV_CHUNKED_DATASET`` is true for this node's associations (or when set globally)."""
+
+    def __init__(self, real: Any) -> None:
+        object.__setattr__(self, "_real", real)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._real, name, value)
+
+    @property
+    def STORE_RECV_CHUNKED_DATASET(self) -> bool:  # noqa: N802 - pynetdicom's name
+        return bool(self._real.STORE_RECV_CHUNKED_DATASET) or _receiver_for_current_thread() is not None
+
+
+def _install_chunked_switch() -> bool:
+    """Install the per-association switch into ``pynetdicom.dimse_messages`` (once); False if this
+    pynetdicom does not look like the one it was written for (then the node receives in memory)."""
+    global _PATCHED
+    with _CHUNKED_LOCK:
+        if _PATCHED:
+            return True
+        real_config = getattr(_dimse_messages, "_config", None)
+        stock_ntf = getattr(_dimse_messages, "NamedTemporaryFile", None)
+        if real_config is None or stock_ntf is None or not hasattr(real_config, "STORE_RECV_CHUNKED_DATASET"):
+            logger.warning(
+                "pynetdicom has no chunked-receive hooks; receiving C-STORE data sets in memory",
+                extra={"event": "chunked_receive_unavailable"},
+            )
+            return False
+
+        def named_temporary_file(*args: Any, **kwargs: Any) -> Any:
+            receiver = _receiver_for_current_thread()
+            if receiver is None:
+                return stock_ntf(*args, **kwargs)
+            return receiver._stage()
+
+        _dimse_messages._config = _ConfigSwitch(real_config)  # type: ignore[assignment]
+        _dimse_messages.NamedTemporaryFile = named_temporary_file  # type: ignore[assignment]
+        _PATCHED = True
+        return True
 
 
 def build_ae(settings: NodeSettings) -> AE:
@@ -129,7 +206,10 @@ class Receiver:
         rules: RoutingRules | None = None,
         on_received: Callable[[int], None] | None = None,
         metrics: NodeMetrics | None = None,
+        chunked_receive: bool = True,
     ) -> None:
+        """``chunked_receive``: receive each data set straight into a spool file (see the module
+        docstring) instead of assembling it in memory; both persist before answering."""
         self.settings = settings
         self.metrics = metrics
         self.spool = spool
@@ -141,6 +221,8 @@ class Receiver:
         self._stopping = False
         self._inflight = 0
         self._cv = threading.Condition()
+        self.chunked_receive = bool(chunked_receive)
+        self._staged: set[StagedFile] = set()  # being received, not yet claimed by the handler
 
     # --------------------------------------------------------------- lifecycle
     @property
@@ -162,7 +244,13 @@ class Receiver:
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_CONN_CLOSE, self._on_conn_close),
         ]
+        if self.chunked_receive and not _install_chunked_switch():
+            self.chunked_receive = False
+        if self.chunked_receive:
+            with _CHUNKED_LOCK:
+                _CHUNKED[id(self.ae)] = self
         s = self.settings
         ssl_context = scp_ssl_context(s)
         self._server = self.ae.start_server(
@@ -176,6 +264,7 @@ class Receiver:
                 "bind": self.settings.bind,
                 "port": self.port,
                 "tls": ssl_context is not None,
+                "chunked_receive": self.chunked_receive,
             },
         )
         return self.port
@@ -200,7 +289,45 @@ class Receiver:
         for assoc in list(server.active_associations):
             assoc.abort()
         self.ae.shutdown()
+        with _CHUNKED_LOCK:
+            if _CHUNKED.get(id(self.ae)) is self:
+                del _CHUNKED[id(self.ae)]
+        with self._cv:
+            leftovers, self._staged = list(self._staged), set()
+        for staged in leftovers:
+            staged.discard()
         logger.info("SCP stopped", extra={"event": "stopped", "port": server.server_address[1]})
+
+    # ----------------------------------------------------------- staged files
+    def _stage(self) -> StagedFile:
+        """A new staged file for the association whose DUL thread calls (pynetdicom's temp-file hook)."""
+        staged = self.spool.stage_incoming()
+        thread = threading.current_thread()
+        staged.owner = getattr(thread, "assoc", None) or thread
+        with self._cv:
+            self._staged.add(staged)
+        return staged
+
+    def _claim(self, staged: StagedFile) -> bool:
+        """Take ``staged`` over for the C-STORE handler; False if it was already discarded."""
+        with self._cv:
+            if staged in self._staged:
+                self._staged.discard(staged)
+                return True
+            return False
+
+    def _on_conn_close(self, event: Any) -> None:
+        """Delete files of data sets still being received when the connection ended (abort)."""
+        with self._cv:
+            mine = [s for s in self._staged if s.owner is event.assoc]
+            self._staged.difference_update(mine)
+        for staged in mine:
+            staged.discard()
+        if mine:
+            logger.warning(
+                "connection closed during a C-STORE transfer; partial data removed",
+                extra={"event": "partial_removed", "files": len(mine)},
+            )
 
     # ---------------------------------------------------------------- handlers
     def _on_requested(self, event: Any) -> None:
@@ -252,10 +379,45 @@ class Receiver:
             "calling_aet": calling,
             "transfer_syntax": ts,
         }
+        staged = getattr(event.request, "_dataset_file", None)
+        if not isinstance(staged, StagedFile):
+            staged = None
+        elif not self._claim(staged):
+            logger.error(
+                "C-STORE refused: the received data was already removed (connection closed)",
+                extra={"event": "failed", "stage": "receive", "status": "0xA701", **fields},
+            )
+            self._count_failed()
+            return STATUS_STORAGE_FAILURE
+        if staged is not None:
+            staged.finish_writing()
+            if staged.error is not None:  # e.g. ENOSPC while receiving: the partial file is gone already
+                staged.discard()
+                ms = (time.perf_counter() - t0) * 1000
+                self._count_failed()
+                full = is_out_of_space(staged.error)
+                logger.error(
+                    "C-STORE refused: %s: %s",
+                    "out of disk space" if full else "could not write the received data",
+                    staged.error,
+                    extra={
+                        "event": "failed",
+                        "stage": "receive",
+                        "status": "0xA700" if full else "0xA701",
+                        "ms": ms,
+                        **fields,
+                    },
+                )
+                return STATUS_OUT_OF_RESOURCES if full else STATUS_STORAGE_FAILURE
         try:
-            ds = event.dataset
+            # routing needs the header only: never read the pixel data back from the staged file
+            ds = (
+                pydicom.dcmread(staged.name, stop_before_pixels=True) if staged is not None else event.dataset
+            )
             decision = self.rules.decide(ds, sop_class)
         except Exception as exc:
+            if staged is not None:
+                staged.discard()
             logger.error(
                 "C-STORE refused: cannot decode the data set: %s",
                 clip_text(exc),
@@ -264,9 +426,15 @@ class Receiver:
             self._count_failed()
             return STATUS_CANNOT_UNDERSTAND
         path = None
+        nbytes = 0
         try:
-            data = event.encoded_dataset(include_meta=True)
-            path = self.spool.store_incoming(sop_uid, data)
+            if staged is not None:
+                nbytes = staged.size
+                path = self.spool.store_incoming(sop_uid, staged)
+            else:
+                data = event.encoded_dataset(include_meta=True)
+                nbytes = len(data)
+                path = self.spool.store_incoming(sop_uid, data)
             reason = None if decision.analyse else clip_text(decision.reason)
             state = "received" if decision.analyse else "skipped"
             job_id = self.journal.add_job(
@@ -279,6 +447,8 @@ class Receiver:
                 reason=reason,
             )
         except Exception as exc:
+            if staged is not None:
+                staged.discard()
             if path is not None:  # not acknowledged: do not leave an orphan behind
                 self.spool.remove(path)
             ms = (time.perf_counter() - t0) * 1000
@@ -306,7 +476,14 @@ class Receiver:
         if decision.analyse:
             logger.info(
                 "received",
-                extra={"event": "received", "job_id": job_id, "bytes": len(data), "ms": ms, **fields},
+                extra={
+                    "event": "received",
+                    "job_id": job_id,
+                    "bytes": nbytes,
+                    "ms": ms,
+                    "chunked": staged is not None,
+                    **fields,
+                },
             )
             if self.on_received is not None:
                 try:

@@ -3,19 +3,32 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
+import pydicom
 from pydicom.dataset import Dataset
 
 from dicom_node.results_common import MANUFACTURER, check_source_matches, check_threshold
 from dicom_node.results_sc import build_sc
 from dicom_node.results_sr import build_sr
+from dicom_node.spool import dataset_bytes
 from models.dicom_image import SourceImage
 from models.errors import ImageDecodeError
-from models.findings import Findings
+from models.findings import Box, BoxMM, Findings, ModelInfo
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MANUFACTURER", "build_results"]
+__all__ = [
+    "MANUFACTURER",
+    "EncodedResult",
+    "build_encoded_results",
+    "build_results",
+    "encode_results",
+    "findings_from_json",
+    "findings_to_dict",
+]
 
 
 def build_results(
@@ -49,3 +62,137 @@ def build_results(
                 extra={"source_sop_instance_uid": findings.sop_instance_uid, "error": str(exc)},
             )
     return results
+
+
+# ---------------------------------------------------------------- result building in a worker process
+@dataclass(frozen=True)
+class EncodedResult:
+    """One result object encoded in the DICOM file format (what the outbox stores)."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    data: bytes
+
+    def __post_init__(self) -> None:
+        if not self.sop_instance_uid or not self.sop_class_uid:
+            raise ValueError(
+                f"EncodedResult needs SOP Instance and Class UIDs, got {self.sop_instance_uid!r} {self.sop_class_uid!r}"
+            )
+        if not self.data:
+            raise ValueError(f"EncodedResult {self.sop_instance_uid} has no data")
+
+
+def findings_to_dict(findings: Findings) -> dict[str, Any]:
+    """Lossless plain-dict form of ``findings`` (like ``Findings.to_json`` but unrounded)."""
+    return {
+        "sop_instance_uid": findings.sop_instance_uid,
+        "analysed": findings.analysed,
+        "not_analysed_reason": findings.not_analysed_reason,
+        "rows": findings.rows,
+        "columns": findings.columns,
+        "class_probabilities": dict(findings.class_probabilities),
+        "pneumonia_probability": findings.pneumonia_probability,
+        "boxes": [
+            {
+                "x": b.x,
+                "y": b.y,
+                "width": b.width,
+                "height": b.height,
+                "score": b.score,
+                **(
+                    {}
+                    if b.mm is None
+                    else {
+                        "mm": {
+                            "x": b.mm.x,
+                            "y": b.mm.y,
+                            "width": b.mm.width,
+                            "height": b.mm.height,
+                            "spacing_source": b.mm.spacing_source,
+                        }
+                    }
+                ),
+            }  # fmt: skip
+            for b in findings.boxes
+        ],
+        "models": [{"name": m.name, "version": m.version} for m in findings.models],
+        "timing_ms": dict(findings.timing_ms),
+    }
+
+
+def findings_from_json(data: Mapping[str, Any]) -> Findings:
+    """Rebuild a :class:`Findings` from ``Findings.to_json()`` or :func:`findings_to_dict` output.
+
+    ``to_json`` rounds the numbers; :func:`findings_to_dict` does not (use it for an exact copy).
+    Raises ValueError (from the dataclasses) or KeyError/TypeError for a malformed ``data``.
+    """
+    if not isinstance(data, Mapping):
+        raise TypeError(f"findings JSON must be an object, got {type(data).__name__}")
+    boxes = []
+    for b in data.get("boxes") or ():
+        mm = b.get("mm")
+        boxes.append(
+            Box(
+                float(b["x"]),
+                float(b["y"]),
+                float(b["width"]),
+                float(b["height"]),
+                score=float(b["score"]),
+                mm=None
+                if mm is None
+                else BoxMM(
+                    float(mm["x"]),
+                    float(mm["y"]),
+                    float(mm["width"]),
+                    float(mm["height"]),
+                    spacing_source=str(mm["spacing_source"]),
+                ),
+            )  # fmt: skip
+        )
+    p = data.get("pneumonia_probability")
+    return Findings(
+        sop_instance_uid=str(data["sop_instance_uid"]),
+        analysed=bool(data["analysed"]),
+        rows=int(data["rows"]),
+        columns=int(data["columns"]),
+        class_probabilities={str(k): float(v) for k, v in (data.get("class_probabilities") or {}).items()},
+        pneumonia_probability=None if p is None else float(p),
+        boxes=tuple(boxes),
+        models=tuple(ModelInfo(str(m["name"]), str(m["version"])) for m in data.get("models") or ()),
+        not_analysed_reason=data.get("not_analysed_reason"),
+        timing_ms={str(k): float(v) for k, v in (data.get("timing_ms") or {}).items()},
+    )
+
+
+def encode_results(datasets: Sequence[Dataset]) -> list[EncodedResult]:
+    """Encode result datasets in the DICOM file format, as the spool's outbox stores them."""
+    out = []
+    for res in datasets:
+        data = dataset_bytes(res)  # adds file meta (Explicit VR Little Endian) when missing
+        out.append(
+            EncodedResult(
+                str(res.SOPInstanceUID),
+                str(res.SOPClassUID),
+                str(res.file_meta.TransferSyntaxUID),
+                data,
+            )
+        )
+    return out
+
+
+def build_encoded_results(
+    source_path: str,
+    findings_json: Mapping[str, Any],
+    threshold: float,
+    image: SourceImage | None = None,
+) -> list[EncodedResult]:
+    """Process-pool entry point: read the spooled source, build its results, return them encoded.
+
+    Arguments are plain picklable values: the spool path of the source instance, the findings
+    as :func:`findings_to_dict`, the threshold and the already decoded image (or None: the
+    overlay then decodes the source itself).
+    """
+    source = pydicom.dcmread(source_path)
+    findings = findings_from_json(findings_json)
+    return encode_results(build_results(source, findings, threshold=threshold, image=image))

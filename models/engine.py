@@ -56,6 +56,7 @@ __all__ = [
     "default_bundles_dir",
     "monai_box_to_xyxy",
     "resolve_device",
+    "source_image_of",
     "xyxy_to_monai_box",
 ]
 
@@ -81,6 +82,14 @@ class _Item:
 
 
 _STOP = object()
+#: attribute of a ``submit(..., keep_image=True)`` future that holds the decoded SourceImage
+_IMAGE_ATTR = "_cxr_source_image"
+
+
+def source_image_of(future: Future) -> Any | None:
+    """The decoded :class:`~models.dicom_image.SourceImage` attached to a ``submit(ds, keep_image=True)``
+    future, or None (not asked for, not analysed by the models, or decoding failed)."""
+    return getattr(future, _IMAGE_ATTR, None)
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -236,15 +245,21 @@ class InferenceEngine:
         """The loaded (classification, detection) bundles."""
         return (self._classifier, self._detector)
 
-    def submit(self, ds: pydicom.Dataset) -> Future[Findings]:
-        """Queue one instance; the future gives its :class:`Findings` (or raises ImageDecodeError)."""
+    def submit(self, ds: pydicom.Dataset, *, keep_image: bool = False) -> Future[Findings]:
+        """Queue one instance; the future gives its :class:`Findings` (or raises ImageDecodeError).
+
+        ``keep_image=True`` attaches the decoded :class:`~models.dicom_image.SourceImage` to the
+        returned future (read it with :func:`source_image_of` once the future is done), so the
+        caller can build its overlay without decoding the pixels a second time. The engine keeps
+        no reference of its own: the image lives exactly as long as the caller holds the future.
+        """
         future: Future[Findings] = Future()
         t0 = time.perf_counter()
         with self._lock:
             if self._closed:
                 raise RuntimeError("InferenceEngine is closed")
             self._count("submitted")
-            self._decode_pool.submit(self._decode_task, ds, future, t0)
+            self._decode_pool.submit(self._decode_task, ds, future, t0, keep_image)
         return future
 
     def submit_array(self, image: Any) -> Future[Findings]:
@@ -328,7 +343,7 @@ class InferenceEngine:
         if not future.done():
             future.set_exception(exc)
 
-    def _decode_task(self, ds: pydicom.Dataset, future: Future, t0: float) -> None:
+    def _decode_task(self, ds: pydicom.Dataset, future: Future, t0: float, keep_image: bool = False) -> None:
         if not future.set_running_or_notify_cancel():
             return
         uid = _uid_of(ds)
@@ -366,6 +381,8 @@ class InferenceEngine:
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
             return
+        if keep_image:
+            setattr(future, _IMAGE_ATTR, image)  # set before the result, so a done future has it
         self._prepare_task(image, future, t0, decode_ms, running=True)
 
     def _prepare_task(

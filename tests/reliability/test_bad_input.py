@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import (
+from reliability_helpers import (
     SCALE,
     SendLog,
     echo_ok,

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import SendLog, echo_ok, journal_rows, report, send_files, sop_uid_of
+from reliability_helpers import SendLog, echo_ok, journal_rows, report, send_files, sop_uid_of
 from integration_helpers import make_image, write
 
 pytestmark = pytest.mark.integration

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, SCALE, report, scaled
+from reliability_helpers import REPO, SCALE, report, scaled
 
 pytest.importorskip("atheris", reason="atheris is not installed (pip install atheris)")
 

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import SCALE, SendLog, echo_ok, journal_rows, report, scaled, send_files
+from reliability_helpers import SCALE, SendLog, echo_ok, journal_rows, report, scaled, send_files
 from integration_helpers import make_image, write
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import (
+from reliability_helpers import (
     SCALE,
     journal_rows,
     make_node,

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import send_files
+from reliability_helpers import send_files
 from hostile import _elem, _split, base_dataset, encode, part10
 from pynetdicom import _config
 
