@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +89,37 @@ def _write_json(out: Path, uid: str, record: dict[str, Any]) -> None:
         json.dump(record, f, indent=2)
 
 
+def _run_folder(
+    dataset_dir: str | Path,
+    output_dir: str | Path,
+    image_size: Sequence[int],
+    analyse: Callable[[Any, Any, Any], dict[str, Any]],
+) -> tuple[Path, list[dict[str, Any]]]:
+    """Run ``analyse(dataset, prepared array, geometry) -> fields`` on every DICOM under ``dataset_dir``.
+
+    The frontal-view gate and decoding come first (``_prepared``); one JSON per image is written to
+    ``output_dir``; a file that fails is recorded with its error and the folder goes on.
+    """
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    records: list[dict[str, Any]] = []
+    for path in iter_dicom_files(dataset_dir):
+        record: dict[str, Any] = {"file": str(path)}
+        try:
+            ds, arr, geom, reason = _prepared(path, image_size)
+            record["sop_instance_uid"] = str(getattr(ds, "SOPInstanceUID", ""))
+            if reason is not None:
+                record.update(analysed=False, not_analysed_reason=reason)
+            else:
+                record.update(analysed=True, **analyse(ds, arr, geom))
+        except Exception as exc:  # one bad file must not stop the folder
+            record.update(analysed=False, error=f"{type(exc).__name__}: {exc}")
+            logger.warning("cannot analyse file", extra={"file": str(path), "error": record["error"]})
+        _write_json(out, record.get("sop_instance_uid") or path.stem, record)
+        records.append(record)
+    return out, records
+
+
 def run_classification(
     *,
     network: Any,
@@ -107,31 +138,18 @@ def run_classification(
     dev = _device(device)
     _load_weights(network, ckpt_path)
     network.to(dev).eval()
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    records: list[dict[str, Any]] = []
-    for path in iter_dicom_files(dataset_dir):
-        record: dict[str, Any] = {"file": str(path)}
-        try:
-            ds, arr, _, reason = _prepared(path, image_size)
-            record["sop_instance_uid"] = str(getattr(ds, "SOPInstanceUID", ""))
-            if reason is not None:
-                record.update(analysed=False, not_analysed_reason=reason)
-            else:
-                with torch.no_grad():
-                    x = torch.from_numpy(arr)[None].to(dev)
-                    probs = torch.softmax(network(x).float(), dim=1)[0].cpu().numpy()
-                record.update(
-                    analysed=True,
-                    class_probabilities={n: float(p) for n, p in zip(class_names, probs, strict=True)},
-                    pneumonia_probability=float(probs[LUNG_OPACITY_INDEX]),
-                    predicted_class=class_names[int(probs.argmax())],
-                )
-        except Exception as exc:  # one bad file must not stop the folder
-            record.update(analysed=False, error=f"{type(exc).__name__}: {exc}")
-            logger.warning("cannot analyse file", extra={"file": str(path), "error": record["error"]})
-        _write_json(out, record.get("sop_instance_uid") or path.stem, record)
-        records.append(record)
+
+    def classify(ds: Any, arr: Any, geom: Any) -> dict[str, Any]:
+        with torch.no_grad():
+            x = torch.from_numpy(arr)[None].to(dev)
+            probs = torch.softmax(network(x).float(), dim=1)[0].cpu().numpy()
+        return {
+            "class_probabilities": {n: float(p) for n, p in zip(class_names, probs, strict=True)},
+            "pneumonia_probability": float(probs[LUNG_OPACITY_INDEX]),
+            "predicted_class": class_names[int(probs.argmax())],
+        }
+
+    out, records = _run_folder(dataset_dir, output_dir, image_size, classify)
     with open(out / "predictions.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["sop_instance_uid", "file", "analysed", *class_names, "pneumonia_probability", "predicted_class", "note"])
@@ -165,36 +183,24 @@ def run_detection(
     dev = _device(device)
     _load_weights(detector.network, ckpt_path)
     detector.to(dev).eval()
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    records: list[dict[str, Any]] = []
-    for path in iter_dicom_files(dataset_dir):
-        record: dict[str, Any] = {"file": str(path)}
-        try:
-            ds, arr, geom, reason = _prepared(path, image_size)
-            record["sop_instance_uid"] = str(getattr(ds, "SOPInstanceUID", ""))
-            if reason is not None:
-                record.update(analysed=False, not_analysed_reason=reason)
-            else:
-                with torch.no_grad():
-                    pred = detector([torch.from_numpy(arr).to(dev)])[0]
-                # MONAI 2-D boxes are [row1, col1, row2, col2]; back to x = column
-                boxes = monai_boxes_to_xyxy(pred[detector.target_box_key].float().cpu().reshape(-1, 4)).numpy()
-                scores = pred[SCORE_KEY].float().cpu().numpy().reshape(-1)
-                found = []
-                for (x1, y1, x2, y2), s in sorted(zip(boxes, scores, strict=True), key=lambda t: -t[1]):
-                    if s < score_threshold or x2 <= x1 or y2 <= y1:
-                        continue
-                    src = geom.box_to_source(float(x1), float(y1), float(x2 - x1), float(y2 - y1))
-                    found.append({"score": float(s), "model_xyxy": [float(x1), float(y1), float(x2), float(y2)],
-                                  "x": src[0], "y": src[1], "width": src[2], "height": src[3]})
-                record.update(analysed=True, rows=int(ds.Rows), columns=int(ds.Columns),
-                              score_threshold=float(score_threshold), boxes=found)
-        except Exception as exc:
-            record.update(analysed=False, error=f"{type(exc).__name__}: {exc}")
-            logger.warning("cannot analyse file", extra={"file": str(path), "error": record["error"]})
-        _write_json(out, record.get("sop_instance_uid") or path.stem, record)
-        records.append(record)
+
+    def detect(ds: Any, arr: Any, geom: Any) -> dict[str, Any]:
+        with torch.no_grad():
+            pred = detector([torch.from_numpy(arr).to(dev)])[0]
+        # MONAI 2-D boxes are [row1, col1, row2, col2]; back to x = column
+        boxes = monai_boxes_to_xyxy(pred[detector.target_box_key].float().cpu().reshape(-1, 4)).numpy()
+        scores = pred[SCORE_KEY].float().cpu().numpy().reshape(-1)
+        found = []
+        for (x1, y1, x2, y2), s in sorted(zip(boxes, scores, strict=True), key=lambda t: -t[1]):
+            if s < score_threshold or x2 <= x1 or y2 <= y1:
+                continue
+            src = geom.box_to_source(float(x1), float(y1), float(x2 - x1), float(y2 - y1))
+            found.append({"score": float(s), "model_xyxy": [float(x1), float(y1), float(x2), float(y2)],
+                          "x": src[0], "y": src[1], "width": src[2], "height": src[3]})
+        return {"rows": int(ds.Rows), "columns": int(ds.Columns), "score_threshold": float(score_threshold),
+                "boxes": found}
+
+    out, records = _run_folder(dataset_dir, output_dir, image_size, detect)
     with open(out / "predictions.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["sop_instance_uid", "file", "analysed", "n_boxes", "PredictionString", "note"])
