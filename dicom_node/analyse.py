@@ -36,7 +36,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from dicom_node.journal import Job, Journal, ResultFile
 from dicom_node.node_metrics import NodeMetrics, skip_reason_category
-from dicom_node.spool import _SAFE, Spool, write_atomic
+from dicom_node.spool import Spool
 from models.errors import ImageDecodeError
 from models.findings import Findings
 
@@ -430,11 +430,7 @@ class AnalysisWorker:
         files: list[ResultFile] = []
         for res in encoded:
             uid = str(res.sop_instance_uid)  # type: ignore[attr-defined]
-            data: bytes = res.data  # type: ignore[attr-defined]
-            self.spool.check_space(len(data))
-            # same name as Spool.store_result
-            path = self.spool.outbox / str(int(job.id)) / f"{_SAFE.sub('_', uid)}.dcm"
-            write_atomic(path, data)
+            path = self.spool.store_result_bytes(job.id, uid, res.data)  # type: ignore[attr-defined]
             files.append(
                 ResultFile(uid, str(res.sop_class_uid), str(res.transfer_syntax_uid), str(path))  # type: ignore[attr-defined]
             )

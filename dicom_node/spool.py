@@ -277,9 +277,12 @@ class Spool:
 
     def store_result(self, job_id: int, ds: Dataset) -> Path:
         """Durably store one result dataset of job ``job_id`` (name from its SOP Instance UID)."""
-        data = dataset_bytes(ds)
+        return self.store_result_bytes(job_id, str(ds.SOPInstanceUID), dataset_bytes(ds))
+
+    def store_result_bytes(self, job_id: int, sop_instance_uid: str, data: bytes) -> Path:
+        """Durably store one already-encoded result of job ``job_id`` (Part 10 bytes)."""
         self.check_space(len(data))
-        path = self.outbox / str(int(job_id)) / f"{_SAFE.sub('_', str(ds.SOPInstanceUID))}.dcm"
+        path = self.outbox / str(int(job_id)) / f"{_SAFE.sub('_', sop_instance_uid)}.dcm"
         write_atomic(path, data)
         return path
 
