@@ -171,15 +171,23 @@ def run_detection(
     output_dir: str | Path,
     image_size: Sequence[int],
     score_threshold: float,
+    box_format: str = "monai",
     device: str = "auto",
 ) -> list[dict[str, Any]]:
-    """Detect lung opacities in every DICOM under ``dataset_dir``; boxes with score >= ``score_threshold``."""
+    """Detect lung opacities in every DICOM under ``dataset_dir``; boxes with score >= ``score_threshold``.
+
+    ``box_format`` is the bundle's declared detector box order (``inference.json``), read the same way
+    as the engine reads it (``models.bundle_loader.detector_box_to_xyxy``).
+    """
     import torch
 
-    from models.networks import SCORE_KEY, monai_boxes_to_xyxy
+    from models.bundle_loader import BOX_FORMATS, detector_box_to_xyxy
+    from models.networks import SCORE_KEY
 
     if not 0.0 <= float(score_threshold) <= 1.0:
         raise ValueError(f"score_threshold must be in [0, 1], got {score_threshold!r}")
+    if box_format not in BOX_FORMATS:
+        raise ValueError(f"box_format must be one of {BOX_FORMATS}, got {box_format!r}")
     dev = _device(device)
     _load_weights(detector.network, ckpt_path)
     detector.to(dev).eval()
@@ -187,8 +195,8 @@ def run_detection(
     def detect(ds: Any, arr: Any, geom: Any) -> dict[str, Any]:
         with torch.no_grad():
             pred = detector([torch.from_numpy(arr).to(dev)])[0]
-        # MONAI 2-D boxes are [row1, col1, row2, col2]; back to x = column
-        boxes = monai_boxes_to_xyxy(pred[detector.target_box_key].float().cpu().reshape(-1, 4)).numpy()
+        raw = pred[detector.target_box_key].float().cpu().reshape(-1, 4).tolist()
+        boxes = [detector_box_to_xyxy(b, box_format) for b in raw]  # x = column
         scores = pred[SCORE_KEY].float().cpu().numpy().reshape(-1)
         found = []
         for (x1, y1, x2, y2), s in sorted(zip(boxes, scores, strict=True), key=lambda t: -t[1]):
