@@ -206,11 +206,19 @@ def test_destination_down_then_up(tmp_path: Path, storescp, caplog: pytest.LogCa
 
 @pytest.mark.integration
 @needs_dcmtk
-def test_rejected_association_retried_slowly(
-    tmp_path: Path, storescp, caplog: pytest.LogCaptureFixture
-) -> None:
-    port, out, _, start = storescp
-    start("--refuse")
+def test_rejected_association_retried_slowly(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # A peer that rejects every association (A-ASSOCIATE-RJ, calling AE not recognised) and then waits
+    # for us to close: dcmtk's `storescp --refuse` drops the connection right after the rejection, and
+    # pynetdicom then sometimes sees an abort (transient) instead of the rejection (permanent).
+    from pynetdicom import AE, AllStoragePresentationContexts
+
+    out = tmp_path / "received"
+    out.mkdir()
+    refuser = AE(ae_title="DEST")
+    refuser.supported_contexts = AllStoragePresentationContexts
+    refuser.require_calling_aet = ["SOMEONE_ELSE"]
+    server = refuser.start_server(("127.0.0.1", 0), block=False)
+    port = server.server_address[1]
     q = Queue(tmp_path, f"DEST@127.0.0.1:{port}", permanent_retry_s=1.0)
     caplog.set_level(logging.ERROR, logger="dicom_node.deliver")
     try:
@@ -231,6 +239,7 @@ def test_rejected_association_retried_slowly(
         assert list(out.iterdir()) == []
     finally:
         q.close()
+        server.shutdown()
 
 
 def _pynetdicom_scp(status: int):
