@@ -105,10 +105,12 @@ def _build_in_pool(
 ) -> tuple[list, list[logging.LogRecord]]:
     """Pool-process job: ``dicom_node.results.build_encoded_results`` plus the log records it wrote
     (a spawned process has no log handlers; the node re-emits them so none are lost)."""
+    from dicom_node.logging_setup import quiet_highdicom
     from dicom_node.results import build_encoded_results
 
     root = logging.getLogger()
     root.setLevel(log_level)
+    quiet_highdicom()
     keep = _KeepRecords()
     root.addHandler(keep)
     try:

@@ -30,6 +30,7 @@ from dicom_node.journal import Job, Journal, OutboxItem
 from dicom_node.node_metrics import NodeMetrics
 from dicom_node.settings import Destination, NodeSettings
 from dicom_node.spool import Spool
+from dicom_node.tcp_options import NODELAY_HANDLERS
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +104,9 @@ class DicomSender:
             from dicom_node.tls import scu_tls_args
 
             tls_args = scu_tls_args(self.ssl_context, dest.host)
-        assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, tls_args=tls_args)
+        assoc = ae.associate(
+            dest.host, dest.port, ae_title=dest.ae_title, tls_args=tls_args, evt_handlers=NODELAY_HANDLERS
+        )
         if not assoc.is_established:
             if assoc.is_rejected:
                 prim = assoc.acceptor.primitive

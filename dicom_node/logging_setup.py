@@ -121,5 +121,15 @@ def configure_logging(
 
 
 def quiet_pynetdicom(level: str = "WARNING") -> None:
-    """Keep pynetdicom's logger (DEBUG dumps dataset contents, incl. patient data) at ``level``."""
+    """Keep pynetdicom's logger (DEBUG dumps dataset contents, incl. patient data) at ``level``,
+    and highdicom's at INFO or above (see :func:`quiet_highdicom`)."""
     logging.getLogger("pynetdicom").setLevel(level.upper())
+    quiet_highdicom()
+
+
+def quiet_highdicom() -> None:
+    """Keep highdicom's logger at INFO or above: at DEBUG it writes about 100 lines per result
+    object ("copied attribute ...", "skipped attribute ..."), which in the node's result processes
+    are shipped back and written for every image (BENCHMARKS.md: it cost the DEBUG benchmark runs
+    several ms per image)."""
+    logging.getLogger("highdicom").setLevel(logging.INFO)

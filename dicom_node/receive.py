@@ -53,6 +53,7 @@ from dicom_node.node_metrics import NodeMetrics, skip_reason_category
 from dicom_node.routing import RoutingRules
 from dicom_node.settings import NodeSettings
 from dicom_node.spool import Spool, StagedFile, is_out_of_space
+from dicom_node.tcp_options import NODELAY_HANDLERS
 
 logger = logging.getLogger(__name__)
 
@@ -245,6 +246,7 @@ class Receiver:
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_CONN_CLOSE, self._on_conn_close),
+            *NODELAY_HANDLERS,
         ]
         if self.chunked_receive and not _install_chunked_switch():
             self.chunked_receive = False

@@ -29,7 +29,7 @@ import pydicom
 from pydicom.encaps import get_frame
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, apply_modality_lut, pixel_array
-from pydicom.uid import UID
+from pydicom.uid import UID, JPEGBaseline8Bit
 
 from models.errors import UNKNOWN_UID, ImageDecodeError, UnsupportedImageError
 
@@ -280,6 +280,29 @@ def _check_codestream(uid: str, ts: UID, frame: bytes) -> None:
 
 # --------------------------------------------------------------------------- decoding
 
+#: Decoder tried first per transfer syntax. Pillow (libjpeg-turbo) decodes an 8-bit baseline JPEG
+#: about 4x faster than pylibjpeg-libjpeg and releases the GIL while it does, so the engine's
+#: decode threads run in parallel with each other and with the rest of the node (pylibjpeg holds
+#: the GIL for the whole decode: see BENCHMARKS.md, "Decode off the GIL"). Any failure of the
+#: preferred plug-in falls back to pydicom's own order, so a stream only one decoder accepts is
+#: still read.
+PREFERRED_DECODER: dict[str, str] = {JPEGBaseline8Bit: "pillow"}
+
+
+def _decode_frame0(ds: pydicom.Dataset) -> np.ndarray:
+    """Frame 0 as pydicom decodes it (YBR -> RGB), with the preferred plug-in first."""
+    ts = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
+    plugin = PREFERRED_DECODER.get(ts)
+    if plugin is not None:
+        try:
+            return pixel_array(ds, index=0, decoding_plugin=plugin)
+        except Exception as exc:  # the plug-in is missing or refuses this stream: default order
+            logger.debug(
+                "preferred decoder failed, using the default order",
+                extra={"decoder": plugin, "error": f"{type(exc).__name__}: {exc}"},
+            )
+    return pixel_array(ds, index=0)
+
 
 def _load(ds: pydicom.Dataset, uid: str, max_pixels: int) -> SourceImage:
     h = _check_header(ds, uid, max_pixels)
@@ -288,7 +311,7 @@ def _load(ds: pydicom.Dataset, uid: str, max_pixels: int) -> SourceImage:
             "multi-frame instance: using frame 0",
             extra={"sop_instance_uid": uid, "number_of_frames": h.frames},
         )
-    arr = pixel_array(ds, index=0)  # as_rgb=True: YBR -> RGB
+    arr = _decode_frame0(ds)
     expected_shape = (h.rows, h.columns) if h.samples_per_pixel == 1 else (h.rows, h.columns, 3)
     if arr.shape != expected_shape:
         raise ImageDecodeError(uid, f"decoded frame has shape {arr.shape}, expected {expected_shape}")

@@ -94,6 +94,17 @@ def test_configure_logging_quiets_pynetdicom(restore_logging: None) -> None:
     assert logging.getLogger("pynetdicom").getEffectiveLevel() == logging.DEBUG
 
 
+def test_configure_logging_keeps_highdicom_at_info(restore_logging: None) -> None:
+    """highdicom's DEBUG chatter (~100 "copied attribute" lines per result object) stays out of a DEBUG log."""
+    buf = io.StringIO()
+    configure_logging("DEBUG", "json", stream=buf)
+    assert logging.getLogger("highdicom").getEffectiveLevel() == logging.INFO
+    logging.getLogger("highdicom.base").debug('copied attribute "PatientName"')
+    logging.getLogger("dicom_node.test").debug("kept", extra={"event": "y"})
+    lines = buf.getvalue().splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])["event"] == "y"
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

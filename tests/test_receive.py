@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import socket
 import subprocess
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pydicom
 import pytest
 from dicom_factory import cxr_like_array, have_dcmtk, make_dataset, transcode_dcmtk, write
 from pydicom.uid import JPEG2000, JPEG2000Lossless, generate_uid
-from pynetdicom import AE
+from pynetdicom import AE, evt
 
 import dicom_node.spool as spool_mod
 from dicom_node.journal import Journal
@@ -278,3 +279,21 @@ def test_uid_distinct_instances(node: Node, tmp_path: Path) -> None:
     files = [_cxr(tmp_path, name=f"f{i}.dcm", sop_instance_uid=generate_uid()) for i in range(3)]
     assert _storescu(node.port, *files).returncode == 0
     assert len({j.sop_instance_uid for j in node.journal.jobs()}) == 3
+
+
+def test_scp_switches_nagle_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The node's SCP sockets carry TCP_NODELAY (pynetdicom leaves Nagle on; see dicom_node/tcp_options)."""
+    seen: list[int] = []
+    real = Receiver._on_store
+
+    def spy(self: Receiver, event: evt.Event) -> object:
+        seen.append(event.assoc.dul.socket.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        return real(self, event)
+
+    monkeypatch.setattr(Receiver, "_on_store", spy)
+    n = Node(tmp_path)
+    try:
+        assert _pyscu_store(n.port, pydicom.dcmread(_cxr(tmp_path))) == 0
+    finally:
+        n.close()
+    assert seen and all(seen), seen

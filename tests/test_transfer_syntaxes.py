@@ -240,3 +240,52 @@ def test_trailing_bytes_after_eoi_are_tolerated(tmp_path: Path) -> None:
     frame = next(generate_frames(encoded.PixelData, number_of_frames=1))
     encoded.PixelData = encapsulate([frame + b"\x00" * 7 + b"pad!"])
     np.testing.assert_array_equal(load_source_image(encoded).pixels, load_source_image(src).pixels)
+
+
+# --------------------------------------------------------------------------- preferred decoder
+@pytest.mark.integration
+@pytest.mark.skipif(not have_dcmtk("dcmcjpeg"), reason="dcmcjpeg not on PATH")
+def test_jpeg_baseline_is_decoded_with_pillow_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """JPEG Baseline goes to Pillow (GIL released, ~4x faster than pylibjpeg; BENCHMARKS.md) and
+    gives the same image as the default decoder order, to within JPEG's IDCT rounding."""
+    import models.dicom_image as dicom_image
+
+    assert dicom_image.PREFERRED_DECODER[uid.JPEGBaseline8Bit] == "pillow"
+    encoded = transcode_dcmtk(_source("u8"), "dcmcjpeg", ["+eb", "+un"], tmp_path)
+    used: list[str] = []
+    real = dicom_image.pixel_array
+
+    def spy(ds: pydicom.Dataset, **kwargs: object) -> np.ndarray:
+        used.append(str(kwargs.get("decoding_plugin", "")))
+        return real(ds, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(dicom_image, "pixel_array", spy)
+    preferred = load_source_image(encoded)
+    assert used == ["pillow"]
+    monkeypatch.setattr(dicom_image, "PREFERRED_DECODER", {})
+    default = load_source_image(encoded)
+    assert used == ["pillow", ""]
+    assert np.abs(preferred.pixels - default.pixels).max() <= 2 / 255
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not have_dcmtk("dcmcjpeg"), reason="dcmcjpeg not on PATH")
+def test_failing_preferred_decoder_falls_back_to_the_default_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import models.dicom_image as dicom_image
+
+    encoded = transcode_dcmtk(_source("u8"), "dcmcjpeg", ["+eb", "+un"], tmp_path)
+    monkeypatch.setattr(dicom_image, "PREFERRED_DECODER", {uid.JPEGBaseline8Bit: "no-such-plugin"})
+    got = load_source_image(encoded)
+    assert got.pixels.max() - got.pixels.min() > 0.9
+
+
+def test_broken_jpeg_fails_once_with_either_decoder() -> None:
+    """A stream neither decoder reads is still one ImageDecodeError (the fallback does not hide it)."""
+    ds = make_dataset(cxr_like_array(64, 64, bits_stored=8, seed=9), bits_stored=8)
+    ds.file_meta.TransferSyntaxUID = uid.JPEGBaseline8Bit
+    ds.PixelData = encapsulate([b"\xff\xd8" + b"\x00" * 200 + b"\xff\xd9"])
+    ds["PixelData"].VR = "OB"
+    with pytest.raises(ImageDecodeError):
+        load_source_image(ds)

@@ -8,12 +8,13 @@ and dcmtk (``storescu``, ``echoscu``) on ``PATH``.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -73,6 +74,19 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 def orthanc_binary() -> str | None:
     """Path of the Orthanc server binary, or None."""
     return shutil.which("Orthanc") or (str(p) if (p := Path("/usr/sbin/Orthanc")).exists() else None)
+
+
+def orthanc_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Environment for an Orthanc process: ``base`` (default ``os.environ``) plus ``TCP_NODELAY=1``.
+
+    Orthanc's DICOM layer (DCMTK) leaves Nagle's algorithm on unless ``TCP_NODELAY`` is set in
+    its environment; each C-STORE response then waits for the peer's delayed ACK. Measured on
+    loopback: 49 ms per stored instance with it on, 5 ms with it off (BENCHMARKS.md). A value
+    already in ``base`` is kept.
+    """
+    env = dict(os.environ if base is None else base)
+    env.setdefault("TCP_NODELAY", "1")
+    return env
 
 
 def terminate(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
@@ -152,7 +166,8 @@ class LocalOrthanc:
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child process
         try:
             self.proc = subprocess.Popen([binary, "--verbose", str(self.config_path)], cwd=self.workdir,
-                                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+                                         env=orthanc_environment(), stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)  # fmt: skip
         finally:
             log.close()
 

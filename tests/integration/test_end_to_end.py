@@ -258,3 +258,17 @@ def test_node_killed_after_acknowledging_results_arrive_after_restart(
     srs, scs = _wait_results(orthanc, str(src.StudyInstanceUID))
     assert (len(srs), len(scs)) == (1, 1)
     assert node.starts == 2
+
+
+def test_local_orthanc_runs_with_nagle_off(stack: Stack) -> None:
+    """The demo's and tests' Orthanc gets TCP_NODELAY=1 (DCMTK's switch for Nagle's algorithm)."""
+    assert stack.orthanc.proc is not None
+    environ = Path(f"/proc/{stack.orthanc.proc.pid}/environ").read_bytes().split(b"\0")
+    assert b"TCP_NODELAY=1" in environ
+
+
+def test_orthanc_environment_keeps_an_explicit_value() -> None:
+    from dicom_node.orthanc.local import orthanc_environment
+
+    assert orthanc_environment({"PATH": "/bin"}) == {"PATH": "/bin", "TCP_NODELAY": "1"}
+    assert orthanc_environment({"TCP_NODELAY": "0"})["TCP_NODELAY"] == "0"

@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hostile import generate
+from pynetdicom import _config
 from reliability_helpers import (
     SCALE,
     SendLog,
@@ -27,8 +29,6 @@ from reliability_helpers import (
     send_files,
     wait_for,
 )
-from hostile import generate
-from pynetdicom import _config
 
 from dicom_node.orthanc.local import LocalOrthanc
 

@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from reliability_helpers import SendLog, echo_ok, journal_rows, report, send_files, sop_uid_of
 from integration_helpers import make_image, write
+from reliability_helpers import SendLog, echo_ok, journal_rows, report, send_files, sop_uid_of
 
 pytestmark = pytest.mark.integration
 

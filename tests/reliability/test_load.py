@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
-from reliability_helpers import SCALE, SendLog, echo_ok, journal_rows, report, scaled, send_files
 from integration_helpers import make_image, write
+from reliability_helpers import SCALE, SendLog, echo_ok, journal_rows, report, scaled, send_files
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

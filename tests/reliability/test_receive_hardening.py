@@ -8,9 +8,9 @@ import re
 from pathlib import Path
 
 import pytest
-from reliability_helpers import send_files
 from hostile import _elem, _split, base_dataset, encode, part10
 from pynetdicom import _config
+from reliability_helpers import send_files
 
 from dicom_node.journal import Journal
 from dicom_node.receive import MAX_REASON_CHARS, Receiver
