@@ -193,6 +193,7 @@ def build_encoded_results(
     as :func:`findings_to_dict`, the threshold and the already decoded image (or None: the
     overlay then decodes the source itself).
     """
-    source = pydicom.dcmread(source_path)
+    # with the decoded image at hand only the header is needed (a 2500x2048 DX is 10 MB of pixels)
+    source = pydicom.dcmread(source_path, stop_before_pixels=image is not None)
     findings = findings_from_json(findings_json)
     return encode_results(build_results(source, findings, threshold=threshold, image=image))

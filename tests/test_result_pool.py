@@ -136,6 +136,32 @@ def test_build_encoded_results_matches_build_results(tmp_path: Path) -> None:
     np.testing.assert_array_equal(sc.pixel_array, direct[1].pixel_array)
 
 
+def _comparable(data: bytes) -> dict:
+    ds = pydicom.dcmread(pydicom.filebase.DicomBytesIO(data))
+    timestamps = ("ContentDate", "ContentTime", "InstanceCreationDate", "InstanceCreationTime")
+    for kw in (*timestamps, "DateOfSecondaryCapture", "TimeOfSecondaryCapture"):
+        if kw in ds:
+            delattr(ds, kw)
+    for item in ds.get("ContributingEquipmentSequence", []):
+        if "ContributionDateTime" in item:
+            del item.ContributionDateTime
+    return ds.to_json_dict()
+
+
+def test_header_only_source_read_gives_the_same_results(tmp_path: Path) -> None:
+    """With the engine's image, the pool reads the source without pixels: the SR and SC must be
+    exactly those built from the full source (dates and times aside)."""
+    src = rsna_source(256, seed=13)
+    path = tmp_path / "src.dcm"
+    src.save_as(path, enforce_file_format=True)
+    f = findings_for(src, three_boxes(256, 256))
+    header_only = build_encoded_results(str(path), findings_to_dict(f), 0.5, load_source_image(src))
+    full = build_encoded_results(str(path), findings_to_dict(f), 0.5, None)
+    assert len(header_only) == len(full) == 2
+    for a, b in zip(header_only, full, strict=True):
+        assert _comparable(a.data) == _comparable(b.data)
+
+
 def test_process_pool_results_equal_thread_results(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
     n = 4
