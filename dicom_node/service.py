@@ -199,6 +199,8 @@ class NodeService:
                 build_results=self._build_results,
                 on_analysed=self.deliverer.wake,
                 metrics=self.metrics,
+                # an injected builder (tests) runs in the analysis thread
+                result_workers=s.result_workers if self._build_results is None else None,
             )
             self.receiver = Receiver(
                 s,
@@ -207,6 +209,7 @@ class NodeService:
                 rules=RoutingRules.from_settings(s),
                 on_received=self.worker.wake,
                 metrics=self.metrics,
+                chunked_receive=s.chunked_receive,
             )
             self.deliverer.start()
             self.worker.start()

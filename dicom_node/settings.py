@@ -188,6 +188,10 @@ class NodeSettings(BaseSettings):
     )
     keep_skipped: bool = Field(False, description="keep spool files of instances that are not analysed")
     keep_delivered: bool = Field(False, description="keep spool files after all results were delivered")
+    chunked_receive: bool = Field(
+        True,
+        description="write each C-STORE data set straight into its spool file as it arrives (false: assemble it in memory first)",
+    )
 
     # --- routing ---
     route_modalities: CommaList = Field(
@@ -212,6 +216,12 @@ class NodeSettings(BaseSettings):
     batch_size: int = Field(8, ge=1, le=256, description="maximum inference batch size")
     max_wait_ms: float = Field(20.0, ge=0, description="how long the engine waits to fill a batch")
     decode_workers: int = Field(2, ge=1, le=64, description="threads decoding DICOM pixel data")
+    result_workers: int | None = Field(
+        None,
+        ge=0,
+        le=64,
+        description="processes building and encoding the SR and SC (unset: min(2, CPU cores); 0: in the analysis thread)",
+    )
     threshold: float = Field(0.5, gt=0, lt=1, description="decision threshold for 'pneumonia present'")
     analysis_max_attempts: int = Field(
         3, ge=1, description="attempts for an instance whose analysis fails unexpectedly"
