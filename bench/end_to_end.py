@@ -36,6 +36,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pydicom
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from common import (  # noqa: E402
@@ -62,8 +64,19 @@ VARIANTS: dict[str, dict[str, str]] = {
     "torch-1-thread": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
     "before-refill-fix": {
         "CXR_BENCH_PATCH": "old_worker",
+        "CXR_NODE_RESULT_WORKERS": "0",
         "PYTHONPATH": f"{HERE / 'ab_patches'}:{REPO}",
     },  # fmt: skip
+    # the node of stop 8 (commit 128e128) in these two respects, with an Orthanc started as then
+    "pylibjpeg-nagle": {
+        "CXR_BENCH_PATCH": "pylibjpeg_first,nagle_on",
+        "PYTHONPATH": f"{HERE / 'ab_patches'}:{REPO}",
+    },  # fmt: skip
+}
+
+#: environment of the Orthanc a variant delivers to (variants with the same one share an Orthanc)
+ORTHANC_ENV: dict[str, dict[str, str]] = {
+    "pylibjpeg-nagle": {"TCP_NODELAY": "0"},  # DCMTK's default: Nagle on
 }
 
 
@@ -82,8 +95,13 @@ def wipe(orthanc: LocalOrthanc) -> None:
 
 
 def one_run(orthanc: LocalOrthanc, files: Sequence[Path], *, senders: int, batch: int, device: str,
-            workdir: Path, timeout: float, extra_env: dict[str, str]) -> dict[str, Any]:  # fmt: skip
-    """Start a node, push ``files`` over ``senders`` associations, wait for 2·N results in Orthanc."""
+            workdir: Path, timeout: float, extra_env: dict[str, str],
+            warmup: Sequence[Path] = ()) -> dict[str, Any]:  # fmt: skip
+    """Start a node, push ``files`` over ``senders`` associations, wait for 2·N results in Orthanc.
+
+    ``warmup`` images (other UIDs) go through the node first and are waited for, then Orthanc is
+    emptied: the clock then measures a node in its steady state (models warm, result processes
+    started), not its first seconds."""
     node = NodeProcess(workdir=workdir, port=free_port(), orthanc_dicom_port=orthanc.dicom_port,
                        env_overrides={"CXR_NODE_BATCH_SIZE": str(batch), "CXR_NODE_DEVICE": device, "CXR_NODE_HTTP_PORT": "0",
                                       "CXR_NODE_LOG_LEVEL": "DEBUG",
@@ -95,6 +113,15 @@ def one_run(orthanc: LocalOrthanc, files: Sequence[Path], *, senders: int, batch
     try:
         assert node.proc is not None
         pid = node.proc.pid
+        if warmup:
+            push = push_parallel(warmup, node.port, senders, calling=PUSHER_AET, called="AINODE")
+            if push.failures or any(push.returncodes):
+                raise RuntimeError(f"warm-up push failed: rc {push.returncodes}")
+            wait_until(lambda: orthanc_count(orthanc) >= 2 * len(warmup), timeout, interval=0.1,
+                       what="the warm-up results in Orthanc")  # fmt: skip
+            wipe(orthanc)
+        warm_batches = sum(1 for r in node.log_records() if r.get("msg") == "batch done" and "classify_ms" in r)
+        timed = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files}
         with Sampler(lambda: gpu_memory_used_mb() or 0.0, 0.5) as gpu:
             t0 = time.perf_counter()
             push = push_parallel(files, node.port, senders, calling=PUSHER_AET, called="AINODE")
@@ -108,13 +135,15 @@ def one_run(orthanc: LocalOrthanc, files: Sequence[Path], *, senders: int, batch
         # the job_delivered line is written right after the last outbox row is marked delivered
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            lat = [float(r["ms"]) for r in node.log_records() if r.get("event") == "job_delivered"]
+            lat = [float(r["ms"]) for r in node.log_records()
+                   if r.get("event") == "job_delivered" and r.get("sop_instance_uid") in timed]  # fmt: skip
             if len(lat) >= len(files):
                 break
             time.sleep(0.2)
         got = orthanc_count(orthanc) - base
         # time the models actually ran inside the node (engine's DEBUG "batch done" lines)
         batches = [r for r in node.log_records() if r.get("msg") == "batch done" and "classify_ms" in r]
+        batches = batches[warm_batches:]  # the warm-up's batches are not timed
         model_busy_s = sum(float(r["classify_ms"]) + float(r["detect_ms"]) for r in batches) / 1000.0
         batched = sum(int(r["batch_size"]) for r in batches)
     finally:
@@ -166,26 +195,36 @@ class ModelOnly:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     scratch: Path = args.scratch
     files = rsna_phantoms(scratch / "phantoms", args.n, seed=21, size=args.size)
+    warmup = rsna_phantoms(scratch / "phantoms", args.warmup, seed=97, size=args.size) if args.warmup else []
     configs = [(s, args.default_batch) for s in args.senders]
     configs += [
         (args.default_senders, b) for b in args.batch_sizes if (args.default_senders, b) not in configs
     ]
     work = Path(tempfile.mkdtemp(prefix="e2e-", dir=scratch))
-    orthanc = LocalOrthanc(workdir=work / "orthanc", http_port=free_port(), dicom_port=free_port(),
-                           node_port=free_port(), auto_forward=False)  # fmt: skip
+    orthancs: dict[str, LocalOrthanc] = {}
+    by_variant: dict[str, LocalOrthanc] = {}
+    for variant in args.variants:
+        env = ORTHANC_ENV.get(variant, {})
+        key = json.dumps(env, sort_keys=True)
+        if key not in orthancs:
+            orthancs[key] = LocalOrthanc(workdir=work / f"orthanc-{len(orthancs)}", http_port=free_port(),
+                                         dicom_port=free_port(), node_port=free_port(), auto_forward=False,
+                                         env_overrides=env)  # fmt: skip
+        by_variant[variant] = orthancs[key]
     rows = []
     models = ModelOnly(args.device, args.model_images)
     extra = dict(kv.split("=", 1) for kv in args.env)
     try:
-        orthanc.start()
+        for orthanc in orthancs.values():
+            orthanc.start()
         for senders, batch in configs:
             runs: dict[str, list[dict[str, Any]]] = {v: [] for v in args.variants}
             for rep in range(args.repeats):
                 for variant in args.variants:  # interleaved: host load hits every variant alike
                     runs[variant].append(one_run(
-                        orthanc, files, senders=senders, batch=batch, device=args.device,
+                        by_variant[variant], files, senders=senders, batch=batch, device=args.device,
                         workdir=work / f"node-{variant}-{senders}-{batch}-{rep}", timeout=args.timeout,
-                        extra_env={**extra, **VARIANTS[variant]}))  # fmt: skip
+                        extra_env={**extra, **VARIANTS[variant]}, warmup=warmup))  # fmt: skip
                     mo = models.images_per_s(batch)
                     runs[variant][-1]["model_only_images_s"] = mo["both"]
                     runs[variant][-1]["ratio"] = runs[variant][-1]["images_s"] / mo["both"]
@@ -199,9 +238,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     row[key] = median(vals) if vals else None
                 rows.append(row)
     finally:
-        orthanc.stop()
+        for orthanc in orthancs.values():
+            orthanc.stop()
         shutil.rmtree(work, ignore_errors=True)
-    return {"hardware": hardware(), "n": args.n, "size": args.size, "device": args.device,
+    return {"hardware": hardware(), "n": args.n, "size": args.size, "device": args.device, "warmup": args.warmup,
             "repeats": args.repeats, "env": extra, "rows": rows}  # fmt: skip
 
 
@@ -209,7 +249,8 @@ def to_markdown(report: dict[str, Any]) -> str:
     hw = report["hardware"]
     lines = [
         f"Hardware: {hw['cpu']}, {hw['cores']} logical cores (shared), GPU: {hw.get('gpu') or 'none'}; "
-        f"device {report['device']}; N = {report['n']} RSNA-style {report['size']}² JPEG SC per run; "
+        f"device {report['device']}; N = {report['n']} RSNA-style {report['size']}² JPEG SC per run"
+        f" (after {report.get('warmup', 0)} warm-up images); "
         f"median of {report['repeats']} runs; extra env {report['env'] or '-'}.",
         "",
         "| variant | senders | batch | images/s (runs) | p50 / p95 / p99 latency (s) | peak RSS (MiB) "
@@ -239,6 +280,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--default-batch", type=int, default=8, help="batch size of the senders sweep")
     p.add_argument("--default-senders", type=int, default=2, help="senders of the batch-size sweep")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=0,
+                   help="images pushed and delivered before the clock starts (0: time a fresh node)")  # fmt: skip
     p.add_argument("--device", default="cpu", help="cpu | cuda")
     p.add_argument("--model-images", type=int, default=16, help="images per model-only measurement")
     p.add_argument("--timeout", type=float, default=900.0, help="per run, seconds")

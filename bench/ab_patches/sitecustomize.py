@@ -1,16 +1,34 @@
 """A/B switch for bench/end_to_end.py: puts back a pre-fix code path in the node subprocess.
 
-Only active when this folder is first on ``PYTHONPATH`` *and* ``CXR_BENCH_PATCH`` names a patch:
+Only active when this folder is first on ``PYTHONPATH`` *and* ``CXR_BENCH_PATCH`` names one or
+more patches (comma-separated):
 
 * ``old_worker``: the analysis worker's loop before the refill-per-result fix (it drained every
-  finished job, building its SR + SC, before fetching new jobs for the engine).
+  finished job, building its SR + SC, before fetching new jobs for the engine). Written for the
+  worker of commit f8dfc9a and earlier: it does not know the result process pool (ef0a3c4), so it
+  only runs with ``CXR_NODE_RESULT_WORKERS=0``.
+* ``pylibjpeg_first``: JPEG Baseline decoded in pydicom's default plug-in order (pylibjpeg-libjpeg,
+  which holds the GIL) instead of Pillow first.
+* ``nagle_on``: the node's SCP and SCU sockets keep Nagle's algorithm (no ``TCP_NODELAY``).
 """
 
 from __future__ import annotations
 
 import os
 
-if os.environ.get("CXR_BENCH_PATCH") == "old_worker":
+_PATCHES = {p.strip() for p in os.environ.get("CXR_BENCH_PATCH", "").split(",") if p.strip()}
+
+if "pylibjpeg_first" in _PATCHES:
+    import models.dicom_image as _dicom_image
+
+    _dicom_image.PREFERRED_DECODER.clear()
+
+if "nagle_on" in _PATCHES:
+    import dicom_node.tcp_options as _tcp_options
+
+    _tcp_options.NODELAY_HANDLERS.clear()  # receive/deliver read this list when they connect
+
+if "old_worker" in _PATCHES:
     import logging
     import queue
     import time

@@ -120,6 +120,8 @@ class LocalOrthanc:
     retry_delay_s: float = 2.0
     auto_forward: bool = True
     extra_modalities: Sequence[Modality] = ()
+    #: added to Orthanc's environment (after ``TCP_NODELAY=1``, which it may override)
+    env_overrides: Mapping[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -166,7 +168,7 @@ class LocalOrthanc:
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child process
         try:
             self.proc = subprocess.Popen([binary, "--verbose", str(self.config_path)], cwd=self.workdir,
-                                         env=orthanc_environment(), stdout=log, stderr=subprocess.STDOUT,
+                                         env={**orthanc_environment(), **self.env_overrides}, stdout=log, stderr=subprocess.STDOUT,
                                          start_new_session=True)  # fmt: skip
         finally:
             log.close()
