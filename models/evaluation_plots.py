@@ -1,12 +1,15 @@
 """PNG plots of the evaluation report (matplotlib, Agg canvas, no pyplot global state).
 
-Every function writes one PNG and returns its path. Colours in image plots:
+Every ``plot_*`` function writes one PNG and returns its path; :func:`write_plots` writes all
+of them for one evaluation (file names in :data:`PLOT_FILES`). Colours in image plots:
 ground-truth boxes green, predicted boxes red.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,8 +17,21 @@ from typing import Any
 import numpy as np
 
 from models import metrics
+from models.evaluation_predict import ImagePrediction
+from models.evaluation_report import FIXED_THRESHOLDS
+
+logger = logging.getLogger(__name__)
 
 _DPI = 100
+PLOT_FILES: dict[str, str] = {
+    "roc": "roc.png",
+    "pr": "precision_recall.png",
+    "confusion_0.5": "confusion_t0.50.png",
+    "confusion_0.25": "confusion_t0.25.png",
+    "confusion_3class": "confusion_3class.png",
+    "calibration": "calibration.png",
+    "samples": "samples.png",
+}
 
 
 def _figure(width: float, height: float) -> Any:
@@ -153,3 +169,124 @@ def plot_sample_grid(panels: Sequence[SamplePanel], path: Path, *, ncols: int = 
     if title:
         fig.suptitle(title, fontsize=10)
     return _save(fig, path)
+
+
+# --------------------------------------------------------------------------- one evaluation's plots
+
+
+def _display_image(pred: ImagePrediction, max_side: int = 384) -> tuple[np.ndarray, float]:
+    """(display image in [0, 1], scale from source pixels to the display image)."""
+    import pydicom
+
+    from models.dicom_image import load_source_image
+
+    src = load_source_image(pydicom.dcmread(pred.image)).pixels
+    step = max(1, int(math.ceil(max(src.shape) / max_side)))
+    return src[::step, ::step], 1.0 / step
+
+
+def _sample_panels(
+    predictions: Sequence[ImagePrediction],
+    *,
+    threshold: float,
+    operating_threshold: float | None,
+    npz_images: np.ndarray | None,
+    per_kind: int = 3,
+) -> list[Any]:
+    analysed = [p for p in predictions if p.status == "analysed"]
+    groups: dict[str, list[ImagePrediction]] = {"TP": [], "FP": [], "FN": [], "TN": []}
+    for p in analysed:
+        positive = (p.pneumonia_probability or 0.0) >= threshold
+        kind = ("TP" if p.target == 1 else "FP") if positive else ("FN" if p.target == 1 else "TN")
+        groups[kind].append(p)
+    for kind in ("TP", "FP"):  # most confident mistakes / hits first
+        groups[kind].sort(key=lambda p: -(p.pneumonia_probability or 0.0))
+    for kind in ("FN", "TN"):
+        groups[kind].sort(key=lambda p: p.pneumonia_probability or 0.0)
+    # up to per_kind each of TP, FP, FN; empty slots are filled with further examples (TN last)
+    n_panels = 3 * per_kind
+    chosen = [(k, p) for k in ("TP", "FP", "FN") for p in groups[k][:per_kind]]
+    rest = [(k, p) for k in ("TP", "FP", "FN") for p in groups[k][per_kind:]] + [
+        ("TN", p) for p in groups["TN"]
+    ]
+    chosen += rest[: max(0, n_panels - len(chosen))]
+    order = {"TP": 0, "FP": 1, "FN": 2, "TN": 3}
+    chosen.sort(key=lambda kp: order[kp[0]])
+    panels = []
+    op = operating_threshold if operating_threshold is not None else 0.0
+    for kind, p in chosen:
+        try:
+            if p.image.startswith("npz:") and npz_images is not None:
+                img, scale = npz_images[int(p.image.rsplit(":", 1)[1])].astype(np.float32) / 255.0, 1.0
+            else:
+                img, scale = _display_image(p)
+        except Exception as exc:
+            logger.warning("sample image unreadable", extra={"image": p.image, "error": str(exc)})
+            continue
+        gt = tuple(tuple(v * scale for v in b) for b in p.gt_boxes)
+        pr = tuple((*(v * scale for v in b[:4]), b[4]) for b in p.pred_boxes if b[4] >= op)
+        panels.append(
+            SamplePanel(
+                title=f"{kind} p={p.pneumonia_probability:.2f} {p.klass or ''}".strip(),
+                image=img,
+                gt_boxes=gt,  # type: ignore[arg-type]
+                pred_boxes=pr,  # type: ignore[arg-type]
+            )
+        )
+    return panels
+
+
+def write_plots(
+    out_dir: Path,
+    predictions: Sequence[ImagePrediction],
+    report: Mapping[str, Any],
+    *,
+    npz_images: np.ndarray | None = None,
+) -> dict[str, str]:
+    """All PNG plots into ``out_dir``; returns ``{plot key: file name}`` of those written."""
+    out_dir = Path(out_dir)
+    written: dict[str, str] = {}
+    analysed = [p for p in predictions if p.status == "analysed"]
+    cls = report["classification"]
+    if cls.get("available"):
+        y = np.array([p.target for p in analysed], dtype=np.int64)
+        s = np.array([p.pneumonia_probability for p in analysed], dtype=np.float64)
+        plot_roc(y, s, out_dir / PLOT_FILES["roc"], ci=tuple(cls["roc_auc_ci95"]))  # type: ignore[arg-type]
+        written["roc"] = PLOT_FILES["roc"]
+        plot_pr(y, s, out_dir / PLOT_FILES["pr"])
+        written["pr"] = PLOT_FILES["pr"]
+        for t in FIXED_THRESHOLDS:
+            key = f"confusion_{t:g}"
+            r = cls["at_threshold"][f"{t:g}"]
+            plot_confusion(
+                r["confusion_matrix"],
+                ["no pneumonia", "pneumonia"],
+                f"Pneumonia at threshold {t:g}",
+                out_dir / PLOT_FILES[key],
+            )
+            written[key] = PLOT_FILES[key]
+        if cls.get("multiclass"):
+            mc = cls["multiclass"]
+            plot_confusion(
+                mc["confusion_matrix"],
+                mc["class_names"],
+                "RSNA 3-class (argmax)",
+                out_dir / PLOT_FILES["confusion_3class"],
+            )
+            written["confusion_3class"] = PLOT_FILES["confusion_3class"]
+        plot_calibration(y, s, out_dir / PLOT_FILES["calibration"], n_bins=cls["calibration"]["n_bins"])
+        written["calibration"] = PLOT_FILES["calibration"]
+    det = report.get("detection")
+    panels = _sample_panels(
+        predictions,
+        threshold=0.5,
+        operating_threshold=det["operating_threshold"] if det else None,
+        npz_images=npz_images,
+    )
+    plot_sample_grid(
+        panels,
+        out_dir / PLOT_FILES["samples"],
+        title="TP / FP / FN at 0.5 — truth boxes green, predicted boxes red",
+    )
+    written["samples"] = PLOT_FILES["samples"]
+    return written
