@@ -11,6 +11,7 @@ Content tree (IHE AI Results style)::
           Algorithm Identification (classification bundle)
           Probability (DCM 122157), unit UCUM "1"          + Algorithm Identification
           Threshold Value (DCM 122411), unit UCUM "1"      + Algorithm Identification
+          Probability of <class> (99CXRAI), unit UCUM "1"  + Algorithm Identification, one per RSNA class
           Pneumonia = Present (SCT 52101004) | Absent (SCT 272519000)
             -- or, not analysed: Pneumonia = Not Evaluated (SCT 373121007) + Comment text with the reason
         Measurement Group (TID 1410), one per box, finding type DCM 112001 "Opacity", site SCT 39607008 "Lung"
@@ -23,6 +24,11 @@ Codes: SNOMED CT 233604007 |Pneumonia (disorder)|, DCM 112001 "Opacity" (the Che
 SR code of CID 6102, used for the RSNA "Lung Opacity" class), SCT 52101004 / 272519000
 Present / Absent (CID 240), SCT 373121007 "Not Evaluated", DCM 122157 "Probability",
 DCM 122411 "Threshold Value", SCT 399208008 |Plain chest X-ray (procedure)|.
+
+The per-class probabilities have no standard code: they use the private coding scheme
+``99CXRAI`` (:data:`CLASS_PROBABILITY_CONCEPTS`, one concept per entry of
+``models.findings.RSNA_CLASSES``), declared in the Coding Scheme Identification Sequence
+of every SR that uses it (:func:`private_coding_scheme`).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from highdicom.sr import (
     AlgorithmIdentification,
     CodeContentItem,
@@ -77,7 +84,7 @@ from dicom_node.results_common import (
     models_label,
     software_versions,
 )
-from models.findings import Box, Findings, ModelInfo
+from models.findings import RSNA_CLASSES, Box, Findings, ModelInfo
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +102,21 @@ CHEST_XRAY = CodedConcept("399208008", "SCT", "Plain chest X-ray")
 NO_UNITS = CodedConcept("1", "UCUM", "no units")
 SQUARE_MM = CodedConcept("mm2", "UCUM", "square millimeter")
 PIXELS = CodedConcept("{pixels}", "UCUM", "Pixels")
+
+#: Private coding scheme of the node's own codes (DICOM reserves the "99" prefix for private schemes).
+PRIVATE_SCHEME = "99CXRAI"
+#: Code value (SH, at most 16 characters) of the probability concept of each RSNA class.
+_CLASS_CODE_VALUES = {
+    "Normal": "P-NORMAL",
+    "No Lung Opacity / Not Normal": "P-NOT-NORMAL",
+    "Lung Opacity": "P-LUNG-OPACITY",
+}
+if set(_CLASS_CODE_VALUES) != set(RSNA_CLASSES):  # guards an edit of RSNA_CLASSES
+    raise RuntimeError(f"no private code for every RSNA class: {sorted(_CLASS_CODE_VALUES)} vs {RSNA_CLASSES}")
+#: "Probability of <class>" concept of each RSNA class, in RSNA_CLASSES order.
+CLASS_PROBABILITY_CONCEPTS: dict[str, CodedConcept] = {
+    name: CodedConcept(_CLASS_CODE_VALUES[name], PRIVATE_SCHEME, f"Probability of {name}") for name in RSNA_CLASSES
+}
 
 _MODALITY_CODES = {
     "CR": CodedConcept("CR", "DCM", "Computed Radiography"),
@@ -151,6 +173,7 @@ def build_sr(source: Dataset, findings: Findings, *, threshold: float) -> Compre
         software_versions=software_versions(models),
         transfer_syntax_uid=ExplicitVRLittleEndian,
         specific_character_set=None,
+        coding_schemes=[private_coding_scheme()] if findings.analysed else None,
     )
     copy_patient_study(source, sr)
     logger.info(
@@ -163,6 +186,16 @@ def build_sr(source: Dataset, findings: Findings, *, threshold: float) -> Compre
         },
     )
     return sr
+
+
+def private_coding_scheme() -> CodingSchemeIdentificationItem:
+    """A new Coding Scheme Identification item declaring :data:`PRIVATE_SCHEME` (PS3.3 C.12.1.1.4)."""
+    return CodingSchemeIdentificationItem(
+        designator=PRIVATE_SCHEME,
+        name="cxr-ai-node private codes",
+        version="1",
+        responsible_organization=MANUFACTURER,
+    )
 
 
 def _algorithm_id(model: ModelInfo | None) -> AlgorithmIdentification | None:
@@ -209,6 +242,7 @@ def _image_level_group(source: Dataset, findings: Findings, threshold: float) ->
         ),
         Measurement(name=THRESHOLD_VALUE, value=threshold, unit=NO_UNITS, algorithm_id=_algorithm_id(model)),
     ]
+    measurements += _class_probability_measurements(findings, model)
     return MeasurementsAndQualitativeEvaluations(
         tracking_identifier=tracking,
         finding_type=PNEUMONIA,
@@ -217,6 +251,23 @@ def _image_level_group(source: Dataset, findings: Findings, threshold: float) ->
         qualitative_evaluations=[QualitativeEvaluation(PNEUMONIA, PRESENT if positive else ABSENT)],
         source_images=[source_ref],
     )
+
+
+def _class_probability_measurements(findings: Findings, model: ModelInfo | None) -> list[Measurement]:
+    """One "Probability of <class>" measurement per RSNA class, in RSNA_CLASSES order."""
+    probabilities = findings.class_probabilities
+    missing = [name for name in RSNA_CLASSES if name not in probabilities]
+    if missing:
+        raise ValueError(f"findings for {findings.sop_instance_uid} have no probability for class(es) {missing}")
+    return [
+        Measurement(
+            name=CLASS_PROBABILITY_CONCEPTS[name],
+            value=float(probabilities[name]),
+            unit=NO_UNITS,
+            algorithm_id=_algorithm_id(model),
+        )
+        for name in RSNA_CLASSES
+    ]
 
 
 def _box_group(
@@ -318,4 +369,4 @@ def _insert_image_library(report: MeasurementReport, source: Dataset) -> None:
     root_items.insert(position, library)
 
 
-__all__ = ["build_sr"]
+__all__ = ["CLASS_PROBABILITY_CONCEPTS", "PRIVATE_SCHEME", "build_sr", "private_coding_scheme"]

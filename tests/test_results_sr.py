@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import highdicom as hd
@@ -26,14 +27,16 @@ from dicom_node import uids
 from dicom_node.results import build_results
 from dicom_node.results_sr import (
     ABSENT,
+    CLASS_PROBABILITY_CONCEPTS,
     NOT_EVALUATED,
     PNEUMONIA,
     PRESENT,
+    PRIVATE_SCHEME,
     PROBABILITY,
     THRESHOLD_VALUE,
     build_sr,
 )
-from models.findings import ModelInfo
+from models.findings import LUNG_OPACITY_INDEX, RSNA_CLASSES, ModelInfo
 
 COPIED = (
     "PatientName",
@@ -106,6 +109,67 @@ def test_image_level_decision_probability_and_threshold(tmp_path: Path, threshol
     assert prob.unit.value == "1" and prob.unit.scheme_designator == "UCUM"
     assert "cxr_classification" in _algorithm_names(group[0])
     assert [s.referenced_sop_instance_uid for s in group.source_images] == [src.SOPInstanceUID]
+
+
+#: Distinct class probabilities with more digits than a DS value holds, to check the exact round trip.
+CLASS_P = dict(zip(RSNA_CLASSES, (0.12345678901234567, 0.2098765432109876, 0.6666753677766667), strict=True))
+
+
+def _private_num_items(ds: pydicom.Dataset) -> list[pydicom.Dataset]:
+    """Every NUM content item of ``ds`` whose concept name is in our private coding scheme."""
+    return [
+        item
+        for item in find_content_items(ds, value_type=hd.sr.ValueTypeValues.NUM, recursive=True)
+        if item.ConceptNameCodeSequence[0].CodingSchemeDesignator == PRIVATE_SCHEME
+    ]
+
+
+def test_class_probabilities_are_in_the_image_level_group(tmp_path: Path) -> None:
+    src = rsna_source(128)
+    findings = dataclasses.replace(
+        findings_for(src, three_boxes(128, 128)[:1]),
+        class_probabilities=CLASS_P,
+        pneumonia_probability=CLASS_P[RSNA_CLASSES[LUNG_OPACITY_INDEX]],
+    )
+    path = _write_read(build_sr(src, findings, threshold=0.5), tmp_path)
+    sr = hd.sr.srread(path)
+    (group,) = sr.content.get_image_measurement_groups()
+    for name in RSNA_CLASSES:
+        (measurement,) = group.get_measurements(name=CLASS_PROBABILITY_CONCEPTS[name])
+        assert measurement.name.meaning == f"Probability of {name}"
+        assert measurement.name.scheme_designator == PRIVATE_SCHEME
+        assert measurement.value == findings.class_probabilities[name]  # FD: exact
+        assert float(measurement[0].MeasuredValueSequence[0].NumericValue) == pytest.approx(CLASS_P[name], abs=1e-12)
+        assert measurement.unit.value == "1" and measurement.unit.scheme_designator == "UCUM"
+        assert _algorithm_names(measurement[0]) == ["cxr_classification"]
+    # three distinct concepts, in RSNA_CLASSES order, after the unchanged probability and threshold
+    names = [m.name.value for m in group.get_measurements()]
+    assert names == [PROBABILITY.value, THRESHOLD_VALUE.value, *(CLASS_PROBABILITY_CONCEPTS[n].value for n in RSNA_CLASSES)]
+    assert len(set(names)) == len(names)
+    (prob,) = group.get_measurements(name=PROBABILITY)
+    assert prob.value == findings.pneumonia_probability
+    # nowhere else in the document (not in the box groups)
+    assert len(_private_num_items(sr)) == len(RSNA_CLASSES)
+    # the private scheme is declared (PS3.3 C.12.1.1.4)
+    (scheme,) = pydicom.dcmread(path).CodingSchemeIdentificationSequence
+    assert scheme.CodingSchemeDesignator == PRIVATE_SCHEME
+    assert scheme.CodingSchemeName
+
+
+@pytest.mark.parametrize("with_probabilities", [False, True])
+def test_not_analysed_sr_has_no_class_probabilities(tmp_path: Path, with_probabilities: bool) -> None:
+    src = rsna_source(128)
+    refused = not_analysed_for(src)
+    if with_probabilities:  # Findings allows a refused image to keep the classifier's output
+        refused = dataclasses.replace(refused, class_probabilities=CLASS_P)
+        assert refused.class_probabilities
+    path = _write_read(build_sr(src, refused, threshold=0.5), tmp_path)
+    ds = pydicom.dcmread(path)
+    assert _private_num_items(ds) == []
+    assert "CodingSchemeIdentificationSequence" not in ds
+    (group,) = hd.sr.srread(path).content.get_image_measurement_groups()
+    for concept in CLASS_PROBABILITY_CONCEPTS.values():
+        assert group.get_measurements(name=concept) == []
 
 
 def test_document_identity_observer_and_library(tmp_path: Path) -> None:

@@ -19,19 +19,39 @@ from _results_data import (
 )
 
 from dicom_node.results import build_results
+from dicom_node.results_sr import PRIVATE_SCHEME
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy (dicom3tools) not on PATH"),
 ]
 
-#: Warnings dciodvfy may print for our objects, all caused by the *source's* values:
-#: an empty Study ID (type 2, copied) and a one-component name like "pat0" (a valid PN value).
-ACCEPTED_WARNINGS = ("Study ID", "Retired Person Name form")
+#: Warnings dciodvfy may print for our objects: an empty Study ID (type 2, copied) and a
+#: one-component name like "pat0" (a valid PN value), both caused by the *source's* values,
+#: and the designator of our private coding scheme, which dciodvfy knows only as "not a
+#: standard designator" (it is declared in the Coding Scheme Identification Sequence, checked below).
+ACCEPTED_WARNINGS = (
+    "Study ID",
+    "Retired Person Name form",
+    f"Unrecognized defined term <{PRIVATE_SCHEME}> for value 1 of attribute <Coding Scheme Designator>",
+)
 
 
 def _source(kind: str) -> pydicom.Dataset:
     return rsna_source(256) if kind == "rsna" else dx_source(320, 256)
+
+
+def _used_designators(ds: pydicom.Dataset) -> set[str]:
+    """Every Coding Scheme Designator in the code items of ``ds`` (nested), not in its declarations."""
+    found: set[str] = set()
+    for elem in ds:
+        if elem.VR != "SQ" or elem.keyword == "CodingSchemeIdentificationSequence":
+            continue
+        for item in elem.value:
+            if "CodingSchemeDesignator" in item:
+                found.add(str(item.CodingSchemeDesignator))
+            found |= _used_designators(item)
+    return found
 
 
 def _check(datasets: list[pydicom.Dataset], tmp_path: Path) -> None:
@@ -42,6 +62,12 @@ def _check(datasets: list[pydicom.Dataset], tmp_path: Path) -> None:
         assert errors == [], f"{ds.Modality}: {errors}"
         unexpected = [w for w in warnings if not any(a in w for a in ACCEPTED_WARNINGS)]
         assert unexpected == [], f"{ds.Modality}: {unexpected}"
+        # PS3.3 C.12.1.1.4: a private designator (the reserved "99" prefix) must be declared;
+        # dciodvfy does not check it
+        back = pydicom.dcmread(path)
+        declared = {str(i.CodingSchemeDesignator) for i in back.get("CodingSchemeIdentificationSequence", [])}
+        undeclared = {d for d in _used_designators(back) if d.startswith("99")} - declared
+        assert undeclared == set(), f"{ds.Modality}: undeclared coding schemes {undeclared}"
 
 
 @pytest.mark.parametrize("n_boxes", [0, 1, 3])
@@ -51,6 +77,7 @@ def test_sr_and_sc_pass_dciodvfy(tmp_path: Path, kind: str, n_boxes: int) -> Non
     findings = findings_for(src, three_boxes(int(src.Rows), int(src.Columns))[:n_boxes])
     results = build_results(src, findings, threshold=0.5)
     assert [d.Modality for d in results] == ["SR", "OT"]
+    assert PRIVATE_SCHEME in _used_designators(results[0])  # the per-class probabilities
     _check(results, tmp_path)
 
 
