@@ -216,7 +216,9 @@ def _check_pixel_data_length(ds: pydicom.Dataset, uid: str, h: _Header) -> None:
                 f"compressed transfer syntax {h.transfer_syntax.name} but Pixel Data "
                 "is not encapsulated (no Basic Offset Table item)",
             )
-        _check_codestream(uid, h.transfer_syntax, get_frame(data, 0, number_of_frames=h.frames))
+        frame = get_frame(data, 0, number_of_frames=h.frames)
+        _check_codestream(uid, h.transfer_syntax, frame)
+        _check_codestream_size(uid, h, frame)
         return
     bytes_per_sample = h.bits_allocated // 8
     # YBR_FULL_422 native data holds two luminance and two chrominance samples per two pixels.
@@ -276,6 +278,65 @@ def _check_codestream(uid: str, ts: UID, frame: bytes) -> None:
             raise ImageDecodeError(uid, f"{ts.name}: frame 0 does not start with a JPEG 2000 SOC/SIZ marker")
         if b"\xff\xd9" not in tail:
             raise ImageDecodeError(uid, f"{ts.name}: frame 0 has no JPEG 2000 EOC marker (truncated stream?)")
+
+
+#: JPEG markers that start a frame header (SOF0-SOF15 without DHT, JPG and DAC; SOF55 = JPEG-LS).
+_JPEG_SOF_MARKERS = frozenset({*range(0xC0, 0xD0)} - {0xC4, 0xC8, 0xCC}) | {0xF7}
+#: Markers without a length field (RSTn, SOI, EOI, TEM).
+_JPEG_STANDALONE = frozenset({*range(0xD0, 0xDA), 0x01})
+#: How far into the stream the frame header is looked for (tables and APPn segments come first).
+_SOF_SEARCH_BYTES = 1 << 20
+
+
+def codestream_frame_size(ts: UID, frame: bytes) -> tuple[int, int] | None:
+    """(rows, columns) the JPEG / JPEG-LS / JPEG 2000 codestream of ``frame`` declares, or None
+    when the transfer syntax is not one of those, the stream is a JP2 file, or no frame header
+    is found (the decoder then reports the broken stream)."""
+    body = bytes(frame[:_SOF_SEARCH_BYTES])
+    if ts in _JPEG_FAMILY:
+        pos = 2  # after SOI
+        while pos + 4 <= len(body):
+            if body[pos] != 0xFF:
+                return None
+            marker = body[pos + 1]
+            if marker == 0xFF:  # fill byte
+                pos += 1
+                continue
+            if marker in _JPEG_STANDALONE:
+                pos += 2
+                continue
+            length = int.from_bytes(body[pos + 2 : pos + 4], "big")
+            if marker in _JPEG_SOF_MARKERS:
+                if pos + 9 > len(body):
+                    return None
+                return int.from_bytes(body[pos + 5 : pos + 7], "big"), int.from_bytes(body[pos + 7 : pos + 9], "big")
+            if marker == 0xDA or length < 2:  # scan data before any frame header, or a bad length
+                return None
+            pos += 2 + length
+        return None
+    if ts in _J2K_FAMILY and body.startswith(b"\xff\x4f\xff\x51") and len(body) >= 24:
+        x_siz, y_siz, x_off, y_off = (int.from_bytes(body[i : i + 4], "big") for i in (8, 12, 16, 20))
+        return y_siz - y_off, x_siz - x_off
+    return None
+
+
+def _check_codestream_size(uid: str, h: _Header, frame: bytes) -> None:
+    """Refuse a codestream whose own frame header disagrees with Rows x Columns, before decoding.
+
+    The decoders size their output from the codestream, not from the DICOM header: a 1 KB
+    instance whose JPEG claims 60000 x 60000 made pylibjpeg allocate ~3 GB and work for 14 s
+    before failing. (A JPEG height of 0, defined later by a DNL marker, is refused too.)
+    """
+    size = codestream_frame_size(h.transfer_syntax, frame)
+    if size is None:
+        return
+    rows, columns = size
+    if (rows, columns) != (h.rows, h.columns):
+        raise ImageDecodeError(
+            uid,
+            f"{h.transfer_syntax.name}: the codestream declares a {columns} x {rows} frame "
+            f"but Columns x Rows is {h.columns} x {h.rows}",
+        )
 
 
 # --------------------------------------------------------------------------- decoding

@@ -289,3 +289,68 @@ def test_broken_jpeg_fails_once_with_either_decoder() -> None:
     ds["PixelData"].VR = "OB"
     with pytest.raises(ImageDecodeError):
         load_source_image(ds)
+
+
+# --------------------------------------------------------------------------- codestream size
+def _jpeg_claiming(rows: int, columns: int) -> pydicom.Dataset:
+    """A 64 x 64 JPEG Baseline instance whose SOF0 header is patched to claim ``columns`` x ``rows``."""
+    import io
+
+    from PIL import Image
+
+    pixels = cxr_like_array(64, 64, bits_stored=8, seed=5)
+    buf = io.BytesIO()
+    Image.fromarray(pixels.astype(np.uint8)).save(buf, format="JPEG", quality=90)
+    stream = bytearray(buf.getvalue())
+    sof = stream.find(b"\xff\xc0")
+    stream[sof + 5 : sof + 7] = rows.to_bytes(2, "big")
+    stream[sof + 7 : sof + 9] = columns.to_bytes(2, "big")
+    ds = make_dataset(pixels, bits_stored=8)
+    ds.file_meta.TransferSyntaxUID = uid.JPEGBaseline8Bit
+    ds.PixelData = encapsulate([bytes(stream)])
+    ds["PixelData"].VR = "OB"
+    return ds
+
+
+@pytest.mark.parametrize(("rows", "columns"), [(60000, 60000), (8000, 8000), (65, 64), (0, 64)])
+def test_codestream_larger_than_the_header_is_refused_before_decoding(
+    rows: int, columns: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 1 KB instance whose JPEG claimed 60000 x 60000 made pylibjpeg allocate ~3 GB for 14 s
+    before it failed: the frame header is now checked against Rows x Columns and nothing is decoded."""
+    import models.dicom_image as dicom_image
+
+    def no_decode(*_a: object, **_k: object) -> np.ndarray:
+        raise AssertionError("the decoder must not run")
+
+    monkeypatch.setattr(dicom_image, "pixel_array", no_decode)
+    with pytest.raises(ImageDecodeError, match=rf"declares a {columns} x {rows} frame but Columns x Rows is 64 x 64"):
+        load_source_image(_jpeg_claiming(rows, columns))
+
+
+def test_jpeg_2000_codestream_size_is_checked(tmp_path: Path) -> None:
+    encoded = _pydicom(uid.JPEG2000Lossless)(_source("u12"), tmp_path)
+    load_source_image(encoded)  # intact: decodes
+    frame = bytearray(next(generate_frames(encoded.PixelData, number_of_frames=1)))
+    assert frame[:4] == b"\xff\x4f\xff\x51"
+    frame[8:12] = (50000).to_bytes(4, "big")  # Xsiz
+    encoded.PixelData = encapsulate([bytes(frame)])
+    with pytest.raises(ImageDecodeError, match=r"declares a 50000 x 301 frame"):
+        load_source_image(encoded)
+
+
+@pytest.mark.parametrize("case", [_param(c) for c in CASES if c.transfer_syntax.is_encapsulated])
+def test_every_encoder_declares_the_header_size(case: Case, tmp_path: Path) -> None:
+    """The frame-header parser finds Rows x Columns in what dcmtk and pydicom's encoders write."""
+    from models.dicom_image import codestream_frame_size
+
+    if case.needs and not have_dcmtk(*case.needs):
+        pytest.skip(f"dcmtk tool(s) {case.needs} not on PATH")
+    src = _source(case.source)
+    encoded = case.make(src, tmp_path)
+    frame = next(generate_frames(encoded.PixelData, number_of_frames=1))
+    size = codestream_frame_size(encoded.file_meta.TransferSyntaxUID, frame)
+    if case.transfer_syntax == uid.RLELossless:
+        assert size is None
+    else:
+        assert size == (src.Rows, src.Columns)

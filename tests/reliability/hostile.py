@@ -180,6 +180,21 @@ def _encapsulated(frames: list[bytes]) -> bytes:
     return bytes(out)
 
 
+def jpeg_claiming(rows: int, columns: int, claimed: tuple[int, int]) -> bytes:
+    """A real ``rows`` x ``columns`` 8-bit JPEG whose SOF0 says ``claimed`` (rows, columns): a
+    decompression bomb for a decoder that trusts the frame header (3 GB for 60000 x 60000)."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((rows, columns), 128, dtype=np.uint8)).save(buf, format="JPEG")
+    stream = bytearray(buf.getvalue())
+    sof = stream.find(b"\xff\xc0")
+    stream[sof + 5 : sof + 9] = claimed[0].to_bytes(2, "big") + claimed[1].to_bytes(2, "big")
+    return bytes(stream)
+
+
 def broken_codestream(rng: random.Random) -> tuple[str, bytes, str]:
     ds = base_dataset(rng)
     del ds.PixelData
@@ -198,6 +213,18 @@ def broken_codestream(rng: random.Random) -> tuple[str, bytes, str]:
     head, tail = _split(ds, 0x7FE0)
     body = encode(head) + _elem(0x7FE0, 0x0010, b"OB", _encapsulated([frame]), length=0xFFFFFFFF)
     return ds.SOPInstanceUID, body, str(ts)
+
+
+def codestream_bomb(rng: random.Random) -> tuple[str, bytes, str]:
+    """JPEG Baseline whose frame header claims far more pixels than Rows x Columns (decompression bomb)."""
+    ds = base_dataset(rng)
+    del ds.PixelData
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    claimed = rng.choice([(60000, 60000), (65535, 4096), (9000, 9000), (int(ds.Rows) + 1, int(ds.Columns))])
+    frame = jpeg_claiming(int(ds.Rows), int(ds.Columns), claimed)
+    head, _tail = _split(ds, 0x7FE0)
+    body = encode(head) + _elem(0x7FE0, 0x0010, b"OB", _encapsulated([frame]), length=0xFFFFFFFF)
+    return ds.SOPInstanceUID, body, str(JPEGBaseline8Bit)
 
 
 def deep_sequence(rng: random.Random) -> tuple[str, bytes, str]:
@@ -269,6 +296,7 @@ CATEGORIES: dict[str, Callable[[random.Random], tuple[str, bytes, str]]] = {
     "bad_photometric": bad_photometric,
     "bad_bits": bad_bits,
     "broken_codestream": broken_codestream,
+    "codestream_bomb": codestream_bomb,
     "deep_sequence": deep_sequence,
     "huge_private": huge_private,
     "garbage": garbage,
