@@ -48,6 +48,7 @@ from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
+from dicom_node.deflate_guard import bytes_inflate_beyond, file_inflates_beyond
 from dicom_node.journal import Journal
 from dicom_node.node_metrics import NodeMetrics, skip_reason_category
 from dicom_node.routing import RoutingRules
@@ -207,10 +208,11 @@ class Receiver:
         rules: RoutingRules | None = None,
         on_received: Callable[[int], None] | None = None,
         metrics: NodeMetrics | None = None,
-        chunked_receive: bool = True,
+        chunked_receive: bool | None = None,
     ) -> None:
         """``chunked_receive``: receive each data set straight into a spool file (see the module
-        docstring) instead of assembling it in memory; both persist before answering."""
+        docstring) instead of assembling it in memory; both persist before answering. None (the
+        default) takes ``settings.chunked_receive``."""
         self.settings = settings
         self.metrics = metrics
         self.spool = spool
@@ -222,7 +224,7 @@ class Receiver:
         self._stopping = False
         self._inflight = 0
         self._cv = threading.Condition()
-        self.chunked_receive = bool(chunked_receive)
+        self.chunked_receive = settings.chunked_receive if chunked_receive is None else bool(chunked_receive)
         self._staged: set[StagedFile] = set()  # being received, not yet claimed by the handler
 
     # --------------------------------------------------------------- lifecycle
@@ -369,6 +371,16 @@ class Receiver:
                 self._inflight -= 1
                 self._cv.notify_all()
 
+    def _inflates_too_much(self, staged: StagedFile | None, event: Any) -> bool:
+        """A deflated data set is measured before pydicom inflates it whole (see dicom_node.deflate_guard)."""
+        limit = self.settings.max_inflated_mb * 2**20
+        try:
+            if staged is not None:
+                return file_inflates_beyond(staged.name, limit)
+            return bytes_inflate_beyond(event.request.DataSet.getvalue(), limit)
+        except (OSError, ValueError, AttributeError):
+            return False  # unreadable: the routing read below reports it
+
     def _store(self, event: Any) -> int:
         t0 = time.perf_counter()
         calling = str(event.assoc.requestor.ae_title).strip()
@@ -411,6 +423,16 @@ class Receiver:
                     },
                 )
                 return STATUS_OUT_OF_RESOURCES if full else STATUS_STORAGE_FAILURE
+        if ts == DeflatedExplicitVRLittleEndian and self._inflates_too_much(staged, event):
+            if staged is not None:
+                staged.discard()
+            logger.error(
+                "C-STORE refused: the deflated data set inflates to more than max_inflated_mb = %d MiB",
+                self.settings.max_inflated_mb,
+                extra={"event": "failed", "stage": "receive", "status": "0xC000", **fields},
+            )
+            self._count_failed()
+            return STATUS_CANNOT_UNDERSTAND
         try:
             # routing needs the header only: never read the pixel data back from the staged file
             ds = (

@@ -209,7 +209,6 @@ class NodeService:
                 rules=RoutingRules.from_settings(s),
                 on_received=self.worker.wake,
                 metrics=self.metrics,
-                chunked_receive=s.chunked_receive,
             )
             self.deliverer.start()
             self.worker.start()

@@ -181,6 +181,12 @@ class NodeSettings(BaseSettings):
     disk_reserve_mb: float = Field(
         200.0, ge=0, description="C-STORE answers 0xA700 when the spool's free space would drop below this"
     )
+    max_inflated_mb: int = Field(
+        256,
+        ge=1,
+        le=65536,
+        description="largest size a Deflated Explicit VR Little Endian data set may inflate to; beyond it C-STORE answers 0xC000 (deflate bomb)",
+    )
 
     # --- storage ---
     spool_dir: Path = Field(

@@ -297,3 +297,81 @@ def test_scp_switches_nagle_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     finally:
         n.close()
     assert seen and all(seen), seen
+
+
+def _deflated_file(tmp_path: Path, inflated_mb: int) -> Path:
+    """A Deflated Explicit VR Little Endian CXR followed by a private OB element of zeros, so that
+    the data set inflates to about ``inflated_mb`` MiB (zeros deflate ~1000:1)."""
+    import io
+    import zlib
+
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset, write_file_meta_info
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    ds = make_dataset(cxr_like_array(64, 64, bits_stored=12, seed=3), bits_stored=12)
+    buf = DicomBytesIO()
+    buf.is_little_endian, buf.is_implicit_VR = True, False
+    write_dataset(buf, ds)
+    n = inflated_mb * 2**20
+    creator = b"CXRTEST "  # (7FE1,0010) LO private creator, then (7FE1,1010) OB: after Pixel Data in tag order
+    tail = b"\xe1\x7f\x10\x00LO" + len(creator).to_bytes(2, "little") + creator
+    tail += b"\xe1\x7f\x10\x10OB\x00\x00" + n.to_bytes(4, "little")
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    parts = [deflater.compress(buf.getvalue() + tail)]
+    zeros = b"\x00" * 2**20
+    parts += [deflater.compress(zeros) for _ in range(inflated_mb)]
+    parts.append(deflater.flush())
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    out = io.BytesIO()
+    out.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(out, meta)
+    out.write(b"".join(parts))
+    path = tmp_path / f"deflated-{inflated_mb}.dcm"
+    path.write_bytes(out.getvalue())
+    return path
+
+
+@pytest.mark.parametrize("chunked", [True, False])
+def test_deflate_bomb_is_refused_before_it_is_inflated(
+    tmp_path: Path, chunked: bool, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pydicom inflates a deflated data set whole before parsing it (1.5 MB -> 3 GB, 19 s): the
+    SCP measures it first and answers 0xC000 beyond max_inflated_mb, with one log line."""
+    from pynetdicom import _config
+
+    bomb = _deflated_file(tmp_path, 64)
+    small = _deflated_file(tmp_path, 1)
+    assert bomb.stat().st_size < 200_000
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)  # send the deflated bytes as they are
+    n = Node(tmp_path, max_inflated_mb=8, chunked_receive=chunked)
+    try:
+        assert n.receiver.chunked_receive is chunked
+        with caplog.at_level(logging.ERROR, logger="dicom_node.receive"):
+            assert _pyscu_store_file(n.port, bomb) == 0xC000
+        refused = [r for r in caplog.records if "inflates to more than" in r.getMessage()]
+        assert len(refused) == 1 and "max_inflated_mb = 8 MiB" in refused[0].getMessage()
+        assert n.journal.counts() == {}
+        assert not [p for p in n.spool.incoming.iterdir()]  # nothing staged is left behind
+        assert _pyscu_store_file(n.port, small) == 0  # under the limit: stored as usual
+        assert n.journal.counts() == {"job.received": 1}
+    finally:
+        n.close()
+
+
+def _pyscu_store_file(port: int, path: Path) -> int:
+    """C-STORE of a file as stored (its own transfer syntax) from a pynetdicom SCU."""
+    meta = pydicom.filereader.read_file_meta_info(path)
+    ae = AE(ae_title="PYSCU")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    ae.add_requested_context(meta.MediaStorageSOPClassUID, meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", port, ae_title="AINODE")
+    assert assoc.is_established
+    try:
+        return int(assoc.send_c_store(path).Status)
+    finally:
+        assoc.release()
