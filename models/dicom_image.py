@@ -289,9 +289,9 @@ _SOF_SEARCH_BYTES = 1 << 20
 
 
 def codestream_frame_size(ts: UID, frame: bytes) -> tuple[int, int] | None:
-    """(rows, columns) the JPEG / JPEG-LS / JPEG 2000 codestream of ``frame`` declares, or None
-    when the transfer syntax is not one of those, the stream is a JP2 file, or no frame header
-    is found (the decoder then reports the broken stream)."""
+    """(rows, columns) the JPEG / JPEG-LS / JPEG 2000 codestream of ``frame`` declares (for a JP2
+    file, that of the codestream it wraps), or None when the transfer syntax is not one of those
+    or no frame header is found (the decoder then reports the broken stream)."""
     body = bytes(frame[:_SOF_SEARCH_BYTES])
     if ts in _JPEG_FAMILY:
         pos = 2  # after SOI
@@ -314,8 +314,12 @@ def codestream_frame_size(ts: UID, frame: bytes) -> tuple[int, int] | None:
                 return None
             pos += 2 + length
         return None
-    if ts in _J2K_FAMILY and body.startswith(b"\xff\x4f\xff\x51") and len(body) >= 24:
-        x_siz, y_siz, x_off, y_off = (int.from_bytes(body[i : i + 4], "big") for i in (8, 12, 16, 20))
+    if ts in _J2K_FAMILY:
+        # a JP2 file wraps the codestream in boxes: its SOC + SIZ start the contiguous codestream box
+        start = body.find(b"\xff\x4f\xff\x51") if body.startswith(_JP2_SIGNATURE) else 0
+        if start < 0 or body[start : start + 4] != b"\xff\x4f\xff\x51" or len(body) < start + 24:
+            return None
+        x_siz, y_siz, x_off, y_off = (int.from_bytes(body[start + i : start + i + 4], "big") for i in (8, 12, 16, 20))
         return y_siz - y_off, x_siz - x_off
     return None
 
