@@ -230,6 +230,55 @@ def _status_kb(pid: int, key: str) -> int:
     raise KeyError(f"{key} not in /proc/{pid}/status")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds ``pid`` has used so far (0.0 once it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def child_pids(pid: int) -> list[int]:
+    """PIDs of the direct children of ``pid`` (e.g. the node's result-building processes)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
+            out.append(int(entry.name))
+    return out
+
+
+class CpuMeter:
+    """CPU seconds used by named groups of processes between ``start()`` and ``stop()``.
+
+    ``groups`` maps a name to a function returning the group's current PIDs; PIDs are looked up
+    again at ``stop()`` (a process that started in between counts from 0, one that ended is lost,
+    so use it for long-lived processes: the node, its result processes, Orthanc)."""
+
+    def __init__(self, groups: dict[str, Callable[[], Sequence[int]]]) -> None:
+        self.groups = groups
+        self._start: dict[int, float] = {}
+        self.seconds: dict[str, float] = {}
+
+    def start(self) -> CpuMeter:
+        self._start = {pid: cpu_seconds(pid) for pids in self.groups.values() for pid in pids()}
+        return self
+
+    def stop(self) -> dict[str, float]:
+        self.seconds = {
+            name: sum(cpu_seconds(pid) - self._start.get(pid, 0.0) for pid in pids())
+            for name, pids in self.groups.items()
+        }
+        return self.seconds
+
+
 class Sampler:
     """Calls ``fn`` every ``interval`` s in a thread and keeps the maximum (e.g. GPU memory)."""
 

@@ -42,7 +42,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from common import (  # noqa: E402
     REPO,
+    CpuMeter,
     Sampler,
+    child_pids,
     free_port,
     gpu_memory_used_mb,
     hardware,
@@ -122,7 +124,12 @@ def one_run(orthanc: LocalOrthanc, files: Sequence[Path], *, senders: int, batch
             wipe(orthanc)
         warm_batches = sum(1 for r in node.log_records() if r.get("msg") == "batch done" and "classify_ms" in r)
         timed = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files}
+        assert orthanc.proc is not None
+        opid = orthanc.proc.pid
+        cpu = CpuMeter({"node": lambda: [pid], "result processes": lambda: child_pids(pid),
+                        "orthanc": lambda: [opid]})  # fmt: skip
         with Sampler(lambda: gpu_memory_used_mb() or 0.0, 0.5) as gpu:
+            cpu.start()
             t0 = time.perf_counter()
             push = push_parallel(files, node.port, senders, calling=PUSHER_AET, called="AINODE")
             t_pushed = time.perf_counter() - t0
@@ -131,6 +138,7 @@ def one_run(orthanc: LocalOrthanc, files: Sequence[Path], *, senders: int, batch
             wait_until(lambda: orthanc_count(orthanc) >= want, timeout, interval=0.1,
                        what=f"{want - base} results in Orthanc")  # fmt: skip
             seconds = time.perf_counter() - t0
+            cpu_s = cpu.stop()
         rss = peak_rss_bytes(pid)
         # the job_delivered line is written right after the last outbox row is marked delivered
         deadline = time.monotonic() + 10
@@ -162,6 +170,11 @@ def one_run(orthanc: LocalOrthanc, files: Sequence[Path], *, senders: int, batch
         "in_node_model_images_s": batched / model_busy_s if model_busy_s else None,
         "model_busy_fraction": model_busy_s / seconds,
         "mean_batch": batched / len(batches) if batches else None,
+        # CPU ms per image of each process group over the timed window (the models run in "node")
+        **{f"cpu_ms_{k.replace(' ', '_')}": 1000 * v / len(files) for k, v in cpu_s.items()},
+        # ~ CPU of the models: their busy time x torch's threads (the node's OMP_NUM_THREADS; 0 on a GPU)
+        "model_cpu_ms": 1000 * model_busy_s * (int(node.env().get("OMP_NUM_THREADS", "2")) if device == "cpu" else 0)
+        / len(files),
     }
 
 
@@ -268,6 +281,25 @@ def to_markdown(report: dict[str, Any]) -> str:
             f"| {r['peak_rss_mb']:.0f} | {gpu} | {r.get('mean_batch') or 0:.1f} | {inn or 0:.1f} "
             f"| {100 * r['model_busy_fraction']:.0f}% | {r['model_only_images_s']:.1f} | {100 * r['ratio']:.0f}% |"
         )
+    if any("cpu_ms_node" in r for r in report["rows"]):
+        lines += [
+            "",
+            "CPU ms per image over the timed window (/proc utime + stime; the models run inside the node "
+            "process, their share ≈ busy time × torch threads):",
+            "",
+            "| variant | senders | batch | node (all) | of which models ≈ | result processes | Orthanc "
+            "| total | models' share of the CPU |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in report["rows"]:
+            if "cpu_ms_node" not in r:
+                continue
+            total = r["cpu_ms_node"] + r["cpu_ms_result_processes"] + r["cpu_ms_orthanc"]
+            lines.append(
+                f"| {r['variant']} | {r['senders']} | {r['batch']} | {r['cpu_ms_node']:.0f} | {r['model_cpu_ms']:.0f} "
+                f"| {r['cpu_ms_result_processes']:.0f} | {r['cpu_ms_orthanc']:.0f} | {total:.0f} "
+                f"| {100 * r['model_cpu_ms'] / total:.0f}% |"
+            )
     return "\n".join(lines)
 
 
