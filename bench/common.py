@@ -5,6 +5,8 @@ Every benchmark script imports this module; nothing here starts a server by itse
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import platform
 import re
@@ -13,6 +15,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -228,6 +231,20 @@ def _status_kb(pid: int, key: str) -> int:
         if line.startswith(key + ":"):
             return int(line.split()[1])
     raise KeyError(f"{key} not in /proc/{pid}/status")
+
+
+def add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--scratch`` (phantoms and work folders) and ``--json`` (machine-readable copy of the report)."""
+    parser.add_argument("--scratch", type=Path, default=Path(tempfile.gettempdir()) / "cxr-bench")
+    parser.add_argument("--json", type=Path, default=None, help="also write the report as JSON here")
+
+
+def emit_report(report: dict[str, Any], json_path: Path | None, render: Callable[[dict[str, Any]], str]) -> int:
+    """Write ``report`` to ``json_path`` (if given), print its Markdown rendering; the exit status."""
+    if json_path:
+        json_path.write_text(json.dumps(report, indent=2))
+    print(render(report))
+    return 0
 
 
 def cpu_seconds(pid: int) -> float:

@@ -12,9 +12,7 @@ what decides whether decoding overlaps with inference, receiving and delivery.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -25,7 +23,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import numpy as np  # noqa: E402
 import pydicom  # noqa: E402
-from common import hardware, median, rsna_phantoms  # noqa: E402
+from common import add_output_arguments, emit_report, hardware, median, rsna_phantoms  # noqa: E402
 from pydicom.pixels import pixel_array  # noqa: E402
 
 PLUGINS = ("pylibjpeg", "pillow")
@@ -83,15 +81,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--scratch", type=Path, default=Path(tempfile.gettempdir()) / "cxr-bench")
-    p.add_argument("--json", type=Path, default=None)
+    add_output_arguments(p)
     args = p.parse_args(argv)
     args.scratch.mkdir(parents=True, exist_ok=True)
-    report = run(args)
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
-    print(to_markdown(report))
-    return 0
+    return emit_report(run(args), args.json, to_markdown)
 
 
 if __name__ == "__main__":

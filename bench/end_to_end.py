@@ -44,7 +44,9 @@ from common import (  # noqa: E402
     REPO,
     CpuMeter,
     Sampler,
+    add_output_arguments,
     child_pids,
+    emit_report,
     free_port,
     gpu_memory_used_mb,
     hardware,
@@ -327,15 +329,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         choices=sorted(VARIANTS),
         help="code variants run side by side (interleaved) for before/after comparisons",
     )
-    p.add_argument("--scratch", type=Path, default=Path(tempfile.gettempdir()) / "cxr-bench")
-    p.add_argument("--json", type=Path, default=None)
+    add_output_arguments(p)
     args = p.parse_args(argv)
     args.scratch.mkdir(parents=True, exist_ok=True)
-    report = run(args)
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
-    print(to_markdown(report))
-    return 0
+    return emit_report(run(args), args.json, to_markdown)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ node's fsyncs), and the order of the receivers rotates from one repeat to the ne
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sqlite3
@@ -39,7 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     DCMTK_ENV,
     REPO,
+    add_output_arguments,
     dx_phantoms,
+    emit_report,
     free_port,
     hardware,
     median,
@@ -187,15 +188,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--k", type=int, nargs="+", default=[1, 2, 4])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--servers", nargs="+", default=list(SERVERS), choices=SERVERS + NODES)
-    p.add_argument("--scratch", type=Path, default=Path(tempfile.gettempdir()) / "cxr-bench")
-    p.add_argument("--json", type=Path, default=None, help="also write the report as JSON here")
+    add_output_arguments(p)
     args = p.parse_args(argv)
     args.scratch.mkdir(parents=True, exist_ok=True)
-    report = run(args.kinds, args.n_rsna, args.n_dx, args.k, args.repeats, args.scratch, args.servers)
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
-    print(to_markdown(report))
-    return 0
+    return emit_report(run(args.kinds, args.n_rsna, args.n_dx, args.k, args.repeats, args.scratch, args.servers), args.json, to_markdown)
 
 
 if __name__ == "__main__":

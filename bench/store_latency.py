@@ -17,7 +17,6 @@ default behaviour on Debian: Nagle on). Runs are interleaved; the table gives th
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -29,7 +28,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import REPO, free_port, hardware, median, rsna_phantoms  # noqa: E402
+from common import REPO, add_output_arguments, emit_report, free_port, hardware, median, rsna_phantoms  # noqa: E402
 
 sys.path.insert(0, str(REPO))
 import pydicom  # noqa: E402
@@ -135,15 +134,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=32)
     p.add_argument("--per-association", type=int, default=16, help="instances per association (the node's default)")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--scratch", type=Path, default=Path(tempfile.gettempdir()) / "cxr-bench")
-    p.add_argument("--json", type=Path, default=None)
+    add_output_arguments(p)
     args = p.parse_args(argv)
     args.scratch.mkdir(parents=True, exist_ok=True)
-    report = run(args)
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
-    print(to_markdown(report))
-    return 0
+    return emit_report(run(args), args.json, to_markdown)
 
 
 if __name__ == "__main__":
