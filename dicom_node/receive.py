@@ -423,17 +423,11 @@ class Receiver:
                     },
                 )
                 return STATUS_OUT_OF_RESOURCES if full else STATUS_STORAGE_FAILURE
-        if ts == DeflatedExplicitVRLittleEndian and self._inflates_too_much(staged, event):
-            if staged is not None:
-                staged.discard()
-            logger.error(
-                "C-STORE refused: the deflated data set inflates to more than max_inflated_mb = %d MiB",
-                self.settings.max_inflated_mb,
-                extra={"event": "failed", "stage": "receive", "status": "0xC000", **fields},
-            )
-            self._count_failed()
-            return STATUS_CANNOT_UNDERSTAND
         try:
+            if ts == DeflatedExplicitVRLittleEndian and self._inflates_too_much(staged, event):
+                raise ValueError(
+                    f"the deflated data set inflates to more than max_inflated_mb = {self.settings.max_inflated_mb} MiB"
+                )
             # routing needs the header only: never read the pixel data back from the staged file
             ds = (
                 pydicom.dcmread(staged.name, stop_before_pixels=True) if staged is not None else event.dataset
