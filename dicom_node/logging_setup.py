@@ -129,7 +129,6 @@ def quiet_pynetdicom(level: str = "WARNING") -> None:
 
 def quiet_highdicom() -> None:
     """Keep highdicom's logger at INFO or above: at DEBUG it writes about 100 lines per result
-    object ("copied attribute ...", "skipped attribute ..."), which in the node's result processes
-    are shipped back and written for every image (BENCHMARKS.md: it cost the DEBUG benchmark runs
-    several ms per image)."""
+    object ("copied attribute ...", "skipped attribute ..."), which the node's result processes
+    ship back to the node and the node then writes, for every image."""
     logging.getLogger("highdicom").setLevel(logging.INFO)

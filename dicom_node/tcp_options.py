@@ -2,8 +2,9 @@
 
 With Nagle on, the last small segment of a P-DATA write waits for the peer's delayed ACK
 (~40 ms on Linux) before it leaves, so every C-STORE and its response can stall that long:
-measured on loopback, one association delivering 0.3 MB objects to Orthanc took 31 ms per
-instance with Nagle on and 11 ms with it off (BENCHMARKS.md, "Nagle on the node's sockets").
+measured on loopback, one association delivering 0.3 MB objects to Orthanc took 26 ms per
+instance with Nagle on and 7.6 ms with it off (``bench/store_latency.py``; BENCHMARKS.md,
+"C-STORE into Orthanc with and without Nagle").
 Turning it off costs nothing for DICOM's request/response traffic.
 """
 

@@ -348,7 +348,7 @@ def _check_codestream_size(uid: str, h: _Header, frame: bytes) -> None:
 #: Decoder tried first per transfer syntax. Pillow (libjpeg-turbo) decodes an 8-bit baseline JPEG
 #: about 4x faster than pylibjpeg-libjpeg and releases the GIL while it does, so the engine's
 #: decode threads run in parallel with each other and with the rest of the node (pylibjpeg holds
-#: the GIL for the whole decode: see BENCHMARKS.md, "Decode off the GIL"). Any failure of the
+#: the GIL for the whole decode: BENCHMARKS.md, "Decode: pylibjpeg vs Pillow"). Any failure of the
 #: preferred plug-in falls back to pydicom's own order, so a stream only one decoder accepts is
 #: still read.
 PREFERRED_DECODER: dict[str, str] = {JPEGBaseline8Bit: "pillow"}

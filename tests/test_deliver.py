@@ -375,7 +375,7 @@ def test_rest_bad_credentials_is_permanent(tmp_path: Path, orthanc: int) -> None
 @needs_dcmtk
 def test_scu_switches_nagle_off(tmp_path: Path, storescp, monkeypatch: pytest.MonkeyPatch) -> None:
     """Delivery sockets carry TCP_NODELAY: with Nagle on, each C-STORE to Orthanc waited for a
-    delayed ACK (31 vs 11 ms per instance on loopback, BENCHMARKS.md)."""
+    delayed ACK (26 vs 7.6 ms per instance on loopback, BENCHMARKS.md)."""
     from pynetdicom.association import Association
 
     port, _out, _, start = storescp
