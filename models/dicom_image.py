@@ -294,15 +294,17 @@ def codestream_frame_size(ts: UID, frame: bytes) -> tuple[int, int] | None:
     or no frame header is found (the decoder then reports the broken stream)."""
     body = bytes(frame[:_SOF_SEARCH_BYTES])
     if ts in _JPEG_FAMILY:
+        # Walk the segments as libjpeg does (its next_marker): bytes that are not a marker are
+        # skipped, so junk between segments cannot hide a frame header the decoder will use.
         pos = 2  # after SOI
-        while pos + 4 <= len(body):
-            if body[pos] != 0xFF:
+        while True:
+            pos = body.find(b"\xff", pos)
+            while 0 <= pos < len(body) - 1 and body[pos + 1] == 0xFF:  # fill bytes
+                pos += 1
+            if pos < 0 or pos + 4 > len(body):
                 return None
             marker = body[pos + 1]
-            if marker == 0xFF:  # fill byte
-                pos += 1
-                continue
-            if marker in _JPEG_STANDALONE:
+            if marker == 0x00 or marker in _JPEG_STANDALONE:  # stuffed zero / no length field
                 pos += 2
                 continue
             length = int.from_bytes(body[pos + 2 : pos + 4], "big")
@@ -310,10 +312,9 @@ def codestream_frame_size(ts: UID, frame: bytes) -> tuple[int, int] | None:
                 if pos + 9 > len(body):
                     return None
                 return int.from_bytes(body[pos + 5 : pos + 7], "big"), int.from_bytes(body[pos + 7 : pos + 9], "big")
-            if marker == 0xDA or length < 2:  # scan data before any frame header, or a bad length
+            if marker == 0xDA:  # scan data before any frame header: nothing to size the output by
                 return None
-            pos += 2 + length
-        return None
+            pos += 2 + max(length, 2)
     if ts in _J2K_FAMILY:
         # a JP2 file wraps the codestream in boxes: its SOC + SIZ start the contiguous codestream box
         start = body.find(b"\xff\x4f\xff\x51") if body.startswith(_JP2_SIGNATURE) else 0
@@ -354,6 +355,18 @@ def _check_codestream_size(uid: str, h: _Header, frame: bytes) -> None:
 PREFERRED_DECODER: dict[str, str] = {JPEGBaseline8Bit: "pillow"}
 
 
+def _is_decompression_bomb(exc: BaseException) -> bool:
+    """Pillow's refusal of an image too large to decode (pydicom may wrap it in another error)."""
+    from PIL import Image
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, Image.DecompressionBombError) or "exceeds limit of" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def _decode_frame0(ds: pydicom.Dataset) -> np.ndarray:
     """Frame 0 as pydicom decodes it (YBR -> RGB), with the preferred plug-in first."""
     ts = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
@@ -362,6 +375,8 @@ def _decode_frame0(ds: pydicom.Dataset) -> np.ndarray:
         try:
             return pixel_array(ds, index=0, decoding_plugin=plugin)
         except Exception as exc:  # the plug-in is missing or refuses this stream: default order
+            if _is_decompression_bomb(exc):  # never hand a bomb Pillow caught to a decoder that would not
+                raise
             logger.debug(
                 "preferred decoder failed, using the default order",
                 extra={"decoder": plugin, "error": f"{type(exc).__name__}: {exc}"},

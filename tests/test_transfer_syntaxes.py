@@ -292,8 +292,9 @@ def test_broken_jpeg_fails_once_with_either_decoder() -> None:
 
 
 # --------------------------------------------------------------------------- codestream size
-def _jpeg_claiming(rows: int, columns: int) -> pydicom.Dataset:
-    """A 64 x 64 JPEG Baseline instance whose SOF0 header is patched to claim ``columns`` x ``rows``."""
+def _jpeg_claiming(rows: int, columns: int, junk: bytes = b"") -> pydicom.Dataset:
+    """A 64 x 64 JPEG Baseline instance whose SOF0 header is patched to claim ``columns`` x ``rows``
+    (and ``junk`` inserted after the JFIF APP0 segment: decoders skip bytes that are not a marker)."""
     import io
 
     from PIL import Image
@@ -305,6 +306,9 @@ def _jpeg_claiming(rows: int, columns: int) -> pydicom.Dataset:
     sof = stream.find(b"\xff\xc0")
     stream[sof + 5 : sof + 7] = rows.to_bytes(2, "big")
     stream[sof + 7 : sof + 9] = columns.to_bytes(2, "big")
+    assert stream[2:4] == b"\xff\xe0"
+    app0_end = 4 + int.from_bytes(stream[4:6], "big")
+    stream[app0_end:app0_end] = junk
     ds = make_dataset(pixels, bits_stored=8)
     ds.file_meta.TransferSyntaxUID = uid.JPEGBaseline8Bit
     ds.PixelData = encapsulate([bytes(stream)])
@@ -312,12 +316,18 @@ def _jpeg_claiming(rows: int, columns: int) -> pydicom.Dataset:
     return ds
 
 
-@pytest.mark.parametrize(("rows", "columns"), [(60000, 60000), (8000, 8000), (65, 64), (0, 64)])
+@pytest.mark.parametrize(
+    ("rows", "columns", "junk"),
+    [(60000, 60000, b""), (8000, 8000, b""), (65, 64, b""), (0, 64, b""),
+     (60000, 60000, b"\x14\x0d\x0c\x0b\x0b\x0c\x19"), (60000, 60000, b"\xff\x00\x01")],
+)  # fmt: skip
 def test_codestream_larger_than_the_header_is_refused_before_decoding(
-    rows: int, columns: int, monkeypatch: pytest.MonkeyPatch
+    rows: int, columns: int, junk: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A 1 KB instance whose JPEG claimed 60000 x 60000 made pylibjpeg allocate ~3 GB for 14 s
-    before it failed: the frame header is now checked against Rows x Columns and nothing is decoded."""
+    before it failed: the frame header is now checked against Rows x Columns and nothing is decoded.
+    With junk between two segments (the fuzzer's find: the decoders skip it, a strict parser gave up
+    and let the stream through to a 3.4 GB allocation) the frame header is found all the same."""
     import models.dicom_image as dicom_image
 
     def no_decode(*_a: object, **_k: object) -> np.ndarray:
@@ -325,7 +335,25 @@ def test_codestream_larger_than_the_header_is_refused_before_decoding(
 
     monkeypatch.setattr(dicom_image, "pixel_array", no_decode)
     with pytest.raises(ImageDecodeError, match=rf"declares a {columns} x {rows} frame but Columns x Rows is 64 x 64"):
-        load_source_image(_jpeg_claiming(rows, columns))
+        load_source_image(_jpeg_claiming(rows, columns, junk))
+
+
+def test_a_bomb_pillow_refuses_is_not_handed_to_another_decoder(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Defence in depth behind the size check: Pillow's DecompressionBombError ends the decode."""
+    from PIL import Image
+
+    import models.dicom_image as dicom_image
+
+    calls: list[str] = []
+
+    def bomb(ds: pydicom.Dataset, **kwargs: object) -> np.ndarray:
+        calls.append(str(kwargs.get("decoding_plugin", "")))
+        raise RuntimeError("all plug-ins failed") from Image.DecompressionBombError("Image size exceeds limit of 1 pixels")
+
+    monkeypatch.setattr(dicom_image, "pixel_array", bomb)
+    with pytest.raises(ImageDecodeError, match="all plug-ins failed"):
+        load_source_image(_jpeg_claiming(64, 64))
+    assert calls == ["pillow"]  # no fall-back to pylibjpeg
 
 
 def test_jpeg_2000_codestream_size_is_checked(tmp_path: Path) -> None:
