@@ -117,7 +117,7 @@ def _free_port() -> int:
 def test_no_patient_name_or_id_in_logs(tmp_path: Path, restore_logging: None, fmt: str) -> None:
     """receive + analyse + deliver (+ a skipped CT and a refused caller) at DEBUG: the captured log
     output must not contain the distinctive patient name or ID that the results do carry."""
-    from test_service import FakeAnalyser
+    from service_helpers import FakeAnalyser
 
     from dicom_node.service import NodeService
     from dicom_node.settings import NodeSettings

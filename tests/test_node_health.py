@@ -23,7 +23,7 @@ import pydicom
 import pytest
 from dicom_factory import have_dcmtk
 from prometheus_client.parser import text_string_to_metric_families
-from test_service import CT_IMAGE_STORAGE, FakeAnalyser, StoreSCP, _cxr, _settings, _storescu, _wait
+from service_helpers import CT_IMAGE_STORAGE, FakeAnalyser, StoreSCP, _cxr, _settings, _storescu, _wait
 from tls_certs import free_port
 
 from dicom_node.service import NodeService

@@ -21,7 +21,7 @@ import pydicom
 import pytest
 from dicom_factory import have_dcmtk
 from pydantic import ValidationError
-from test_service import FakeAnalyser, _cxr, _settings, _wait
+from service_helpers import FakeAnalyser, _cxr, _settings, _wait
 from tls_certs import Pki, _leaf, free_port, have_dcmtk_tls, have_openssl, make_pki, wait_for_port
 
 from dicom_node.service import NodeService
@@ -117,7 +117,7 @@ def tls_dest(certs: NodePki, tmp_path: Path) -> Iterator[TlsStoreSCP]:
 
 
 def _tls_settings(tmp_path: Path, certs: NodePki, destination: str, **overrides: object) -> NodeSettings:
-    dest = SimpleNamespace(destination=destination)  # what test_service._settings reads from its StoreSCP
+    dest = SimpleNamespace(destination=destination)  # what service_helpers._settings reads from its StoreSCP
     params: dict[str, object] = {
         "http_port": 0,
         "tls_scp": True,

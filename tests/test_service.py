@@ -11,198 +11,41 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pydicom
 import pytest
 from dicom_factory import cxr_like_array, have_dcmtk, make_dataset, write
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
+from service_helpers import (
+    CT_IMAGE_STORAGE,
+    SC_STORAGE,
+    SR_3D,
+    FakeAnalyser,
+    StoreSCP,
+    _cxr,
+    _delivered,
+    _free_port,
+    _settings,
+    _storescu,
+    _wait,
+)
 
 from dicom_node.service import NodeService
-from dicom_node.settings import NodeSettings
 from models.errors import ImageDecodeError
-from models.findings import RSNA_CLASSES, Box, Findings, ModelInfo
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(not have_dcmtk("storescu", "storescp", "echoscu"), reason="dcmtk not installed"),
 ]
-CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
-SR_3D = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
-SC_STORAGE = "1.2.840.10008.5.1.4.1.1.7"
-
-
-class FakeAnalyser:
-    """Stands in for the engine in worker-logic tests: asynchronous futures, results computed from
-    the pixels (so equal inputs give equal findings), optional gate to hold results, optional
-    scripted failures."""
-
-    models = (ModelInfo("fake_classification", "0.0.1"), ModelInfo("fake_detection", "0.0.1"))
-
-    def __init__(
-        self,
-        gate: threading.Event | None = None,
-        fail: Callable[[Dataset, int], BaseException | None] | None = None,
-    ):
-        self.gate = gate
-        self.fail = fail
-        self.submitted = 0
-        self.inflight = 0
-        self.max_inflight = 0
-        self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(max_workers=16)
-
-    def submit(self, ds: Dataset) -> Future[Findings]:
-        with self._lock:
-            self.submitted += 1
-            n = self.submitted
-            self.inflight += 1
-            self.max_inflight = max(self.max_inflight, self.inflight)
-        return self._pool.submit(self._run, ds, n)
-
-    def _run(self, ds: Dataset, n: int) -> Findings:
-        try:
-            if self.gate is not None:
-                self.gate.wait(60)
-            exc = self.fail(ds, n) if self.fail else None
-            if exc is not None:
-                raise exc
-            px = np.asarray(ds.pixel_array, dtype=np.float64)
-            p = float(px.mean() / max(px.max(), 1.0))
-            return Findings(
-                sop_instance_uid=str(ds.SOPInstanceUID),
-                analysed=True,
-                rows=int(ds.Rows),
-                columns=int(ds.Columns),
-                class_probabilities={RSNA_CLASSES[0]: 1 - p, RSNA_CLASSES[1]: 0.0, RSNA_CLASSES[2]: p},
-                pneumonia_probability=p,
-                boxes=(Box(4.0, 5.0, ds.Columns / 3, ds.Rows / 4, round(p, 3)),),
-                models=self.models,
-            )
-        finally:
-            with self._lock:
-                self.inflight -= 1
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait(pred: Callable[[], object], timeout: float, step: float = 0.05) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(step)
-    return bool(pred())
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.2)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-class StoreSCP:
-    """A dcmtk storescp destination; start() may be called late (destination down at first)."""
-
-    def __init__(self, tmp_path: Path) -> None:
-        self.port = _free_port()
-        self.out = tmp_path / "destination"
-        self.out.mkdir()
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> StoreSCP:
-        self.proc = subprocess.Popen(
-            ["storescp", "-aet", "DEST", "-od", str(self.out), str(self.port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        assert _wait(lambda: _port_open(self.port), 10)
-        return self
-
-    def files(self) -> list[Dataset]:
-        return [pydicom.dcmread(f) for f in sorted(self.out.iterdir())]
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(10)
-
-    @property
-    def destination(self) -> str:
-        return f"DEST@127.0.0.1:{self.port}"
-
-
 @pytest.fixture
 def dest(tmp_path: Path) -> Iterator[StoreSCP]:
     d = StoreSCP(tmp_path)
     yield d
     d.stop()
-
-
-def _settings(tmp_path: Path, dest: StoreSCP, **overrides: object) -> NodeSettings:
-    params: dict[str, object] = {
-        "port": 0,
-        "http_port": 0,  # several nodes run at once in the suite: no fixed health port
-        "spool_dir": tmp_path / "spool",
-        "disk_reserve_mb": 0,
-        "allowed_aets": "STORESCU",
-        "destinations": dest.destination,
-        "batch_size": 2,
-        "poll_interval_s": 0.05,
-        "retry_base_s": 0.2,
-        "retry_max_s": 0.5,
-        "network_timeout_s": 5,
-    }
-    params.update(overrides)
-    return NodeSettings(**params)
-
-
-def _storescu(port: int, *files: Path) -> None:
-    proc = subprocess.run(
-        [
-            "storescu",
-            "-aet",
-            "STORESCU",
-            "-aec",
-            "AINODE",
-            "-to",
-            "10",
-            "-ta",
-            "10",
-            "-td",
-            "10",
-            "127.0.0.1",
-            str(port),
-            *map(str, files),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert proc.returncode == 0, proc.stderr
-
-
-def _cxr(tmp_path: Path, i: int, **attrs: object) -> Path:
-    ds = make_dataset(
-        cxr_like_array(128, 112, seed=i), bits_stored=12, sop_instance_uid=generate_uid(), **attrs
-    )
-    return write(ds, tmp_path / f"cxr{i}.dcm")
-
-
-def _delivered(svc: NodeService, n: int) -> Callable[[], bool]:
-    return lambda: svc.journal.counts().get("job.delivered", 0) >= n  # type: ignore[union-attr]
 
 
 # ------------------------------------------------------------------------------- tests
@@ -436,7 +279,7 @@ def test_cxr_node_serve_with_real_engine(tmp_path: Path, dest: StoreSCP) -> None
 _CRASHY_NODE = """
 import sys, threading, time
 sys.path.insert(0, {tests!r})
-from test_service import FakeAnalyser
+from service_helpers import FakeAnalyser
 from dicom_node.service import NodeService
 from dicom_node.settings import NodeSettings
 settings = NodeSettings(port=0, spool_dir={spool!r}, disk_reserve_mb=0, allowed_aets="STORESCU",
