@@ -119,6 +119,14 @@ _OUT_COLS = (
 )
 
 
+def _filtered(select: str, **equal_to: object) -> tuple[str, list[object]]:
+    """``select`` restricted to rows whose columns equal the given values (None = no filter),
+    oldest first. Column names come from the caller's keyword names, never from input."""
+    filters = [(column, value) for column, value in equal_to.items() if value is not None]
+    where = " AND ".join(f"{column}=?" for column, _ in filters)
+    return select + (f" WHERE {where}" if where else "") + " ORDER BY id", [value for _, value in filters]
+
+
 def _job(row: Sequence) -> Job:
     return Job(*row)
 
@@ -200,15 +208,9 @@ class Journal:
 
     def jobs(self, *, state: str | None = None, sop_instance_uid: str | None = None) -> list[Job]:
         """Jobs, oldest first, optionally filtered."""
-        sql, args = f"SELECT {_JOB_COLS} FROM jobs WHERE 1=1", []
-        if state is not None:
-            sql += " AND state=?"
-            args.append(state)
-        if sop_instance_uid is not None:
-            sql += " AND sop_instance_uid=?"
-            args.append(sop_instance_uid)
+        sql, args = _filtered(f"SELECT {_JOB_COLS} FROM jobs", state=state, sop_instance_uid=sop_instance_uid)
         with self._lock:
-            return [_job(r) for r in self._conn.execute(sql + " ORDER BY id", args)]
+            return [_job(r) for r in self._conn.execute(sql, args)]
 
     def next_received(self, limit: int, exclude: Iterable[int] = ()) -> list[Job]:
         """Up to ``limit`` jobs in state ``received`` (oldest first) whose ids are not in ``exclude``."""
@@ -280,15 +282,9 @@ class Journal:
     # ---------------------------------------------------------------- outbox
     def outbox(self, *, job_id: int | None = None, state: str | None = None) -> list[OutboxItem]:
         """Outbox rows, oldest first, optionally filtered."""
-        sql, args = f"SELECT {_OUT_COLS} FROM outbox WHERE 1=1", []
-        if job_id is not None:
-            sql += " AND job_id=?"
-            args.append(job_id)
-        if state is not None:
-            sql += " AND state=?"
-            args.append(state)
+        sql, args = _filtered(f"SELECT {_OUT_COLS} FROM outbox", job_id=job_id, state=state)
         with self._lock:
-            return [_out(r) for r in self._conn.execute(sql + " ORDER BY id", args)]
+            return [_out(r) for r in self._conn.execute(sql, args)]
 
     def due_outbox(self, now: float, limit: int) -> list[OutboxItem]:
         """Pending rows whose ``next_attempt_at`` has come, oldest first."""
