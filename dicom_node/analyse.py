@@ -105,12 +105,10 @@ def _build_in_pool(
 ) -> tuple[list, list[logging.LogRecord]]:
     """Pool-process job: ``dicom_node.results.build_encoded_results`` plus the log records it wrote
     (a spawned process has no log handlers; the node re-emits them so none are lost)."""
-    from dicom_node.logging_setup import quiet_highdicom
     from dicom_node.results import build_encoded_results
 
     root = logging.getLogger()
     root.setLevel(log_level)
-    quiet_highdicom()
     keep = _KeepRecords()
     root.addHandler(keep)
     try:
@@ -121,11 +119,15 @@ def _build_in_pool(
 
 
 def _pool_init(parent_pid: int) -> None:
-    """Initializer of each pool process: exit as soon as the node process is gone.
+    """Initializer of each pool process: keep highdicom's DEBUG chatter out of the records shipped
+    back (see ``logging_setup.quiet_highdicom``), and exit as soon as the node process is gone.
 
     A pool process blocks on its job queue, whose write end its siblings also hold, so it would
     outlive a node that was killed (SIGKILL, crash) or exited without ``stop()``.
     """
+    from dicom_node.logging_setup import quiet_highdicom
+
+    quiet_highdicom()
 
     def watch() -> None:
         while True:

@@ -115,16 +115,15 @@ def configure_logging(
     root.addHandler(handler)
     root.setLevel(level.upper())
     quiet_pynetdicom(pynetdicom_level)
+    quiet_highdicom()
     # pydicom's warnings go through this handler (structured, one line) instead of raw stderr
     logging.captureWarnings(True)
     return handler
 
 
 def quiet_pynetdicom(level: str = "WARNING") -> None:
-    """Keep pynetdicom's logger (DEBUG dumps dataset contents, incl. patient data) at ``level``,
-    and highdicom's at INFO or above (see :func:`quiet_highdicom`)."""
+    """Keep pynetdicom's logger (DEBUG dumps dataset contents, incl. patient data) at ``level``."""
     logging.getLogger("pynetdicom").setLevel(level.upper())
-    quiet_highdicom()
 
 
 def quiet_highdicom() -> None:
