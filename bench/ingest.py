@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     DCMTK_ENV,
     REPO,
+    CpuMeter,
     add_output_arguments,
     dx_phantoms,
     emit_report,
@@ -55,42 +56,69 @@ SERVERS = ("storescp", "storescp-fork", "node")
 #: is 16 KiB); ``node-nofsync`` skips the spool's fsyncs (NOT a mode the node has; it measures what
 #: durability costs, since storescp never fsyncs).
 #: ``node-mem`` is the node with ``chunked_receive=False`` (data set assembled in memory, the
-#: receive path before issue 6).
-NODES = ("node", "node-1m", "node-nofsync", "node-mem")
+#: receive path before issue 6). ``node-2proc``: two receive_only processes on one port
+#: (SO_REUSEPORT) sharing one spool and journal, i.e. receiving outside one process's GIL;
+#: ``node-fastloop``: pynetdicom's 1 ms reactor sleeps cut to 50 us. Neither is a mode of the node.
+NODES = ("node", "node-1m", "node-nofsync", "node-mem", "node-2proc", "node-fastloop")
+#: extra ``receive_only.py`` arguments per node variant
+NODE_ARGS: dict[str, list[str]] = {
+    "node": [],
+    "node-1m": ["--max-pdu", str(1024 * 1024)],
+    "node-nofsync": ["--unsafe-no-fsync"],
+    "node-mem": ["--memory-receive"],
+    "node-2proc": ["--reuse-port"],
+    "node-fastloop": ["--reactor-delay", "0.00005"],
+}
 
 
-def start_server(kind: str, workdir: Path, port: int) -> subprocess.Popen:
-    """Start one receiver of ``kind`` on ``port`` writing below ``workdir``."""
+def _wait_listening(log: Path, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    """Wait (bounded) for receive_only's ``LISTENING`` line in ``log``; raise if ``proc`` dies."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process {proc.args!r} exited with {proc.returncode} before listening")
+        if b"LISTENING" in log.read_bytes():
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"no LISTENING line in {log} after {timeout} s")
+
+
+def start_server(kind: str, workdir: Path, port: int) -> list[subprocess.Popen]:
+    """Start the receiver process(es) of ``kind`` on ``port`` writing below ``workdir``."""
     workdir.mkdir(parents=True, exist_ok=True)
-    log = open(workdir / "server.log", "wb")  # noqa: SIM115 - owned by the child
     if kind.startswith("storescp"):
         out = workdir / "out"
         out.mkdir()
         cmd = ["storescp", "-aet", "AINODE", "+xa", "-uf", "-od", str(out)]
         if kind == "storescp-fork":
             cmd.append("--fork")
-        cmd.append(str(port))
+        cmds = [cmd + [str(port)]]
     elif kind in NODES:
         cmd = [sys.executable, str(REPO / "bench" / "receive_only.py"), "--spool", str(workdir / "spool"),
-               "--port", str(port), "--max-associations", "16"]  # fmt: skip
-        if kind == "node-1m":
-            cmd += ["--max-pdu", str(1024 * 1024)]
-        elif kind == "node-nofsync":
-            cmd += ["--unsafe-no-fsync"]
-        elif kind == "node-mem":
-            cmd += ["--memory-receive"]
+               "--port", str(port), "--max-associations", "16", *NODE_ARGS[kind]]  # fmt: skip
+        cmds = [cmd, cmd] if kind == "node-2proc" else [cmd]
     else:
         raise ValueError(f"unknown server kind {kind!r}")
     env = DCMTK_ENV if kind.startswith("storescp") else None  # TCP_NODELAY=1: see common.DCMTK_ENV
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=workdir, env=env)
-    log.close()
+    procs: list[subprocess.Popen] = []
     try:
-        wait_port(port, 60, proc)
+        for i, cmd in enumerate(cmds):
+            # one after the other: a Spool removes stale .tmp files when it starts
+            log_path = workdir / f"server{i or ''}.log"
+            with open(log_path, "wb") as log:
+                procs.append(
+                    subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=workdir, env=env)
+                )
+            if kind in NODES:
+                _wait_listening(log_path, procs[-1])
+            else:
+                wait_port(port, 60, procs[-1])
     except Exception as exc:
-        stop_process(proc)
-        tail = (workdir / "server.log").read_text(errors="replace")[-2000:]
+        for proc in procs:
+            stop_process(proc)
+        tail = "".join(p.read_text(errors="replace")[-2000:] for p in sorted(workdir.glob("server*.log")))
         raise RuntimeError(f"{kind} did not start: {exc}; log:\n{tail}") from exc
-    return proc
+    return procs
 
 
 def stored_count(kind: str, workdir: Path) -> int:
@@ -105,14 +133,18 @@ def one_run(kind: str, files: Sequence[Path], k: int, scratch: Path) -> dict[str
     """Push ``files`` over ``k`` associations into a fresh receiver of ``kind``; returns the figures."""
     workdir = Path(tempfile.mkdtemp(prefix=f"{kind}-", dir=scratch))
     port = free_port()
-    proc = start_server(kind, workdir, port)
+    procs = start_server(kind, workdir, port)
     try:
         time.sleep(0.3)
+        # CPU of the receiver process(es); storescp --fork's children end before it can be read
+        cpu = CpuMeter({kind: lambda: [p.pid for p in procs]}).start()
         res = push_parallel(files, port, k)
+        cpu_s = cpu.stop()[kind]
         time.sleep(0.2)  # forked storescp children finish writing after the release
         stored = stored_count(kind, workdir)
     finally:
-        stop_process(proc)
+        for proc in procs:
+            stop_process(proc)
         shutil.rmtree(workdir, ignore_errors=True)
         os.sync()  # leave no dirty pages / pending deletes for the next receiver's fsyncs to pay for
     if res.failures or stored != len(files) or any(res.returncodes):
@@ -120,7 +152,8 @@ def one_run(kind: str, files: Sequence[Path], k: int, scratch: Path) -> dict[str
             f"{kind} k={k}: {stored}/{len(files)} stored, storescu rc {res.returncodes}, "
             f"{res.failures} errors; output: {res.outputs[0][-2000:]!r}"
         )
-    return {"seconds": res.seconds, "inst_s": res.instances_per_s, "mb_s": res.mb_per_s}
+    cpu_ms = None if kind == "storescp-fork" else 1000 * cpu_s / len(files)
+    return {"seconds": res.seconds, "inst_s": res.instances_per_s, "mb_s": res.mb_per_s, "cpu_ms": cpu_ms}
 
 
 def run(kinds: Sequence[str], n_rsna: int, n_dx: int, ks: Sequence[int], repeats: int, scratch: Path,
@@ -139,12 +172,14 @@ def run(kinds: Sequence[str], n_rsna: int, n_dx: int, ks: Sequence[int], repeats
             for rep in range(repeats):
                 # interleaved so host load hits all alike; the order rotates so no receiver always
                 # follows the same one
-                for server in [*servers[rep % len(servers):], *servers[: rep % len(servers)]]:
+                for server in [*servers[rep % len(servers) :], *servers[: rep % len(servers)]]:
                     raw[server].append(one_run(server, files, k, scratch))
             row: dict[str, Any] = {"kind": name, "n": len(files), "k": k,
                                    "mb_per_instance": sum(f.stat().st_size for f in files) / len(files) / 1e6}  # fmt: skip
             for server in servers:
                 row[server] = {m: median([r[m] for r in raw[server]]) for m in ("inst_s", "mb_s")}
+                cpu_runs = [r["cpu_ms"] for r in raw[server] if r["cpu_ms"] is not None]
+                row[server]["cpu_ms"] = median(cpu_runs) if cpu_runs else None
                 row[server]["runs_inst_s"] = [round(r["inst_s"], 2) for r in raw[server]]
             ceilings = [row[s]["inst_s"] for s in servers if s not in NODES]
             for s in NODES:
@@ -177,6 +212,25 @@ def to_markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {r['kind']} | {r['n']} | {r['mb_per_instance']:.2f} | {r['k']} | {cell('storescp')} "
                      f"| {cell('storescp-fork')} | {cell('node')} | {ratio('node')} |"
                      + "".join(f" {cell(s)} | {ratio(s)} |" for s in variants))  # fmt: skip
+    servers = [
+        s for s in ("storescp", *NODES) if any(r.get(s, {}).get("cpu_ms") is not None for r in report["rows"])
+    ]
+    if servers:
+        lines += [
+            "",
+            "CPU per instance of the receiving process(es) (ms, /proc utime + stime over the push; "
+            "storescp --fork's children are not counted):",
+            "",
+            "| phantom | k | " + " | ".join(servers) + " |",
+            "|---|---:|" + "---:|" * len(servers),
+        ]
+        for r in report["rows"]:
+            cpu = [r.get(s, {}).get("cpu_ms") for s in servers]
+            lines.append(
+                f"| {r['kind']} | {r['k']} | "
+                + " | ".join("–" if c is None else f"{c:.2f}" for c in cpu)
+                + " |"
+            )
     return "\n".join(lines)
 
 
@@ -191,7 +245,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_output_arguments(p)
     args = p.parse_args(argv)
     args.scratch.mkdir(parents=True, exist_ok=True)
-    return emit_report(run(args.kinds, args.n_rsna, args.n_dx, args.k, args.repeats, args.scratch, args.servers), args.json, to_markdown)
+    return emit_report(
+        run(args.kinds, args.n_rsna, args.n_dx, args.k, args.repeats, args.scratch, args.servers),
+        args.json,
+        to_markdown,
+    )
 
 
 if __name__ == "__main__":

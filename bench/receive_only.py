@@ -29,6 +29,43 @@ from dicom_node.settings import NodeSettings  # noqa: E402
 from dicom_node.spool import Spool  # noqa: E402
 
 
+def _share_port() -> None:
+    """Every pynetdicom server socket of this process gets SO_REUSEPORT before it binds."""
+    import socket
+
+    from pynetdicom.transport import ThreadedAssociationServer
+
+    bind = ThreadedAssociationServer.server_bind
+
+    def server_bind(self: ThreadedAssociationServer) -> None:
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        bind(self)
+
+    ThreadedAssociationServer.server_bind = server_bind  # type: ignore[method-assign]
+
+
+def _shorten_reactor_sleeps(seconds: float) -> None:
+    """pynetdicom's DUL and association loops sleep at most ``seconds`` per turn (default 1 ms)."""
+    import time
+    import types
+
+    import pynetdicom.association as association
+    import pynetdicom.dul as dul
+
+    if seconds < 0:
+        raise ValueError(f"--reactor-delay must be >= 0, got {seconds!r}")
+    init = dul.DULServiceProvider.__init__
+
+    def dul_init(self: dul.DULServiceProvider, *args: object, **kwargs: object) -> None:
+        init(self, *args, **kwargs)  # type: ignore[arg-type]
+        self._run_loop_delay = seconds
+
+    dul.DULServiceProvider.__init__ = dul_init  # type: ignore[method-assign]
+    shim = types.SimpleNamespace(**{n: getattr(time, n) for n in dir(time) if not n.startswith("_")})
+    shim.sleep = lambda s: time.sleep(min(s, seconds))
+    association.time = shim  # type: ignore[assignment]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spool", type=Path, required=True)
@@ -55,8 +92,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="assemble each data set in memory (Receiver(chunked_receive=False)) instead of "
         "receiving it straight into the spool (the default)",
     )
+    parser.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="DIAGNOSTIC ONLY: SO_REUSEPORT on the listening socket, so that several receive_only "
+        "processes share one port and the kernel spreads associations over them",
+    )
+    parser.add_argument(
+        "--reactor-delay",
+        type=float,
+        default=None,
+        help="DIAGNOSTIC ONLY: shorten pynetdicom's reactor sleeps (1 ms per idle turn of the DUL "
+        "and of the association loop) to this many seconds",
+    )
     args = parser.parse_args(argv)
     configure_logging(args.log_level, args.log_format)
+    if args.reuse_port:
+        _share_port()
+    if args.reactor_delay is not None:
+        _shorten_reactor_sleeps(args.reactor_delay)
     if args.unsafe_no_fsync:
         import os
 
