@@ -304,4 +304,4 @@ $('#study').live('pagebeforecreate', function() {
     });
   });
 });
-""" % {"label": EXPLORER_BUTTON_LABEL}
+""" % {"label": EXPLORER_BUTTON_LABEL}  # noqa: UP031 - the JavaScript is full of braces that str.format would need doubled
