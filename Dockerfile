@@ -42,11 +42,12 @@ RUN case "${VARIANT}" in \
     esac
 
 WORKDIR /src
-COPY pyproject.toml ./
+COPY pyproject.toml constraints.txt ./
 COPY dicom_node ./dicom_node
 COPY models ./models
-# the project and its other dependencies; the torch pins of pyproject.toml are already satisfied
-RUN pip install --no-cache-dir . \
+# the project and its other dependencies at the versions the test suite passed with (constraints.txt);
+# the torch pins of pyproject.toml are already satisfied
+RUN pip install --no-cache-dir -c constraints.txt . \
  && python -c "import torch, monai, pynetdicom, highdicom, dicom_node, models; print('torch', torch.__version__)"
 
 # ---------------------------------------------------------------------------------------- runtime

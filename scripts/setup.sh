@@ -6,7 +6,8 @@
 #   bash scripts/setup.sh --ci     # the same plus docker-compose and openssl (used by the tests)
 #
 # Idempotent: packages already installed are not reinstalled, an existing .venv is reused, and
-# pip is skipped when pyproject.toml has not changed since the last successful install.
+# pip is skipped when pyproject.toml and constraints.txt have not changed since the last successful
+# install. Every Python package is installed at the exact version pinned in constraints.txt.
 # Environment: PYTHON (default python3), CXR_SKIP_APT=1 to skip apt-get.
 set -euo pipefail
 
@@ -56,16 +57,16 @@ install_venv() {
   fi
   local stamp=.venv/.cxr-ai-node-installed
   local want
-  want="$(sha256sum pyproject.toml | cut -d' ' -f1) ${TORCH_PINS[*]}"
+  want="$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1) ${TORCH_PINS[*]}"
   if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]] && .venv/bin/python -c "import dicom_node, torch" 2>/dev/null; then
     log "Python packages up to date"
     return
   fi
   .venv/bin/python -m pip install -q --upgrade pip
   log "installing ${TORCH_PINS[*]}"
-  .venv/bin/python -m pip install -q "${TORCH_PINS[@]}"
-  log "installing the project (pip install -e .[dev])"
-  .venv/bin/python -m pip install -q -e ".[dev]"
+  .venv/bin/python -m pip install -q -c constraints.txt "${TORCH_PINS[@]}"
+  log "installing the project (pip install -c constraints.txt -e .[dev])"
+  .venv/bin/python -m pip install -q -c constraints.txt -e ".[dev]"
   printf '%s' "$want" > "$stamp"
 }
 
