@@ -59,8 +59,7 @@ SERVERS = ("storescp", "storescp-fork", "node")
 #: receive path before issue 6). ``node-2proc``: two receive_only processes on one port
 #: (SO_REUSEPORT) sharing one spool and journal, i.e. receiving outside one process's GIL;
 #: ``node-fastloop``: pynetdicom's 1 ms reactor sleeps cut to 50 us. Neither is a mode of the node.
-NODES = ("node", "node-1m", "node-nofsync", "node-mem", "node-2proc", "node-fastloop")
-#: extra ``receive_only.py`` arguments per node variant
+#: Each maps to its extra ``receive_only.py`` arguments.
 NODE_ARGS: dict[str, list[str]] = {
     "node": [],
     "node-1m": ["--max-pdu", str(1024 * 1024)],
@@ -69,6 +68,7 @@ NODE_ARGS: dict[str, list[str]] = {
     "node-2proc": ["--reuse-port"],
     "node-fastloop": ["--reactor-delay", "0.00005"],
 }
+NODES = tuple(NODE_ARGS)
 
 
 def _wait_listening(log: Path, proc: subprocess.Popen, timeout: float = 60.0) -> None:

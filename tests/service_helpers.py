@@ -17,6 +17,7 @@ import pydicom
 from dicom_factory import cxr_like_array, make_dataset, write
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
+from tls_certs import free_port
 
 from dicom_node.service import NodeService
 from dicom_node.settings import NodeSettings
@@ -82,12 +83,6 @@ class FakeAnalyser:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _wait(pred: Callable[[], object], timeout: float, step: float = 0.05) -> bool:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -107,7 +102,7 @@ class StoreSCP:
     """A dcmtk storescp destination; start() may be called late (destination down at first)."""
 
     def __init__(self, tmp_path: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.out = tmp_path / "destination"
         self.out.mkdir()
         self.proc: subprocess.Popen | None = None
@@ -152,29 +147,31 @@ def _settings(tmp_path: Path, dest: StoreSCP, **overrides: object) -> NodeSettin
     return NodeSettings(**params)
 
 
-def _storescu(port: int, *files: Path) -> None:
-    proc = subprocess.run(
-        [
-            "storescu",
-            "-aet",
-            "STORESCU",
-            "-aec",
-            "AINODE",
-            "-to",
-            "10",
-            "-ta",
-            "10",
-            "-td",
-            "10",
-            "127.0.0.1",
-            str(port),
-            *map(str, files),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert proc.returncode == 0, proc.stderr
+def _storescu(
+    port: int, *files: Path, aet: str = "STORESCU", extra: tuple[str, ...] = (), check: bool = True
+) -> subprocess.CompletedProcess:
+    """dcmtk storescu of ``files`` to AINODE@127.0.0.1:``port``; with ``check`` it must succeed."""
+    cmd = [
+        "storescu",
+        "-aet",
+        aet,
+        "-aec",
+        "AINODE",
+        "-to",
+        "10",
+        "-ta",
+        "10",
+        "-td",
+        "10",
+        *extra,
+        "127.0.0.1",
+        str(port),
+        *map(str, files),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
 
 
 def _cxr(tmp_path: Path, i: int, **attrs: object) -> Path:

@@ -15,6 +15,8 @@ import pytest
 from dicom_factory import cxr_like_array, have_dcmtk, make_dataset
 from pydicom.uid import SecondaryCaptureImageStorage, generate_uid
 from pynetdicom import AE, AllStoragePresentationContexts, evt
+from service_helpers import _port_open, _wait
+from tls_certs import free_port
 
 from dicom_node.deliver import Deliverer, backoff_delay, classify_status
 from dicom_node.journal import Journal, ResultFile
@@ -61,21 +63,6 @@ def test_backoff_grows_is_capped_and_jittered() -> None:
 
 
 # ---------------------------------------------------------------------- helpers
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait(pred, timeout: float, step: float = 0.05) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(step)
-    return bool(pred())
-
-
 class Queue:
     """Spool + journal with one analysed job whose two result files are queued for ``dest``."""
 
@@ -134,7 +121,7 @@ class Queue:
 
 @pytest.fixture
 def storescp(tmp_path: Path) -> Iterator[tuple[int, Path, list[str]]]:
-    port, out = _free_port(), tmp_path / "received"
+    port, out = free_port(), tmp_path / "received"
     out.mkdir()
     procs: list[subprocess.Popen] = []
     extra: list[str] = []
@@ -153,12 +140,6 @@ def storescp(tmp_path: Path) -> Iterator[tuple[int, Path, list[str]]]:
     for p in procs:
         p.terminate()
         p.wait(10)
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.2)
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 # ----------------------------------------------------------------- integration
@@ -282,7 +263,7 @@ def test_failure_statuses(tmp_path: Path, status: int, permanent: bool) -> None:
 
 
 def test_backoff_survives_restart(tmp_path: Path) -> None:
-    port = _free_port()  # nothing listens
+    port = free_port()  # nothing listens
     q = Queue(tmp_path, f"DEST@127.0.0.1:{port}", retry_base_s=100, retry_max_s=200)
     q.deliverer.run_once()
     due = {o.id: o.next_attempt_at for o in q.pending()}
@@ -296,7 +277,7 @@ def test_backoff_survives_restart(tmp_path: Path) -> None:
 
 
 def test_rest_destination_unreachable_is_transient(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     q = Queue(tmp_path, f"http://user:pw@127.0.0.1:{port}")
     try:
         assert q.deliverer.run_once() == 2
@@ -314,7 +295,7 @@ def orthanc(tmp_path: Path) -> Iterator[int]:
 
     if not shutil.which("Orthanc"):
         pytest.skip("Orthanc not installed")
-    port = _free_port()
+    port = free_port()
     db = tmp_path / "orthanc-db"
     cfg = tmp_path / "orthanc.json"
     cfg.write_text(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ import pydicom
 import pytest
 from dicom_factory import cxr_like_array, have_dcmtk, make_dataset, write
 from pydicom.uid import generate_uid
+from tls_certs import free_port
 
 from dicom_node.logging_setup import JsonFormatter, TextFormatter, configure_logging, make_formatter
 
@@ -105,12 +105,6 @@ def test_configure_logging_keeps_highdicom_at_info(restore_logging: None) -> Non
     assert len(lines) == 1 and json.loads(lines[0])["event"] == "y"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.integration
 @pytest.mark.skipif(not have_dcmtk("storescu", "storescp"), reason="dcmtk not installed")
 @pytest.mark.parametrize("fmt", ["json", "text"])
@@ -123,7 +117,7 @@ def test_no_patient_name_or_id_in_logs(tmp_path: Path, restore_logging: None, fm
     from dicom_node.settings import NodeSettings
 
     name, pid = "Xylophage^Quintessa", "PHI-55667788"
-    dport = _free_port()
+    dport = free_port()
     out = tmp_path / "dest"
     out.mkdir()
     scp = subprocess.Popen(

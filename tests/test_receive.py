@@ -13,6 +13,7 @@ import pytest
 from dicom_factory import cxr_like_array, have_dcmtk, make_dataset, transcode_dcmtk, write
 from pydicom.uid import JPEG2000, JPEG2000Lossless, generate_uid
 from pynetdicom import AE, evt
+from service_helpers import _storescu
 
 import dicom_node.spool as spool_mod
 from dicom_node.journal import Journal
@@ -65,29 +66,6 @@ def node(tmp_path: Path):
     n.close()
 
 
-def _storescu(
-    port: int, *files: Path, aet: str = "STORESCU", extra: tuple[str, ...] = ()
-) -> subprocess.CompletedProcess:
-    cmd = [
-        "storescu",
-        "-aet",
-        aet,
-        "-aec",
-        "AINODE",
-        "-to",
-        "10",
-        "-ta",
-        "10",
-        "-td",
-        "10",
-        *extra,
-        "127.0.0.1",
-        str(port),
-        *map(str, files),
-    ]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-
-
 def _cxr(tmp_path: Path, name: str = "cxr.dcm", **attrs: object) -> Path:
     ds = make_dataset(cxr_like_array(), bits_stored=12, **attrs)
     return write(ds, tmp_path / name)
@@ -118,7 +96,7 @@ def test_echo(node: Node) -> None:
 
 def test_store_persists_before_success(node: Node, tmp_path: Path) -> None:
     src = _cxr(tmp_path, PatientName="Doe^Jane")
-    proc = _storescu(node.port, src)
+    proc = _storescu(node.port, src, check=False)
     assert proc.returncode == 0, proc.stderr
     # checked inside the handler, before the C-STORE response went out
     assert len(node.seen) == 1 and node.seen[0][1:] == (True, True)
@@ -148,7 +126,7 @@ def test_compressed_stored_without_reencoding(
     ts = compressed.file_meta.TransferSyntaxUID
     assert ts in ACCEPTED_TRANSFER_SYNTAXES
     src = write(compressed, tmp_path / "compressed.dcm")
-    proc = _storescu(node.port, src, extra=(propose, "-R"))
+    proc = _storescu(node.port, src, extra=(propose, "-R"), check=False)
     assert proc.returncode == 0, proc.stderr
     (job,) = node.journal.jobs()
     stored = pydicom.dcmread(job.path)
@@ -172,7 +150,7 @@ def test_other_syntaxes_via_pynetdicom(node: Node, tmp_path: Path, ts: str) -> N
 
 def test_unknown_calling_ae_rejected(node: Node, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="dicom_node.receive")
-    proc = _storescu(node.port, _cxr(tmp_path), aet="INTRUDER")
+    proc = _storescu(node.port, _cxr(tmp_path), aet="INTRUDER", check=False)
     assert proc.returncode != 0
     assert "Association Rejected" in proc.stderr or "rejected" in proc.stderr.lower()
     lines = [r for r in caplog.records if getattr(r, "event", None) == "association_rejected"]
@@ -184,7 +162,7 @@ def test_unknown_calling_ae_rejected(node: Node, tmp_path: Path, caplog: pytest.
 def test_any_caller_when_allow_list_empty(tmp_path: Path) -> None:
     n = Node(tmp_path, allowed_aets="")
     try:
-        assert _storescu(n.port, _cxr(tmp_path), aet="WHOEVER").returncode == 0
+        assert _storescu(n.port, _cxr(tmp_path), aet="WHOEVER", check=False).returncode == 0
         assert [j.calling_aet for j in n.journal.jobs()] == ["WHOEVER"]
     finally:
         n.close()
@@ -195,7 +173,7 @@ def test_ct_acknowledged_and_skipped(tmp_path: Path, keep: bool) -> None:
     n = Node(tmp_path, keep_skipped=keep)
     try:
         src = _cxr(tmp_path, sop_class_uid=CT_IMAGE_STORAGE, Modality="CT")
-        proc = _storescu(n.port, src)
+        proc = _storescu(n.port, src, check=False)
         assert proc.returncode == 0, proc.stderr
         (job,) = n.journal.jobs()
         assert job.state == "skipped" and CT_IMAGE_STORAGE in (job.reason or "")
@@ -207,8 +185,8 @@ def test_ct_acknowledged_and_skipped(tmp_path: Path, keep: bool) -> None:
 
 def test_duplicate_sop_instance_persisted_twice(node: Node, tmp_path: Path) -> None:
     src = _cxr(tmp_path)
-    assert _storescu(node.port, src).returncode == 0
-    assert _storescu(node.port, src).returncode == 0
+    assert _storescu(node.port, src, check=False).returncode == 0
+    assert _storescu(node.port, src, check=False).returncode == 0
     jobs = node.journal.jobs()
     assert len(jobs) == 2 and jobs[0].sop_instance_uid == jobs[1].sop_instance_uid
     assert jobs[0].path != jobs[1].path and all(Path(j.path or "").is_file() for j in jobs)
@@ -277,7 +255,7 @@ def test_stop_refuses_new_associations(tmp_path: Path) -> None:
 
 def test_uid_distinct_instances(node: Node, tmp_path: Path) -> None:
     files = [_cxr(tmp_path, name=f"f{i}.dcm", sop_instance_uid=generate_uid()) for i in range(3)]
-    assert _storescu(node.port, *files).returncode == 0
+    assert _storescu(node.port, *files, check=False).returncode == 0
     assert len({j.sop_instance_uid for j in node.journal.jobs()}) == 3
 
 
@@ -315,7 +293,9 @@ def _deflated_file(tmp_path: Path, inflated_mb: int) -> Path:
     buf.is_little_endian, buf.is_implicit_VR = True, False
     write_dataset(buf, ds)
     n = inflated_mb * 2**20
-    creator = b"CXRTEST "  # (7FE1,0010) LO private creator, then (7FE1,1010) OB: after Pixel Data in tag order
+    creator = (
+        b"CXRTEST "  # (7FE1,0010) LO private creator, then (7FE1,1010) OB: after Pixel Data in tag order
+    )
     tail = b"\xe1\x7f\x10\x00LO" + len(creator).to_bytes(2, "little") + creator
     tail += b"\xe1\x7f\x10\x10OB\x00\x00" + n.to_bytes(4, "little")
     deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)

@@ -27,11 +27,11 @@ from service_helpers import (
     StoreSCP,
     _cxr,
     _delivered,
-    _free_port,
     _settings,
     _storescu,
     _wait,
 )
+from tls_certs import free_port
 
 from dicom_node.service import NodeService
 from models.errors import ImageDecodeError
@@ -41,6 +41,8 @@ pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(not have_dcmtk("storescu", "storescp", "echoscu"), reason="dcmtk not installed"),
 ]
+
+
 @pytest.fixture
 def dest(tmp_path: Path) -> Iterator[StoreSCP]:
     d = StoreSCP(tmp_path)
@@ -180,7 +182,7 @@ def test_cxr_node_serve_with_real_engine(tmp_path: Path, dest: StoreSCP) -> None
     distinctive patient name/ID and a corrupt one, SR+SC arrive at storescp, the corrupt one is
     failed, SIGTERM stops it cleanly, and the JSON log never contains the patient name/ID."""
     dest.start()
-    port = _free_port()
+    port = free_port()
     good = make_dataset(
         cxr_like_array(384, 320, seed=3),
         bits_stored=12,
