@@ -316,15 +316,17 @@ class Deliverer:
             "destination": item.destination,
         }
         if outcome.delivered:
+            # logged before the journal commit: the log holds every C-STORE the destination accepted,
+            # also one whose commit a crash cut off (that result is sent again and logged twice)
+            logger.info(
+                "delivered", extra={"event": "delivered", "attempts": item.attempts + 1, "ms": ms, **fields}
+            )
             job = self.journal.mark_delivered(item.id)
             if self.metrics is not None:
                 dest = self.destinations.get(item.destination)
                 self.metrics.delivered(
                     dest.ae_title if dest is not None and dest.kind == "dicom" else item.destination
                 )
-            logger.info(
-                "delivered", extra={"event": "delivered", "attempts": item.attempts + 1, "ms": ms, **fields}
-            )
             if job is not None:
                 self._job_done(job)
             return

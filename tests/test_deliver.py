@@ -164,6 +164,32 @@ def test_delivers_to_storescp_and_cleans_up(tmp_path: Path, storescp) -> None:
 
 @pytest.mark.integration
 @needs_dcmtk
+def test_accepted_store_is_logged_even_if_the_journal_commit_never_happens(
+    tmp_path: Path, storescp, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Found by the SIGKILL test (tests/reliability/test_crash.py): a kill between the journal commit
+    # and the log line left a result delivered in Orthanc and in the journal with no "delivered" line.
+    port, _, _, start = storescp
+    start()
+    q = Queue(tmp_path, f"DEST@127.0.0.1:{port}")
+    caplog.set_level(logging.INFO, logger="dicom_node.deliver")
+
+    def killed(outbox_id: int) -> None:
+        raise SystemExit("killed before the commit")
+
+    q.journal.mark_delivered = killed  # type: ignore[method-assign]
+    try:
+        with pytest.raises(SystemExit):
+            q.deliverer.run_once()
+        logged = [r for r in caplog.records if getattr(r, "event", "") == "delivered"]
+        assert [r.sop_instance_uid for r in logged] == [q.uids[0]]  # type: ignore[attr-defined]
+        assert len(q.pending()) == 2  # not committed: both are sent again after the restart
+    finally:
+        q.close()
+
+
+@pytest.mark.integration
+@needs_dcmtk
 def test_destination_down_then_up(tmp_path: Path, storescp, caplog: pytest.LogCaptureFixture) -> None:
     port, out, _, start = storescp
     q = Queue(tmp_path, f"DEST@127.0.0.1:{port}", keep_delivered=True)
