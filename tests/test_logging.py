@@ -111,7 +111,7 @@ def test_configure_logging_keeps_highdicom_at_info(restore_logging: None) -> Non
 def test_no_patient_name_or_id_in_logs(tmp_path: Path, restore_logging: None, fmt: str) -> None:
     """receive + analyse + deliver (+ a skipped CT and a refused caller) at DEBUG: the captured log
     output must not contain the distinctive patient name or ID that the results do carry."""
-    from service_helpers import FakeAnalyser
+    from service_helpers import FakeAnalyser, _storescu
 
     from dicom_node.service import NodeService
     from dicom_node.settings import NodeSettings
@@ -156,23 +156,7 @@ def test_no_patient_name_or_id_in_logs(tmp_path: Path, restore_logging: None, fm
         )
         with NodeService(settings, analyser=FakeAnalyser()) as svc:
             for aet in ("STORESCU", "INTRUDER"):
-                subprocess.run(
-                    [
-                        "storescu",
-                        "-aet",
-                        aet,
-                        "-aec",
-                        "AINODE",
-                        "-to",
-                        "10",
-                        "127.0.0.1",
-                        str(svc.port),
-                        str(cxr),
-                        str(ct),
-                    ],
-                    capture_output=True,
-                    timeout=60,
-                )
+                _storescu(svc.port, cxr, ct, aet=aet, check=False)
             end = time.monotonic() + 30
             while time.monotonic() < end and svc.journal.counts().get("job.delivered", 0) < 1:
                 time.sleep(0.05)
