@@ -115,10 +115,15 @@ def models_label(models: Sequence[ModelInfo]) -> str:
 
 def classifier_model(findings: Findings) -> ModelInfo | None:
     """The bundle that produced the image-level probability (the first one not named like a detector)."""
-    for m in findings.models:
+    return classifier_model_of(findings.models)
+
+
+def classifier_model_of(models: Sequence[ModelInfo]) -> ModelInfo | None:
+    """The classification bundle among ``models``: the first one not named like a detector."""
+    for m in models:
         if "detect" not in m.name.lower():
             return m
-    return findings.models[0] if findings.models else None
+    return models[0] if models else None
 
 
 def detector_model(findings: Findings) -> ModelInfo | None:

@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
@@ -19,6 +18,7 @@ from integration_helpers import REPO, Stack, dciodvfy_errors, make_image, write
 from pydicom.uid import generate_uid
 
 from dicom_node.orthanc.local import LocalOrthanc, storescu, wait_until
+from dicom_node.sr_read import read_sr
 
 pytestmark = pytest.mark.integration
 
@@ -70,19 +70,13 @@ def engine() -> Iterator[Any]:
 
 
 def _sr_pneumonia_probability(sr_path: Path) -> float:
-    (group,) = hd.sr.srread(sr_path).content.get_image_measurement_groups()
-    (prob,) = [m for m in group.get_measurements() if m.name.value == "122157"]  # DCM Probability
-    return float(prob.value)
+    result = read_sr(sr_path)
+    assert result.probability is not None, f"no image-level probability in {sr_path}"
+    return result.probability
 
 
 def _sr_boxes(sr_path: Path) -> list[tuple[np.ndarray, float]]:
-    sr = hd.sr.srread(sr_path)
-    out = []
-    for group in sr.content.get_planar_roi_measurement_groups():
-        probs = [m for m in group.get_measurements() if m.name.value == "122157"]  # DCM Probability
-        assert len(probs) == 1, f"box group without exactly one probability in {sr_path}"
-        out.append((np.asarray(group.roi.value, dtype=float), float(probs[0].value)))
-    return out
+    return [(box.polyline, box.probability) for box in read_sr(sr_path).boxes]
 
 
 # ------------------------------------------------------------------------------------------- the main flow
