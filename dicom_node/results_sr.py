@@ -34,6 +34,7 @@ of every SR that uses it (:func:`private_coding_scheme`).
 from __future__ import annotations
 
 import logging
+import re
 
 import numpy as np
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
@@ -74,7 +75,6 @@ from dicom_node.results_common import (
     SR_SERIES_DESCRIPTION,
     SR_SERIES_NUMBER,
     check_source_matches,
-    check_threshold,
     classifier_model,
     copy_patient_study,
     detector_model,
@@ -113,7 +113,8 @@ _CLASS_CODE_VALUES = {
 }
 if set(_CLASS_CODE_VALUES) != set(RSNA_CLASSES):  # guards an edit of RSNA_CLASSES
     raise RuntimeError(f"no private code for every RSNA class: {sorted(_CLASS_CODE_VALUES)} vs {RSNA_CLASSES}")
-#: "Probability of <class>" concept of each RSNA class, in RSNA_CLASSES order.
+#: "Probability of <class>" concept of each RSNA class, in RSNA_CLASSES order (other classes: see
+#: :func:`class_probability_concept`).
 CLASS_PROBABILITY_CONCEPTS: dict[str, CodedConcept] = {
     name: CodedConcept(_CLASS_CODE_VALUES[name], PRIVATE_SCHEME, f"Probability of {name}") for name in RSNA_CLASSES
 }
@@ -126,14 +127,13 @@ _MODALITY_CODES = {
 }
 
 
-def build_sr(source: Dataset, findings: Findings, *, threshold: float) -> Comprehensive3DSR:
+def build_sr(source: Dataset, findings: Findings) -> Comprehensive3DSR:
     """Build the TID 1500 Comprehensive 3D SR for ``findings`` on ``source``.
 
-    ``threshold`` decides the image-level Present/Absent evaluation
-    (``pneumonia_probability >= threshold``) and is recorded in the report.
-    Raises ValueError if the findings do not belong to ``source``.
+    The image-level Present/Absent evaluation is the engine's decision (``findings.positive``);
+    its threshold is recorded in the report. Raises ValueError if the findings do not belong
+    to ``source``.
     """
-    threshold = check_threshold(threshold)
     check_source_matches(source, findings)
     models = findings.models
 
@@ -148,7 +148,7 @@ def build_sr(source: Dataset, findings: Findings, *, threshold: float) -> Compre
         ),
     )
     groups: list[MeasurementsAndQualitativeEvaluations | PlanarROIMeasurementsAndQualitativeEvaluations]
-    groups = [_image_level_group(source, findings, threshold)]
+    groups = [_image_level_group(source, findings)]
     groups += [_box_group(source, findings, i, box) for i, box in enumerate(findings.boxes)]
     report = MeasurementReport(
         observation_context=ObservationContext(observer_device_context=observer),
@@ -160,9 +160,9 @@ def build_sr(source: Dataset, findings: Findings, *, threshold: float) -> Compre
     sr = Comprehensive3DSR(
         evidence=[_evidence_view(source)],
         content=report[0],
-        series_instance_uid=uids.series_uid(source.StudyInstanceUID, models, uids.ResultKind.SR),
+        series_instance_uid=uids.series_uid(source.StudyInstanceUID, findings, uids.ResultKind.SR),
         series_number=SR_SERIES_NUMBER,
-        sop_instance_uid=uids.instance_uid(findings.sop_instance_uid, models, uids.ResultKind.SR),
+        sop_instance_uid=uids.instance_uid(findings, uids.ResultKind.SR),
         instance_number=instance_number(source),
         manufacturer=MANUFACTURER,
         is_complete=True,
@@ -201,13 +201,19 @@ def private_coding_scheme() -> CodingSchemeIdentificationItem:
 def _algorithm_id(model: ModelInfo | None) -> AlgorithmIdentification | None:
     if model is None:
         return None
-    return AlgorithmIdentification(name=model.name, version=model.version, manufacturer=MANUFACTURER)
+    return AlgorithmIdentification(name=model.name, version=model.label, manufacturer=MANUFACTURER)
 
 
-def _image_level_group(source: Dataset, findings: Findings, threshold: float) -> MeasurementsAndQualitativeEvaluations:
+def _finding_concept(findings: Findings) -> CodedConcept:
+    """What the classifier measures (from its bundle), or "Pneumonia" for a not-analysed image."""
+    code = findings.finding
+    return PNEUMONIA if code is None else CodedConcept(code.value, code.scheme, code.meaning)
+
+
+def _image_level_group(source: Dataset, findings: Findings) -> MeasurementsAndQualitativeEvaluations:
     model = classifier_model(findings)
     tracking = TrackingIdentifier(
-        uid=uids.tracking_uid(findings.sop_instance_uid, findings.models, "image"),
+        uid=uids.tracking_uid(findings, "image"),
         identifier="Pneumonia (image level)",
     )
     source_ref = SourceImageForMeasurementGroup(
@@ -231,12 +237,14 @@ def _image_level_group(source: Dataset, findings: Findings, threshold: float) ->
         )
         return group
 
-    assert findings.pneumonia_probability is not None  # guaranteed by Findings for analysed results
-    positive = is_decided_positive(findings, threshold)
+    assert findings.probability is not None and findings.threshold is not None  # analysed Findings
+    positive = is_decided_positive(findings)
+    threshold = findings.threshold
+    finding = _finding_concept(findings)
     measurements = [
         Measurement(
             name=PROBABILITY,
-            value=float(findings.pneumonia_probability),
+            value=float(findings.probability),
             unit=NO_UNITS,
             algorithm_id=_algorithm_id(model),
         ),
@@ -245,28 +253,32 @@ def _image_level_group(source: Dataset, findings: Findings, threshold: float) ->
     measurements += _class_probability_measurements(findings, model)
     return MeasurementsAndQualitativeEvaluations(
         tracking_identifier=tracking,
-        finding_type=PNEUMONIA,
+        finding_type=finding,
         algorithm_id=_algorithm_id(model),
         measurements=measurements,
-        qualitative_evaluations=[QualitativeEvaluation(PNEUMONIA, PRESENT if positive else ABSENT)],
+        qualitative_evaluations=[QualitativeEvaluation(finding, PRESENT if positive else ABSENT)],
         source_images=[source_ref],
     )
 
 
+def class_probability_concept(class_name: str) -> CodedConcept:
+    """The private "Probability of <class>" concept of one classifier class (:data:`PRIVATE_SCHEME`)."""
+    value = _CLASS_CODE_VALUES.get(class_name)
+    if value is None:
+        value = ("P-" + re.sub(r"[^A-Z0-9]+", "-", class_name.upper()).strip("-"))[:16].rstrip("-")
+    return CodedConcept(value, PRIVATE_SCHEME, f"Probability of {class_name}"[:64])
+
+
 def _class_probability_measurements(findings: Findings, model: ModelInfo | None) -> list[Measurement]:
-    """One "Probability of <class>" measurement per RSNA class, in RSNA_CLASSES order."""
-    probabilities = findings.class_probabilities
-    missing = [name for name in RSNA_CLASSES if name not in probabilities]
-    if missing:
-        raise ValueError(f"findings for {findings.sop_instance_uid} have no probability for class(es) {missing}")
+    """One "Probability of <class>" measurement per classifier class, in the classifier's order."""
     return [
         Measurement(
-            name=CLASS_PROBABILITY_CONCEPTS[name],
-            value=float(probabilities[name]),
+            name=class_probability_concept(name),
+            value=float(p),
             unit=NO_UNITS,
             algorithm_id=_algorithm_id(model),
         )
-        for name in RSNA_CLASSES
+        for name, p in findings.class_probabilities.items()
     ]
 
 
@@ -294,7 +306,7 @@ def _box_group(
         )
     return PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=TrackingIdentifier(
-            uid=uids.tracking_uid(findings.sop_instance_uid, findings.models, f"box-{index}"),
+            uid=uids.tracking_uid(findings, f"box-{index}"),
             identifier=f"Lung opacity {index + 1}",
         ),
         referenced_region=region,
@@ -369,4 +381,4 @@ def _insert_image_library(report: MeasurementReport, source: Dataset) -> None:
     root_items.insert(position, library)
 
 
-__all__ = ["CLASS_PROBABILITY_CONCEPTS", "PRIVATE_SCHEME", "build_sr", "private_coding_scheme"]
+__all__ = ["CLASS_PROBABILITY_CONCEPTS", "PRIVATE_SCHEME", "build_sr", "class_probability_concept", "private_coding_scheme"]

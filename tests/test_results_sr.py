@@ -28,8 +28,8 @@ from dicom_node.results import build_results
 from dicom_node.results_sr import (
     ABSENT,
     CLASS_PROBABILITY_CONCEPTS,
+    LUNG_OPACITY,
     NOT_EVALUATED,
-    PNEUMONIA,
     PRESENT,
     PRIVATE_SCHEME,
     PROBABILITY,
@@ -68,7 +68,7 @@ def test_srread_round_trip_boxes_equal_findings(tmp_path: Path, n_boxes: int, so
     src = rsna_source(256) if source_kind == "rsna" else dx_source(320, 256)
     boxes = three_boxes(int(src.Rows), int(src.Columns))[:n_boxes]
     findings = findings_for(src, boxes)
-    path = _write_read(build_sr(src, findings, threshold=0.5), tmp_path)
+    path = _write_read(build_sr(src, findings), tmp_path)
 
     sr = hd.sr.srread(path)
     assert isinstance(sr, hd.sr.Comprehensive3DSR)
@@ -96,11 +96,11 @@ def test_srread_round_trip_boxes_equal_findings(tmp_path: Path, n_boxes: int, so
 @pytest.mark.parametrize(("threshold", "expected"), [(0.5, PRESENT), (0.7, PRESENT), (0.71, ABSENT)])
 def test_image_level_decision_probability_and_threshold(tmp_path: Path, threshold: float, expected: CodedConcept) -> None:
     src = rsna_source(128)
-    path = _write_read(build_sr(src, findings_for(src, p=0.7), threshold=threshold), tmp_path)
+    path = _write_read(build_sr(src, findings_for(src, p=0.7, threshold=threshold)), tmp_path)
     (group,) = hd.sr.srread(path).content.get_image_measurement_groups()
-    assert group.finding_type == PNEUMONIA
+    assert group.finding_type == LUNG_OPACITY
     (evaluation,) = group.get_qualitative_evaluations()
-    assert evaluation.name == PNEUMONIA
+    assert evaluation.name == LUNG_OPACITY
     assert evaluation.value == expected
     (prob,) = group.get_measurements(name=PROBABILITY)
     (thr,) = group.get_measurements(name=THRESHOLD_VALUE)
@@ -129,9 +129,9 @@ def test_class_probabilities_are_in_the_image_level_group(tmp_path: Path) -> Non
     findings = dataclasses.replace(
         findings_for(src, three_boxes(128, 128)[:1]),
         class_probabilities=CLASS_P,
-        pneumonia_probability=CLASS_P[RSNA_CLASSES[LUNG_OPACITY_INDEX]],
+        probability=CLASS_P[RSNA_CLASSES[LUNG_OPACITY_INDEX]],
     )
-    path = _write_read(build_sr(src, findings, threshold=0.5), tmp_path)
+    path = _write_read(build_sr(src, findings), tmp_path)
     sr = hd.sr.srread(path)
     (group,) = sr.content.get_image_measurement_groups()
     for name in RSNA_CLASSES:
@@ -147,7 +147,7 @@ def test_class_probabilities_are_in_the_image_level_group(tmp_path: Path) -> Non
     assert names == [PROBABILITY.value, THRESHOLD_VALUE.value, *(CLASS_PROBABILITY_CONCEPTS[n].value for n in RSNA_CLASSES)]
     assert len(set(names)) == len(names)
     (prob,) = group.get_measurements(name=PROBABILITY)
-    assert prob.value == findings.pneumonia_probability
+    assert prob.value == findings.probability
     # nowhere else in the document (not in the box groups)
     assert len(_private_num_items(sr)) == len(RSNA_CLASSES)
     # the private scheme is declared (PS3.3 C.12.1.1.4)
@@ -163,7 +163,7 @@ def test_not_analysed_sr_has_no_class_probabilities(tmp_path: Path, with_probabi
     if with_probabilities:  # Findings allows a refused image to keep the classifier's output
         refused = dataclasses.replace(refused, class_probabilities=CLASS_P)
         assert refused.class_probabilities
-    path = _write_read(build_sr(src, refused, threshold=0.5), tmp_path)
+    path = _write_read(build_sr(src, refused), tmp_path)
     ds = pydicom.dcmread(path)
     assert _private_num_items(ds) == []
     assert "CodingSchemeIdentificationSequence" not in ds
@@ -175,12 +175,12 @@ def test_not_analysed_sr_has_no_class_probabilities(tmp_path: Path, with_probabi
 def test_document_identity_observer_and_library(tmp_path: Path) -> None:
     src = dx_source()
     findings = findings_for(src, three_boxes(int(src.Rows), int(src.Columns))[:1])
-    ds = pydicom.dcmread(_write_read(build_sr(src, findings, threshold=0.5), tmp_path))
+    ds = pydicom.dcmread(_write_read(build_sr(src, findings), tmp_path))
     assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
     assert ds.Modality == "SR"
     assert ds.Manufacturer == "cxr-ai-node"
     assert ds.ManufacturerModelName == "cxr_classification+cxr_opacity_detection"
-    assert list(ds.SoftwareVersions)[1:] == ["cxr_classification 0.1.0", "cxr_opacity_detection 0.1.0"]
+    assert list(ds.SoftwareVersions)[1:] == [f"{m.name} {m.version}+{m.digest}" for m in MODELS]
     assert ds.SeriesDescription == "AI findings (SR)"
     assert ds.SeriesNumber == 9901
     assert ds.InstanceNumber == src.InstanceNumber
@@ -214,7 +214,7 @@ def test_document_identity_observer_and_library(tmp_path: Path) -> None:
 def test_not_analysed_sr_says_why_and_has_no_rois(tmp_path: Path) -> None:
     src = rsna_source(128)
     reason = "lateral view (ViewPosition LL)"
-    results = build_results(src, not_analysed_for(src, reason), threshold=0.5)
+    results = build_results(src, not_analysed_for(src, reason))
     assert len(results) == 1  # SR only, no overlay
     path = _write_read(results[0], tmp_path)
     sr = hd.sr.srread(path)
@@ -229,8 +229,8 @@ def test_not_analysed_sr_says_why_and_has_no_rois(tmp_path: Path) -> None:
 def test_build_results_gives_sr_and_sc_with_deterministic_uids() -> None:
     src = rsna_source(128)
     findings = findings_for(src, three_boxes(128, 128)[:2])
-    first = build_results(src, findings, threshold=0.5)
-    second = build_results(src, findings, threshold=0.5)
+    first = build_results(src, findings)
+    second = build_results(src, findings)
     assert [d.Modality for d in first] == ["SR", "OT"]
     assert [d.SOPInstanceUID for d in first] == [d.SOPInstanceUID for d in second]
     assert [d.SeriesInstanceUID for d in first] == [d.SeriesInstanceUID for d in second]
@@ -238,8 +238,8 @@ def test_build_results_gives_sr_and_sc_with_deterministic_uids() -> None:
     assert all(d.StudyInstanceUID == src.StudyInstanceUID for d in first)
     assert all(d.Manufacturer == "cxr-ai-node" for d in first)
 
-    newer = (ModelInfo("cxr_classification", "0.2.0"), MODELS[1])
-    third = build_results(src, findings_for(src, three_boxes(128, 128)[:2], models=newer), threshold=0.5)
+    newer = (ModelInfo("cxr_classification", "0.2.0", MODELS[0].digest), MODELS[1])
+    third = build_results(src, findings_for(src, three_boxes(128, 128)[:2], models=newer))
     assert not {d.SOPInstanceUID for d in first} & {d.SOPInstanceUID for d in third}
     assert not {d.SeriesInstanceUID for d in first} & {d.SeriesInstanceUID for d in third}
 
@@ -248,8 +248,8 @@ def test_two_instances_of_one_study_share_the_result_series() -> None:
     a = dx_source(seed=5)
     b = dx_source(seed=5, rows=300)  # same study (seed), other SOP Instance UID
     assert a.StudyInstanceUID == b.StudyInstanceUID and a.SOPInstanceUID != b.SOPInstanceUID
-    ra = build_results(a, findings_for(a), threshold=0.5)
-    rb = build_results(b, findings_for(b), threshold=0.5)
+    ra = build_results(a, findings_for(a))
+    rb = build_results(b, findings_for(b))
     assert [d.SeriesInstanceUID for d in ra] == [d.SeriesInstanceUID for d in rb]
     assert ra[0].SOPInstanceUID != rb[0].SOPInstanceUID
 
@@ -266,7 +266,7 @@ def test_non_ascii_patient_name_round_trips(tmp_path: Path, charset: str) -> Non
     src = pydicom.dcmread(src_path)
     assert str(src.PatientName) == NAMES_BY_CHARSET[charset]
 
-    path = _write_read(build_sr(src, findings_for(src, three_boxes(128, 128)[:1]), threshold=0.5), tmp_path)
+    path = _write_read(build_sr(src, findings_for(src, three_boxes(128, 128)[:1])), tmp_path)
     back = pydicom.dcmread(path)
     assert back.SpecificCharacterSet == src.SpecificCharacterSet
     assert str(back.PatientName) == NAMES_BY_CHARSET[charset]
@@ -284,13 +284,13 @@ def test_non_ascii_patient_name_round_trips(tmp_path: Path, charset: str) -> Non
 def test_mismatched_inputs_are_rejected() -> None:
     a, b = rsna_source(128, seed=1), rsna_source(128, seed=2)
     with pytest.raises(ValueError, match=str(b.SOPInstanceUID)):
-        build_sr(b, findings_for(a), threshold=0.5)
+        build_sr(b, findings_for(a))
     with pytest.raises(ValueError, match="1.5"):
-        build_sr(a, findings_for(a), threshold=1.5)
+        findings_for(a, threshold=1.5)
     with pytest.raises(ValueError, match="nan"):
-        build_results(a, findings_for(a), threshold=float("nan"))
+        findings_for(a, threshold=float("nan"))
     other_size = findings_for(dx_source(200, 200))
     dx = dx_source(320, 256)
     dx.SOPInstanceUID = other_size.sop_instance_uid
     with pytest.raises(ValueError, match="200x200"):
-        build_sr(dx, other_size, threshold=0.5)
+        build_sr(dx, other_size)

@@ -69,7 +69,7 @@ def engine() -> Iterator[Any]:
     eng.close()
 
 
-def _sr_pneumonia_probability(sr_path: Path) -> float:
+def _sr_probability(sr_path: Path) -> float:
     (group,) = hd.sr.srread(sr_path).content.get_image_measurement_groups()
     (prob,) = [m for m in group.get_measurements() if m.name.value == "122157"]  # DCM Probability
     return float(prob.value)
@@ -107,7 +107,7 @@ def test_cxrs_pushed_into_orthanc_come_back_as_sr_and_sc(
 
         findings = engine.analyse(src)
         assert findings.analysed, findings.not_analysed_reason
-        assert _sr_pneumonia_probability(sr_path) == pytest.approx(findings.pneumonia_probability, abs=1e-4)
+        assert _sr_probability(sr_path) == pytest.approx(findings.probability, abs=1e-4)
         got = sorted(_sr_boxes(sr_path), key=lambda pb: -pb[1])  # both sides by decreasing score
         assert len(got) == len(findings.boxes), (got, findings.boxes)
         for (polyline, score), box in zip(got, sorted(findings.boxes, key=lambda b: -b.score), strict=True):
