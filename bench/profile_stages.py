@@ -82,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows.setdefault("SR build (highdicom TID 1500)", []).append(
                 per_image_ms(
                     lambda: srs.extend(
-                        build_sr(d, f, threshold=0.5) for d, f in zip(dss, findings, strict=True)
+                        build_sr(d, f) for d, f in zip(dss, findings, strict=True)
                     ),
                     args.n,
                     "SR build (highdicom TID 1500)",
@@ -91,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows.setdefault("SC build (overlay; decodes the source again)", []).append(
                 per_image_ms(
                     lambda: scs.extend(
-                        build_sc(d, f, threshold=0.5) for d, f in zip(dss, findings, strict=True)
+                        build_sc(d, f) for d, f in zip(dss, findings, strict=True)
                     ),
                     args.n,
                     "SC build (overlay; decodes the source again)",

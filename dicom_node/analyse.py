@@ -107,7 +107,7 @@ class _KeepRecords(logging.Handler):
 
 
 def _build_in_pool(
-    source_path: str, findings_json: dict, threshold: float, image: object, log_level: int
+    source_path: str, findings_json: dict, image: object, log_level: int
 ) -> tuple[list, list[logging.LogRecord]]:
     """Pool-process job: ``dicom_node.results.build_encoded_results`` plus the log records it wrote
     (a spawned process has no log handlers; the node re-emits them so none are lost)."""
@@ -118,7 +118,7 @@ def _build_in_pool(
     keep = _KeepRecords()
     root.addHandler(keep)
     try:
-        encoded = build_encoded_results(source_path, findings_json, threshold, image)  # type: ignore[arg-type]
+        encoded = build_encoded_results(source_path, findings_json, image)  # type: ignore[arg-type]
     finally:
         root.removeHandler(keep)
     return encoded, keep.records
@@ -161,7 +161,6 @@ class AnalysisWorker:
         analyser: Analyser,
         *,
         destinations: Sequence[str],
-        threshold: float,
         batch_size: int = 8,
         max_attempts: int = 3,
         poll_interval_s: float = 0.5,
@@ -194,7 +193,6 @@ class AnalysisWorker:
         self.spool = spool
         self.analyser = analyser
         self.destinations = list(destinations)
-        self.threshold = float(threshold)
         self.max_inflight = 2 * batch_size
         self.max_attempts = max_attempts
         self.poll_interval_s = poll_interval_s
@@ -382,7 +380,6 @@ class AnalysisWorker:
                 _build_in_pool,
                 job.path,
                 findings_to_dict(findings),
-                self.threshold,
                 image,
                 logging.getLogger().getEffectiveLevel(),
             )
@@ -464,7 +461,8 @@ class AnalysisWorker:
                 "sop_class_uid": job.sop_class_uid,
                 "calling_aet": job.calling_aet,
                 "analysed": findings.analysed,
-                "pneumonia_probability": findings.pneumonia_probability,
+                "probability": findings.probability,
+                "positive": findings.positive,
                 "boxes": len(findings.boxes),
                 "results": len(outbox_ids),
                 "ms": ms,
@@ -476,9 +474,9 @@ class AnalysisWorker:
     def _store_results(self, job: Job, ds: Dataset, findings: Findings, image: object = None) -> list[int]:
         assert self._build_results is not None
         if self._injected_builder or image is None:
-            datasets = list(self._build_results(ds, findings, threshold=self.threshold))
+            datasets = list(self._build_results(ds, findings))
         else:
-            datasets = list(self._build_results(ds, findings, threshold=self.threshold, image=image))
+            datasets = list(self._build_results(ds, findings, image=image))
         if not datasets:
             raise ValueError(f"build_results returned no datasets for {job.sop_instance_uid}")
         files: list[ResultFile] = []
@@ -543,6 +541,7 @@ class AnalysisWorker:
                 header,
                 category,
                 models=tuple(getattr(self.analyser, "models", ()) or ()),
+                finding=getattr(self.analyser, "finding", None),
                 attempts=attempts,
             )
             path = self.spool.store_result(job.id, sr)

@@ -48,17 +48,18 @@ def output_shape(rows: int, columns: int, max_side: int = MAX_SIDE) -> tuple[int
     return max(1, round(rows * scale)), max(1, round(columns * scale)), scale
 
 
-def overlay_text(findings: Findings, threshold: float, models_label: str) -> OverlayText:
+def overlay_text(findings: Findings, models_label: str) -> OverlayText:
     """Banner and summary lines for ``findings`` (analysed ones only)."""
-    if not findings.analysed or findings.pneumonia_probability is None:
+    if not findings.analysed or findings.probability is None or findings.threshold is None:
         raise ValueError(f"no overlay for a not-analysed image ({findings.sop_instance_uid})")
-    p = findings.pneumonia_probability
-    decision = "POSITIVE" if p >= threshold else "NEGATIVE"
+    p, threshold = findings.probability, findings.threshold
+    decision = "POSITIVE" if findings.positive else "NEGATIVE"
     n = len(findings.boxes)
+    meaning = findings.finding.meaning if findings.finding is not None else "finding"
     return OverlayText(
         banner=(BANNER_TEXT, f"Models: {models_label}"),
         summary=(
-            f"Pneumonia / lung opacity probability {p:.2f} (threshold {threshold:.2f}): {decision}",
+            f"{meaning} probability {p:.2f} (threshold {threshold:.2f}): {decision}",
             f"Lung opacity boxes: {n}" + ("" if n else " (none detected)"),
         ),
     )
@@ -82,7 +83,6 @@ def render_overlay(
     pixels: np.ndarray,
     findings: Findings,
     *,
-    threshold: float,
     models_label: str,
     max_side: int = MAX_SIDE,
 ) -> np.ndarray:
@@ -95,7 +95,7 @@ def render_overlay(
             f"pixels shape {pixels.shape} does not match the findings image size "
             f"({findings.rows}, {findings.columns})"
         )
-    text = overlay_text(findings, threshold, models_label)
+    text = overlay_text(findings, models_label)
     out_rows, out_cols, scale = output_shape(findings.rows, findings.columns, max_side)
 
     grey = Image.fromarray(np.clip(np.rint(np.nan_to_num(pixels) * 255.0), 0, 255).astype(np.uint8), mode="L")
@@ -138,7 +138,7 @@ def render_overlay(
         draw.text((margin, y), line, font=banner_font, fill=WARNING_COLOUR if i == 0 else TEXT_COLOUR,
                   stroke_width=stroke, stroke_fill=(0, 0, 0))
         y += banner_size + line_gap
-    positive = findings.pneumonia_probability is not None and findings.pneumonia_probability >= threshold
+    positive = bool(findings.positive)
     y = out_rows - summary_h + margin
     for i, line in enumerate(text.summary):
         colour = (POSITIVE_COLOUR if positive else NEGATIVE_COLOUR) if i == 0 else TEXT_COLOUR

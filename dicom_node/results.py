@@ -10,13 +10,13 @@ from typing import Any
 import pydicom
 from pydicom.dataset import Dataset
 
-from dicom_node.results_common import MANUFACTURER, check_source_matches, check_threshold
+from dicom_node.results_common import MANUFACTURER, check_source_matches
 from dicom_node.results_sc import build_sc
 from dicom_node.results_sr import build_sr
 from dicom_node.spool import dataset_bytes
 from models.dicom_image import SourceImage
 from models.errors import ImageDecodeError
-from models.findings import Box, BoxMM, Findings, ModelInfo
+from models.findings import Box, BoxMM, FindingCode, Findings, Heatmap, ModelInfo
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +35,6 @@ def build_results(
     source: Dataset,
     findings: Findings,
     *,
-    threshold: float,
     image: SourceImage | None = None,
 ) -> list[Dataset]:
     """Build the result objects for ``findings`` on ``source``: ``[SR]`` or ``[SR, SC]``.
@@ -47,15 +46,15 @@ def build_results(
     have SOP/Series Instance UIDs that are deterministic (see :mod:`dicom_node.uids`).
     ``image`` may pass the already decoded source (saves decoding it again). If the
     overlay cannot be rendered because the source pixels cannot be decoded, the error
-    is logged and only the SR is returned. ValueError for findings that do not belong
-    to ``source`` or a threshold outside [0, 1].
+    is logged and only the SR is returned. The image-level decision, its threshold and the
+    reported boxes come with ``findings`` (decided once, in the engine). ValueError for
+    findings that do not belong to ``source``.
     """
-    threshold = check_threshold(threshold)
     check_source_matches(source, findings)
-    results: list[Dataset] = [build_sr(source, findings, threshold=threshold)]
+    results: list[Dataset] = [build_sr(source, findings)]
     if findings.analysed:
         try:
-            results.append(build_sc(source, findings, threshold=threshold, image=image))
+            results.append(build_sc(source, findings, image=image))
         except ImageDecodeError as exc:
             logger.error(
                 "SC overlay not built: source pixels cannot be decoded",
@@ -83,42 +82,71 @@ class EncodedResult:
             raise ValueError(f"EncodedResult {self.sop_instance_uid} has no data")
 
 
+def _box_to_dict(b: Box) -> dict[str, Any]:
+    out: dict[str, Any] = {"x": b.x, "y": b.y, "width": b.width, "height": b.height, "score": b.score}
+    if b.mm is not None:
+        out["mm"] = {
+            "x": b.mm.x,
+            "y": b.mm.y,
+            "width": b.mm.width,
+            "height": b.mm.height,
+            "spacing_source": b.mm.spacing_source,
+        }
+    return out
+
+
 def findings_to_dict(findings: Findings) -> dict[str, Any]:
     """Lossless plain-dict form of ``findings`` (like ``Findings.to_json`` but unrounded)."""
+    heatmap = findings.heatmap
     return {
         "sop_instance_uid": findings.sop_instance_uid,
         "analysed": findings.analysed,
         "not_analysed_reason": findings.not_analysed_reason,
         "rows": findings.rows,
         "columns": findings.columns,
+        "finding": None if findings.finding is None else findings.finding.to_json(),
         "class_probabilities": dict(findings.class_probabilities),
-        "pneumonia_probability": findings.pneumonia_probability,
-        "boxes": [
-            {
-                "x": b.x,
-                "y": b.y,
-                "width": b.width,
-                "height": b.height,
-                "score": b.score,
-                **(
-                    {}
-                    if b.mm is None
-                    else {
-                        "mm": {
-                            "x": b.mm.x,
-                            "y": b.mm.y,
-                            "width": b.mm.width,
-                            "height": b.mm.height,
-                            "spacing_source": b.mm.spacing_source,
-                        }
-                    }
-                ),
-            }  # fmt: skip
-            for b in findings.boxes
-        ],
-        "models": [{"name": m.name, "version": m.version} for m in findings.models],
+        "probability": findings.probability,
+        "threshold": findings.threshold,
+        "detection_threshold": findings.detection_threshold,
+        "box_gating": findings.box_gating,
+        "boxes": [_box_to_dict(b) for b in findings.boxes],
+        "heatmap": None
+        if heatmap is None
+        else {
+            "x": heatmap.x,
+            "y": heatmap.y,
+            "width": heatmap.width,
+            "height": heatmap.height,
+            "values": heatmap.values.tolist(),
+        },
+        "models": [m.to_json() for m in findings.models],
         "timing_ms": dict(findings.timing_ms),
     }
+
+
+def _box_from_dict(b: Mapping[str, Any]) -> Box:
+    mm = b.get("mm")
+    return Box(
+        float(b["x"]),
+        float(b["y"]),
+        float(b["width"]),
+        float(b["height"]),
+        score=float(b["score"]),
+        mm=None
+        if mm is None
+        else BoxMM(
+            float(mm["x"]),
+            float(mm["y"]),
+            float(mm["width"]),
+            float(mm["height"]),
+            spacing_source=str(mm["spacing_source"]),
+        ),
+    )
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 def findings_from_json(data: Mapping[str, Any]) -> Findings:
@@ -129,37 +157,27 @@ def findings_from_json(data: Mapping[str, Any]) -> Findings:
     """
     if not isinstance(data, Mapping):
         raise TypeError(f"findings JSON must be an object, got {type(data).__name__}")
-    boxes = []
-    for b in data.get("boxes") or ():
-        mm = b.get("mm")
-        boxes.append(
-            Box(
-                float(b["x"]),
-                float(b["y"]),
-                float(b["width"]),
-                float(b["height"]),
-                score=float(b["score"]),
-                mm=None
-                if mm is None
-                else BoxMM(
-                    float(mm["x"]),
-                    float(mm["y"]),
-                    float(mm["width"]),
-                    float(mm["height"]),
-                    spacing_source=str(mm["spacing_source"]),
-                ),
-            )  # fmt: skip
-        )
-    p = data.get("pneumonia_probability")
+    finding = data.get("finding")
+    heatmap = data.get("heatmap")
     return Findings(
         sop_instance_uid=str(data["sop_instance_uid"]),
         analysed=bool(data["analysed"]),
         rows=int(data["rows"]),
         columns=int(data["columns"]),
         class_probabilities={str(k): float(v) for k, v in (data.get("class_probabilities") or {}).items()},
-        pneumonia_probability=None if p is None else float(p),
-        boxes=tuple(boxes),
-        models=tuple(ModelInfo(str(m["name"]), str(m["version"])) for m in data.get("models") or ()),
+        probability=_optional_float(data.get("probability")),
+        finding=None
+        if finding is None
+        else FindingCode(str(finding["value"]), str(finding["scheme"]), str(finding["meaning"])),
+        threshold=_optional_float(data.get("threshold")),
+        boxes=tuple(_box_from_dict(b) for b in data.get("boxes") or ()),
+        detection_threshold=_optional_float(data.get("detection_threshold")),
+        box_gating=str(data.get("box_gating") or "positive-only"),
+        heatmap=None if heatmap is None else Heatmap.from_json(heatmap),
+        models=tuple(
+            ModelInfo(str(m["name"]), str(m["version"]), str(m.get("digest") or "unknown"))
+            for m in data.get("models") or ()
+        ),
         not_analysed_reason=data.get("not_analysed_reason"),
         timing_ms={str(k): float(v) for k, v in (data.get("timing_ms") or {}).items()},
     )
@@ -184,16 +202,15 @@ def encode_results(datasets: Sequence[Dataset]) -> list[EncodedResult]:
 def build_encoded_results(
     source_path: str,
     findings_json: Mapping[str, Any],
-    threshold: float,
     image: SourceImage | None = None,
 ) -> list[EncodedResult]:
     """Process-pool entry point: read the spooled source, build its results, return them encoded.
 
     Arguments are plain picklable values: the spool path of the source instance, the findings
-    as :func:`findings_to_dict`, the threshold and the already decoded image (or None: the
+    as :func:`findings_to_dict` and the already decoded image (or None: the
     overlay then decodes the source itself).
     """
     # with the decoded image at hand only the header is needed (a 2500x2048 DX is 10 MB of pixels)
     source = pydicom.dcmread(source_path, stop_before_pixels=image is not None)
     findings = findings_from_json(findings_json)
-    return encode_results(build_results(source, findings, threshold=threshold, image=image))
+    return encode_results(build_results(source, findings, image=image))

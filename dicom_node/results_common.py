@@ -104,26 +104,21 @@ def model_names(models: Sequence[ModelInfo]) -> str:
 
 
 def software_versions(models: Sequence[ModelInfo]) -> list[str]:
-    """SoftwareVersions values: the node version, then ``name version`` of each bundle."""
-    return [_lo(f"{MANUFACTURER} {NODE_VERSION}"), *(_lo(f"{m.name} {m.version}") for m in models)]
+    """SoftwareVersions values: the node version, then ``name version+digest`` of each bundle."""
+    return [_lo(f"{MANUFACTURER} {NODE_VERSION}"), *(_lo(f"{m.name} {m.label}") for m in models)]
 
 
 def models_label(models: Sequence[ModelInfo]) -> str:
     """Human-readable ``name vX, name vY`` for banners and text items."""
-    return ", ".join(f"{m.name} v{m.version}" for m in models) or "no models"
+    return ", ".join(f"{m.name} v{m.label}" for m in models) or "no models"
 
 
 def classifier_model(findings: Findings) -> ModelInfo | None:
     """The bundle that produced the image-level probability (the first one not named like a detector)."""
-    return classifier_model_of(findings.models)
-
-
-def classifier_model_of(models: Sequence[ModelInfo]) -> ModelInfo | None:
-    """The classification bundle among ``models``: the first one not named like a detector."""
-    for m in models:
+    for m in findings.models:
         if "detect" not in m.name.lower():
             return m
-    return models[0] if models else None
+    return findings.models[0] if findings.models else None
 
 
 def detector_model(findings: Findings) -> ModelInfo | None:
@@ -143,8 +138,8 @@ def instance_number(source: Dataset) -> int:
     return n if n >= 1 else 1
 
 
-def is_decided_positive(findings: Findings, threshold: float) -> bool:
-    """Image-level decision: pneumonia probability >= threshold."""
-    if findings.pneumonia_probability is None:
-        raise ValueError(f"findings for {findings.sop_instance_uid} have no pneumonia probability")
-    return findings.pneumonia_probability >= threshold
+def is_decided_positive(findings: Findings) -> bool:
+    """Image-level decision taken by the engine: probability >= the findings' threshold."""
+    if findings.positive is None:
+        raise ValueError(f"findings for {findings.sop_instance_uid} have no probability/threshold")
+    return findings.positive

@@ -15,7 +15,6 @@ from dicom_node.results_common import (
     SC_SERIES_DESCRIPTION,
     SC_SERIES_NUMBER,
     check_source_matches,
-    check_threshold,
     copy_patient_study,
     instance_number,
     model_names,
@@ -35,7 +34,6 @@ def build_sc(
     source: Dataset,
     findings: Findings,
     *,
-    threshold: float,
     image: SourceImage | None = None,
     max_side: int = MAX_SIDE,
 ) -> SCImage:
@@ -46,7 +44,6 @@ def build_sc(
     for those) or findings that do not belong to ``source``; ``models.errors.ImageDecodeError``
     if the source pixels cannot be decoded.
     """
-    threshold = check_threshold(threshold)
     check_source_matches(source, findings)
     if not findings.analysed:
         raise ValueError(f"no SC overlay for not-analysed SOP Instance {findings.sop_instance_uid}")
@@ -57,7 +54,7 @@ def build_sc(
             f"source image is SOP Instance {image.sop_instance_uid}, findings are for {findings.sop_instance_uid}"
         )
     models = findings.models
-    rgb = render_overlay(image.pixels, findings, threshold=threshold, models_label=models_label(models), max_side=max_side)
+    rgb = render_overlay(image.pixels, findings, models_label=models_label(models), max_side=max_side)
     out_rows, out_cols, scale = output_shape(findings.rows, findings.columns, max_side)
 
     orientation = source.get("PatientOrientation")
@@ -68,9 +65,9 @@ def build_sc(
         bits_allocated=8,
         coordinate_system="PATIENT",
         study_instance_uid=source.StudyInstanceUID,
-        series_instance_uid=uids.series_uid(source.StudyInstanceUID, models, uids.ResultKind.SC),
+        series_instance_uid=uids.series_uid(source.StudyInstanceUID, findings, uids.ResultKind.SC),
         series_number=SC_SERIES_NUMBER,
-        sop_instance_uid=uids.instance_uid(findings.sop_instance_uid, models, uids.ResultKind.SC),
+        sop_instance_uid=uids.instance_uid(findings, uids.ResultKind.SC),
         instance_number=instance_number(source),
         manufacturer=MANUFACTURER,
         # highdicom needs an orientation for PATIENT; replaced below by the source's (or empty)

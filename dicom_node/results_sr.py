@@ -66,11 +66,10 @@ from dicom_node import uids
 from dicom_node.results_common import (
     MANUFACTURER,
     check_source_matches,
-    check_threshold,
     classifier_model,
-    classifier_model_of,
     detector_model,
     instance_number,
+    is_decided_positive,
     model_names,
     models_label,
     software_versions,
@@ -105,40 +104,30 @@ from dicom_node.sr_codes import (
     private_coding_scheme,
     reason_for_not_analysed,
 )
-from models.findings import Box, Findings, ModelInfo
+from models.findings import Box, FindingCode, Findings, ModelInfo
 
 logger = logging.getLogger(__name__)
 
 #: The box finding: the detector finds lung opacities
 BOX_FINDING = finding_display(OPACITY.value, OPACITY.scheme_designator, OPACITY.meaning)
-#: Image-level finding of findings that do not name one (the shipped contract before Findings v2)
+#: What a "not evaluated" SR names when it does not know the classifier's finding
 DEFAULT_FINDING = finding_display(PNEUMONIA.value, PNEUMONIA.scheme_designator, PNEUMONIA.meaning)
-#: Box score threshold and gating rule of findings that do not carry them (before Findings v2)
-DEFAULT_DETECTION_THRESHOLD = 0.95
-DEFAULT_BOX_GATING = "positive-only"
 
 
-def build_sr(source: Dataset, findings: Findings, *, threshold: float | None = None) -> Comprehensive3DSR:
+def build_sr(source: Dataset, findings: Findings) -> Comprehensive3DSR:
     """Build the TID 1500 Comprehensive 3D SR for ``findings`` on ``source``.
 
-    Analysed findings give the image-level result and one group per box; findings that were not
-    analysed (a lateral view, ...) give a "not evaluated" SR (:func:`build_not_evaluated_sr`).
-    ``threshold`` (image-level decision threshold) overrides the one the findings carry.
-    Raises ValueError if the findings do not belong to ``source``.
+    Analysed findings give the image-level result (the engine's decision, ``findings.positive``,
+    with its threshold) and one group per reported box; findings that were not analysed (a lateral
+    view, ...) give a "not evaluated" SR (:func:`build_not_evaluated_sr`). Raises ValueError if
+    the findings do not belong to ``source``.
     """
     check_source_matches(source, findings)
     if not findings.analysed:
-        return build_not_evaluated_sr(
-            source,
-            reason_for_not_analysed(findings.not_analysed_reason),
-            models=findings.models,
-            finding=_finding(findings),
-        )
-    decision_threshold = check_threshold(threshold if threshold is not None else _findings_threshold(findings))
-    groups = [_image_level_group(source, findings, decision_threshold)]
+        return _not_evaluated_sr(source, findings, reason_for_not_analysed(findings.not_analysed_reason), 1)
+    groups = [_image_level_group(source, findings)]
     groups += [_box_group(source, findings, i, box) for i, box in enumerate(findings.boxes)]
-    kind = uids.ResultKind.SR
-    sr = _document(source, findings.models, groups, findings.sop_instance_uid, kind)
+    sr = _document(source, findings, groups, uids.ResultKind.SR)
     logger.info(
         "built SR",
         extra={
@@ -156,7 +145,7 @@ def build_not_evaluated_sr(
     reason_category: NotEvaluatedReason | str,
     *,
     models: Sequence[ModelInfo] = (),
-    finding: FindingDisplay | None = None,
+    finding: FindingCode | None = None,
     attempts: int = 1,
 ) -> Comprehensive3DSR:
     """A short TID 1500 SR saying that ``source`` was not evaluated, and why (a fixed category).
@@ -164,9 +153,10 @@ def build_not_evaluated_sr(
     Only the source's header is read (UIDs, Rows/Columns for the whole-image region, patient/study
     attributes copied verbatim); nothing from the header goes into the reason. ``models`` are the
     bundles that would have analysed it (they name the algorithm and enter the UIDs), ``finding``
-    what was not evaluated, ``attempts`` the analysis attempts made (>= 1). Refusals (view gate)
-    keep the SR's usual SOP Instance UID; failures get their own, so that a later successful
-    analysis is not shadowed by it. ValueError for a source without the needed attributes.
+    what was not evaluated (default: pneumonia), ``attempts`` the analysis attempts made (>= 1).
+    Refusals (view gate) keep the SR's usual SOP Instance UID; failures get their own, so that a
+    later successful analysis is not shadowed by it. ValueError for a source without the needed
+    attributes.
     """
     reason = NotEvaluatedReason(reason_category)
     if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
@@ -174,30 +164,40 @@ def build_not_evaluated_sr(
     for keyword in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID", "Rows", "Columns"):
         if not source.get(keyword):
             raise ValueError(f"source dataset has no {keyword}; cannot build a 'not evaluated' SR for it")
-    models = tuple(models)
-    finding = finding or DEFAULT_FINDING
-    source_uid = str(source.SOPInstanceUID)
-    model = classifier_model_of(models)
+    status = Findings(
+        sop_instance_uid=str(source.SOPInstanceUID),
+        analysed=False,
+        rows=int(source.Rows),
+        columns=int(source.Columns),
+        finding=finding,
+        models=tuple(models),
+        not_analysed_reason=f"not evaluated: {reason.value}",
+    )
+    return _not_evaluated_sr(source, status, reason, attempts)
+
+
+def _not_evaluated_sr(source: Dataset, findings: Findings, reason: NotEvaluatedReason, attempts: int) -> Comprehensive3DSR:
+    finding = _finding(findings)
     group = PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=TrackingIdentifier(
-            uid=uids.tracking_uid(source_uid, models, "not-evaluated"),
+            uid=uids.tracking_uid(findings, "not-evaluated"),
             identifier=f"{finding.label} (image level): not evaluated",
         ),
         referenced_region=_whole_image_region(source),
         finding_type=finding.code,
         finding_sites=[FindingSite(anatomic_location=finding.site)] if finding.site is not None else None,
-        algorithm_id=_algorithm_id(model),
+        algorithm_id=_algorithm_id(classifier_model(findings)),
         measurements=[Measurement(name=reason.concept, value=attempts, unit=ATTEMPTS)],
         qualitative_evaluations=[_qualitative_evaluation(finding.code, NOT_EVALUATED)],
     )
     refused = reason in (NotEvaluatedReason.NOT_FRONTAL_VIEW, NotEvaluatedReason.NOT_CHEST,
                          NotEvaluatedReason.NOT_ANALYSABLE)  # fmt: skip
     kind = uids.ResultKind.SR if refused else uids.ResultKind.SR_NOT_EVALUATED
-    sr = _document(source, models, [group], source_uid, kind)
+    sr = _document(source, findings, [group], kind)
     logger.info(
         "built 'not evaluated' SR",
         extra={
-            "source_sop_instance_uid": source_uid,
+            "source_sop_instance_uid": findings.sop_instance_uid,
             "sr_sop_instance_uid": str(sr.SOPInstanceUID),
             "reason_category": reason.value,
             "attempts": attempts,
@@ -208,44 +208,23 @@ def build_not_evaluated_sr(
 
 # ------------------------------------------------------------------------------ what Findings carry
 def _finding(findings: Findings) -> FindingDisplay:
-    """What the classifier measures (``Findings.finding``, Findings v2), else :data:`DEFAULT_FINDING`."""
-    code = getattr(findings, "finding", None)
+    """What the classifier measures (``Findings.finding``, from its bundle), else :data:`DEFAULT_FINDING`."""
+    code = findings.finding
     if code is None:
         return DEFAULT_FINDING
-    return finding_display(str(code.value), str(code.scheme), str(code.meaning))
+    return finding_display(code.value, code.scheme, code.meaning)
 
 
-def _findings_threshold(findings: Findings) -> float:
-    value = getattr(findings, "threshold", None)
-    if value is None:
-        raise ValueError(f"findings for {findings.sop_instance_uid} carry no decision threshold; pass threshold=")
-    return float(value)
-
-
-def _probability(findings: Findings) -> float:
-    value = getattr(findings, "probability", None)
-    if value is None:
-        value = findings.pneumonia_probability
-    if value is None:
-        raise ValueError(f"findings for {findings.sop_instance_uid} have no probability")
-    return float(value)
-
-
-def _detection_threshold(findings: Findings) -> float:
-    value = getattr(findings, "detection_threshold", None)
-    return check_threshold(DEFAULT_DETECTION_THRESHOLD if value is None else float(value))
-
-
-def _box_gating(findings: Findings) -> str:
-    value = getattr(findings, "box_gating", None) or DEFAULT_BOX_GATING
-    if value not in BOX_GATING_CODES:
-        raise ValueError(f"box_gating must be one of {sorted(BOX_GATING_CODES)}, got {value!r}")
-    return str(value)
+def _analysed_values(findings: Findings) -> tuple[float, float, float]:
+    """(probability, decision threshold, detection threshold) of an analysed Findings."""
+    if findings.probability is None or findings.threshold is None or findings.detection_threshold is None:
+        raise ValueError(f"findings for {findings.sop_instance_uid} lack probability or thresholds")
+    return findings.probability, findings.threshold, findings.detection_threshold
 
 
 def _version_label(model: ModelInfo) -> str:
-    """Algorithm Version: ``ModelInfo.label`` (version + weights digest, Findings v2) or the version."""
-    return str(getattr(model, "label", None) or model.version)
+    """Algorithm Version: ``ModelInfo.label``, the version and the digest of the exact weights."""
+    return model.label
 
 
 # ------------------------------------------------------------------------------------ content items
@@ -315,14 +294,11 @@ def _class_probability_measurements(probabilities: Mapping[str, float]) -> list[
     return [_num(class_probability_concept(name), p) for name, p in probabilities.items()]
 
 
-def _image_level_group(
-    source: Dataset, findings: Findings, threshold: float
-) -> PlanarROIMeasurementsAndQualitativeEvaluations:
+def _image_level_group(source: Dataset, findings: Findings) -> PlanarROIMeasurementsAndQualitativeEvaluations:
     finding = _finding(findings)
-    probability = _probability(findings)
-    positive = probability >= threshold
-    detection_threshold = _detection_threshold(findings)
-    gating = _box_gating(findings)
+    probability, threshold, detection_threshold = _analysed_values(findings)
+    positive = is_decided_positive(findings)
+    gating = findings.box_gating
     measurements = [
         _num(decision_concept(finding, positive), probability),
         _num(THRESHOLD_VALUE, threshold),
@@ -332,7 +308,7 @@ def _image_level_group(
     ]
     group = PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=TrackingIdentifier(
-            uid=uids.tracking_uid(findings.sop_instance_uid, findings.models, "image"),
+            uid=uids.tracking_uid(findings, "image"),
             identifier=f"{finding.label} (image level)",
         ),
         referenced_region=_whole_image_region(source),
@@ -353,10 +329,11 @@ def _box_group(
     if box.mm is not None:
         measurements.append(_num(AREA, box.mm.width * box.mm.height, SQUARE_MM))
     measurements.append(_num(PROBABILITY, box.score))
-    parameters = (f"box score threshold {_detection_threshold(findings):g}", f"box reporting rule {_box_gating(findings)}")
+    _, _, detection_threshold = _analysed_values(findings)
+    parameters = (f"box score threshold {detection_threshold:g}", f"box reporting rule {findings.box_gating}")
     return PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=TrackingIdentifier(
-            uid=uids.tracking_uid(findings.sop_instance_uid, findings.models, f"box-{index}"),
+            uid=uids.tracking_uid(findings, f"box-{index}"),
             identifier=f"{BOX_FINDING.label} {index + 1}",
         ),
         referenced_region=_region(source, box.polyline()),
@@ -369,15 +346,15 @@ def _box_group(
 
 def _document(
     source: Dataset,
-    models: Sequence[ModelInfo],
+    findings: Findings,
     groups: Sequence[PlanarROIMeasurementsAndQualitativeEvaluations],
-    source_uid: str,
     kind: uids.ResultKind,
 ) -> Comprehensive3DSR:
     from dicom_node.sr_document import insert_image_library, sr_document
 
+    models = tuple(findings.models)
     report = MeasurementReport(
-        observation_context=_observation_context(tuple(models)),
+        observation_context=_observation_context(models),
         procedure_reported=CHEST_XRAY,
         imaging_measurements=list(groups),
     )
@@ -386,8 +363,8 @@ def _document(
     return sr_document(
         source,
         root,
-        series_instance_uid=uids.series_uid(source.StudyInstanceUID, models, uids.ResultKind.SR),
-        sop_instance_uid=uids.instance_uid(source_uid, models, kind),
+        series_instance_uid=uids.series_uid(source.StudyInstanceUID, findings, uids.ResultKind.SR),
+        sop_instance_uid=uids.instance_uid(findings, kind),
         instance_number=instance_number(source),
         model_name=model_names(models),
         software_versions=software_versions(models),
@@ -410,6 +387,7 @@ __all__ = [
     "NotEvaluatedReason",
     "build_not_evaluated_sr",
     "build_sr",
+    "class_probability_concept",
     "private_coding_scheme",
     "whole_image_polyline",
 ]

@@ -75,6 +75,10 @@ def _build_engine(s: NodeSettings) -> Analyser:
         max_batch_size=s.batch_size,
         max_wait_ms=s.max_wait_ms,
         decode_workers=s.decode_workers,
+        decision_threshold=s.threshold,
+        detection_score_threshold=s.detection_threshold,
+        box_gating=s.box_gating,
+        heatmaps=s.heatmaps,
     )
 
 
@@ -192,7 +196,6 @@ class NodeService:
                 self.spool,
                 self._analyser,
                 destinations=[d.key for d in s.destinations],
-                threshold=s.threshold,
                 batch_size=s.batch_size,
                 max_attempts=s.analysis_max_attempts,
                 poll_interval_s=s.poll_interval_s,

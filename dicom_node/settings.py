@@ -228,7 +228,27 @@ class NodeSettings(BaseSettings):
         le=64,
         description="processes building and encoding the SR and SC (unset: min(2, CPU cores); 0: in the analysis thread)",
     )
-    threshold: float = Field(0.5, gt=0, lt=1, description="decision threshold for 'pneumonia present'")
+    threshold: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="image-level decision threshold on P(finding) (unset: the classification bundle's "
+        "decision_threshold, chosen on validation data)",
+    )
+    detection_threshold: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="lowest detector score reported as a box (unset: the detection bundle's score_threshold)",
+    )
+    box_gating: Literal["positive-only", "all"] = Field(
+        "positive-only",
+        description="positive-only: boxes only on images decided positive (image and boxes never disagree); "
+        "all: every box scoring at least the detection threshold",
+    )
+    heatmaps: bool = Field(
+        True, description="Grad-CAM heatmap of the classifier on positive images, drawn in the SC overlay"
+    )
     analysis_max_attempts: int = Field(
         3, ge=1, description="attempts for an instance whose analysis fails unexpectedly"
     )

@@ -12,6 +12,7 @@ that names the path and the reason.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -24,7 +25,8 @@ from typing import Any
 import torch
 
 from models.errors import BundleError
-from models.findings import LUNG_OPACITY_INDEX, RSNA_CLASSES, ModelInfo
+from models.findings import LUNG_OPACITY_INDEX, RSNA_CLASSES, FindingCode, ModelInfo
+from models.preprocess import LETTERBOX, Preprocessing
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +50,14 @@ _THRESHOLD_KEYS: tuple[str, ...] = (
 BOX_FORMATS: tuple[str, str] = ("xyxy", "monai")
 DEFAULT_BOX_FORMAT = "xyxy"
 
+#: What an RSNA-trained three-class head measures when its config names no ``finding``:
+#: DCM 112001 "Opacity" (CID 6102 Chest CAD findings), found in the lung.
+RSNA_OPACITY_FINDING = FindingCode("112001", "DCM", "Opacity")
+#: Image-level decision threshold when the classification bundle declares none.
+DEFAULT_DECISION_THRESHOLD = 0.5
+#: Length (hex digits) of a bundle digest.
+DIGEST_LENGTH = 12
+
 METADATA_FILE = Path("configs") / "metadata.json"
 INFERENCE_FILE = Path("configs") / "inference.json"
 WEIGHTS_FILE = Path("models") / "model.pt"
@@ -70,6 +80,18 @@ class LoadedBundle:
     device: torch.device
     detector: torch.nn.Module | None = None
     class_names: tuple[str, ...] = ()
+    #: classification: the class whose probability is the finding's probability
+    positive_class: str | None = None
+    #: classification: what the positive class means, as a code (see ``models.findings.FindingCode``)
+    finding: FindingCode | None = None
+    #: classification: the bundle's image-level operating threshold (chosen on validation data)
+    decision_threshold: float | None = None
+    #: classification: dotted name of the module whose activations the heatmap uses (None: no heatmap)
+    heatmap_layer: str | None = None
+    #: how a decoded image becomes this bundle's network input (``preprocessing`` in inference.json)
+    preprocessing: Preprocessing = LETTERBOX
+    #: short SHA-256 of the weights file and ``configs/inference.json`` (see :func:`bundle_digest`)
+    digest: str = "unknown"
     metadata: Mapping[str, Any] = field(default_factory=dict)
     #: Boxes with a score below this are not reported (detection); None for classification.
     score_threshold: float | None = None
@@ -93,8 +115,22 @@ class LoadedBundle:
                 raise ValueError(f"a detection bundle needs a detector ({self.path})")
             if self.score_threshold is None or not 0.0 <= self.score_threshold <= 1.0:
                 raise ValueError(f"detection score_threshold must be in [0, 1], got {self.score_threshold!r}")
-        elif tuple(self.class_names) != RSNA_CLASSES:
-            raise ValueError(f"classification class_names must be {RSNA_CLASSES}, got {self.class_names!r}")
+            return
+        if len(self.class_names) < 2 or len(set(self.class_names)) != len(self.class_names):
+            raise ValueError(f"classification class_names must be >= 2 distinct names, got {self.class_names!r}")
+        if self.positive_class not in self.class_names:
+            raise ValueError(f"positive_class {self.positive_class!r} is not one of {self.class_names!r}")
+        if not isinstance(self.finding, FindingCode):
+            raise ValueError(f"a classification bundle needs its finding code, got {self.finding!r}")
+        if self.decision_threshold is None or not 0.0 < self.decision_threshold < 1.0:
+            raise ValueError(f"decision_threshold must be in (0, 1), got {self.decision_threshold!r}")
+
+    @property
+    def positive_index(self) -> int:
+        """Index of :attr:`positive_class` in the network output (classification)."""
+        if self.positive_class is None:
+            raise ValueError(f"{self.name} is a {self.kind} bundle: it has no positive class")
+        return self.class_names.index(self.positive_class)
 
     def box_to_xyxy(self, box: Sequence[float]) -> tuple[float, float, float, float]:
         """One detector output box → ``(x1, y1, x2, y2)`` in model-input pixels, x = column."""
@@ -102,8 +138,8 @@ class LoadedBundle:
 
     @property
     def model_info(self) -> ModelInfo:
-        """``ModelInfo(name, version)`` for :class:`~models.findings.Findings`."""
-        return ModelInfo(self.name, self.version)
+        """``ModelInfo(name, version, digest)`` for :class:`~models.findings.Findings`."""
+        return ModelInfo(self.name, self.version, self.digest)
 
 
 def monai_box_to_xyxy(box: Sequence[float]) -> tuple[float, float, float, float]:
@@ -174,6 +210,51 @@ def _threshold(config: Mapping[str, Any], metadata: Mapping[str, Any], path: Pat
     return DEFAULT_DETECTION_SCORE_THRESHOLD
 
 
+def bundle_digest(bundle_dir: Path | str) -> str:
+    """Short SHA-256 (:data:`DIGEST_LENGTH` hex digits) of a bundle's weights and inference config.
+
+    Everything that changes what the bundle outputs is in those two files (the network, its
+    weights, the preprocessing, the thresholds); ``metadata.json`` (model card, measured
+    figures) is left out, so documenting a bundle does not change its results' identity.
+    """
+    bundle_dir = Path(bundle_dir)
+    h = hashlib.sha256()
+    for rel in (WEIGHTS_FILE, INFERENCE_FILE):
+        path = bundle_dir / rel
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise BundleError(f"cannot read {path} for the bundle digest: {exc}") from exc
+        if rel == INFERENCE_FILE:  # formatting and key order do not change the configuration
+            try:
+                data = json.dumps(json.loads(data), sort_keys=True, separators=(",", ":")).encode()
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise BundleError(f"bad JSON in {path}: {exc}") from exc
+        h.update(str(rel).encode() + b"\0" + len(data).to_bytes(8, "big") + data)
+    return h.hexdigest()[:DIGEST_LENGTH]
+
+
+def _finding(config: Mapping[str, Any], class_names: tuple[str, ...], path: Path) -> FindingCode:
+    raw = config.get("finding")
+    if raw is None:
+        if class_names == RSNA_CLASSES:
+            return RSNA_OPACITY_FINDING
+        raise BundleError(f"{path}: a classifier with classes {list(class_names)} must declare its 'finding' code")
+    if not isinstance(raw, Mapping):
+        raise BundleError(f"{path}: 'finding' must be an object {{value, scheme, meaning}}, got {raw!r}")
+    try:
+        return FindingCode(str(raw["value"]), str(raw["scheme"]), str(raw["meaning"]))
+    except (KeyError, ValueError) as exc:
+        raise BundleError(f"{path}: bad 'finding' {dict(raw)!r}: {exc}") from exc
+
+
+def _decision_threshold(config: Mapping[str, Any], path: Path) -> float:
+    value = config.get("decision_threshold", DEFAULT_DECISION_THRESHOLD)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
+        raise BundleError(f"{path}: decision_threshold must be a number in (0, 1), got {value!r}")
+    return float(value)
+
+
 def _load_state_dict(weights: Path) -> dict[str, torch.Tensor]:
     if not weights.is_file():
         raise BundleError(f"bundle weights missing: {weights}")
@@ -228,6 +309,10 @@ def load_bundle(bundle_dir: Path | str, *, device: torch.device | str = "cpu") -
         raise BundleError(f"{inference_path}: no 'network_def'")
     image_size = _parse_image_size(config.get("image_size"), inference_path)
     kind = "detection" if "detector" in config else "classification"
+    try:
+        preprocessing = Preprocessing.from_config(config.get("preprocessing"))
+    except (TypeError, ValueError) as exc:
+        raise BundleError(f"{inference_path}: bad 'preprocessing': {exc}") from exc
 
     parser = ConfigParser()
     parser.read_config(config)
@@ -241,6 +326,10 @@ def load_bundle(bundle_dir: Path | str, *, device: torch.device | str = "cpu") -
     box_format = DEFAULT_BOX_FORMAT
     detector: torch.nn.Module | None = None
     threshold: float | None = None
+    positive_class: str | None = None
+    finding: FindingCode | None = None
+    decision_threshold: float | None = None
+    heatmap_layer: str | None = None
     if kind == "detection":
         detector = _instantiate(parser, "detector", inference_path)
         if not isinstance(detector, torch.nn.Module) or not isinstance(
@@ -271,9 +360,27 @@ def load_bundle(bundle_dir: Path | str, *, device: torch.device | str = "cpu") -
                 f"{inference_path}: 'network_def' is not a torch Module, got {type(network).__name__}"
             )
         names = config.get("class_names")
-        if not isinstance(names, (list, tuple)) or tuple(names) != RSNA_CLASSES:
-            raise BundleError(f"{inference_path}: class_names must be {list(RSNA_CLASSES)}, got {names!r}")
+        if (
+            not isinstance(names, (list, tuple))
+            or len(names) < 2
+            or not all(isinstance(n, str) and n for n in names)
+            or len(set(names)) != len(names)
+        ):
+            raise BundleError(f"{inference_path}: class_names must list >= 2 distinct class names, got {names!r}")
         class_names = tuple(names)
+        default_positive = RSNA_CLASSES[LUNG_OPACITY_INDEX] if class_names == RSNA_CLASSES else None
+        positive_class = config.get("positive_class", default_positive)
+        if positive_class not in class_names:
+            raise BundleError(
+                f"{inference_path}: positive_class must be one of {list(class_names)}, got {positive_class!r}"
+            )
+        finding = _finding(config, class_names, inference_path)
+        decision_threshold = _decision_threshold(config, inference_path)
+        layer = config.get("heatmap_layer")
+        if layer is not None:
+            if not isinstance(layer, str) or layer not in dict(network.named_modules()):
+                raise BundleError(f"{inference_path}: heatmap_layer {layer!r} is not a module of network_def")
+            heatmap_layer = layer
 
     try:
         network.load_state_dict(state_dict, strict=True)
@@ -298,6 +405,12 @@ def load_bundle(bundle_dir: Path | str, *, device: torch.device | str = "cpu") -
         device=dev,
         detector=detector,
         class_names=class_names,
+        positive_class=positive_class,
+        finding=finding,
+        decision_threshold=decision_threshold,
+        heatmap_layer=heatmap_layer,
+        preprocessing=preprocessing,
+        digest=bundle_digest(bundle_dir),
         metadata=metadata,
         score_threshold=threshold,
         box_format=box_format,
@@ -307,6 +420,7 @@ def load_bundle(bundle_dir: Path | str, *, device: torch.device | str = "cpu") -
         extra={
             "bundle": name,
             "version": version,
+            "digest": bundle.digest,
             "kind": kind,
             "image_size": image_size,
             "device": str(dev),

@@ -62,12 +62,14 @@ def _load_weights(network: Any, ckpt_path: str | Path) -> None:
     network.load_state_dict(load_state_dict_file(ckpt_path), strict=True)
 
 
-def _prepared(path: Path, image_size: Sequence[int]) -> tuple[Any, Any, Any, str | None]:
+def _prepared(
+    path: Path, image_size: Sequence[int], preprocessing: Any = None
+) -> tuple[Any, Any, Any, str | None]:
     """(dataset, prepared array or None, geometry or None, reason not analysed)."""
     import pydicom
 
     from models.dicom_image import load_source_image
-    from models.preprocess import prepare
+    from models.preprocess import Preprocessing, prepare
 
     ds = pydicom.dcmread(str(path))
     try:
@@ -79,7 +81,8 @@ def _prepared(path: Path, image_size: Sequence[int]) -> tuple[Any, Any, Any, str
     if reason is not None:
         return ds, None, None, reason
     src = load_source_image(ds)
-    arr, geom = prepare(src, (int(image_size[0]), int(image_size[1])))
+    spec = preprocessing if isinstance(preprocessing, Preprocessing) else Preprocessing.from_config(preprocessing)
+    arr, geom = prepare(src, (int(image_size[0]), int(image_size[1])), spec)
     return ds, arr, geom, None
 
 
@@ -94,6 +97,7 @@ def _run_folder(
     output_dir: str | Path,
     image_size: Sequence[int],
     analyse: Callable[[Any, Any, Any], dict[str, Any]],
+    preprocessing: Any = None,
 ) -> tuple[Path, list[dict[str, Any]]]:
     """Run ``analyse(dataset, prepared array, geometry) -> fields`` on every DICOM under ``dataset_dir``.
 
@@ -106,7 +110,7 @@ def _run_folder(
     for path in iter_dicom_files(dataset_dir):
         record: dict[str, Any] = {"file": str(path)}
         try:
-            ds, arr, geom, reason = _prepared(path, image_size)
+            ds, arr, geom, reason = _prepared(path, image_size, preprocessing)
             record["sop_instance_uid"] = str(getattr(ds, "SOPInstanceUID", ""))
             if reason is not None:
                 record.update(analysed=False, not_analysed_reason=reason)
@@ -129,35 +133,49 @@ def run_classification(
     image_size: Sequence[int],
     class_names: Sequence[str],
     device: str = "auto",
+    positive_class: str | None = None,
+    preprocessing: Any = None,
 ) -> list[dict[str, Any]]:
-    """Classify every DICOM under ``dataset_dir``; write per-image JSON + ``predictions.csv``."""
+    """Classify every DICOM under ``dataset_dir``; write per-image JSON + ``predictions.csv``.
+
+    ``preprocessing`` is the bundle's ``preprocessing`` object (``models.preprocess``), ``positive_class``
+    the class whose probability is the finding's (default: "Lung Opacity" for the RSNA head).
+    """
     import torch
 
-    from models.findings import LUNG_OPACITY_INDEX
+    from models.findings import LUNG_OPACITY_INDEX, RSNA_CLASSES
+    from models.preprocess import Preprocessing
 
+    spec = Preprocessing.from_config(preprocessing)
+    if positive_class is None:
+        if tuple(class_names) != RSNA_CLASSES:
+            raise ValueError(f"positive_class is needed for classes {list(class_names)}")
+        positive_index = LUNG_OPACITY_INDEX
+    else:
+        positive_index = list(class_names).index(positive_class)
     dev = _device(device)
     _load_weights(network, ckpt_path)
     network.to(dev).eval()
 
     def classify(ds: Any, arr: Any, geom: Any) -> dict[str, Any]:
         with torch.no_grad():
-            x = torch.from_numpy(arr)[None].to(dev)
+            x = spec.network_input(torch.from_numpy(arr)[None].to(dev))
             probs = torch.softmax(network(x).float(), dim=1)[0].cpu().numpy()
         return {
             "class_probabilities": {n: float(p) for n, p in zip(class_names, probs, strict=True)},
-            "pneumonia_probability": float(probs[LUNG_OPACITY_INDEX]),
+            "probability": float(probs[positive_index]),
             "predicted_class": class_names[int(probs.argmax())],
         }
 
-    out, records = _run_folder(dataset_dir, output_dir, image_size, classify)
+    out, records = _run_folder(dataset_dir, output_dir, image_size, classify, spec)
     with open(out / "predictions.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
-        w.writerow(["sop_instance_uid", "file", "analysed", *class_names, "pneumonia_probability", "predicted_class", "note"])
+        w.writerow(["sop_instance_uid", "file", "analysed", *class_names, "probability", "predicted_class", "note"])
         for r in records:
             cp = r.get("class_probabilities", {})
             w.writerow([r.get("sop_instance_uid", ""), r["file"], r["analysed"],
                         *[f"{cp[n]:.6f}" if n in cp else "" for n in class_names],
-                        f"{r['pneumonia_probability']:.6f}" if "pneumonia_probability" in r else "",
+                        f"{r['probability']:.6f}" if "probability" in r else "",
                         r.get("predicted_class", ""), r.get("not_analysed_reason") or r.get("error") or ""])
     logger.info("classification bundle run", extra={"n": len(records), "output_dir": str(out)})
     return records

@@ -48,6 +48,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--decode-workers", type=int, default=2, metavar="N", help="decode threads (default 2)"
     )
     parser.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads")
+    parser.add_argument("--threshold", type=float, default=None, metavar="P",
+                        help="image-level decision threshold (default: the classification bundle's; "
+                             "the node's CXR_NODE_THRESHOLD)")
+    parser.add_argument("--detection-threshold", type=float, default=None, metavar="S",
+                        help="lowest reported box score (default: the detection bundle's)")
+    parser.add_argument("--box-gating", choices=("positive-only", "all"), default="positive-only",
+                        help="boxes only on positive images (default, as the node), or all")
+    parser.add_argument("--no-heatmaps", action="store_true", help="do not compute Grad-CAM heatmaps")
 
 
 def _is_dicom_file(path: Path) -> bool:
@@ -103,7 +111,8 @@ def _readable(path: Path, record: dict[str, Any]) -> str:
         for b in record["boxes"]
     )
     return (
-        f"{path}: pneumonia {record['pneumonia_probability']:.3f} | {probs} | "
+        f"{path}: {record['finding']['meaning']} {record['probability']:.3f} "
+        f"({'positive' if record['positive'] else 'negative'} at {record['threshold']:.3f}) | {probs} | "
         f"{len(record['boxes'])} box(es) {boxes}".rstrip()
     )
 
@@ -167,6 +176,10 @@ def main(args: argparse.Namespace) -> int:
             max_batch_size=args.batch_size,
             decode_workers=max(1, args.decode_workers),
             num_threads=args.threads,
+            decision_threshold=args.threshold,
+            detection_score_threshold=args.detection_threshold,
+            box_gating=args.box_gating,
+            heatmaps=not args.no_heatmaps,
         )
     except (BundleError, ValueError) as exc:
         print(f"error: cannot start the inference engine: {exc}", file=stderr)

@@ -14,9 +14,17 @@ An exception while running a batch fails only the futures of that batch (each it
 retried alone first, so one poisonous image cannot take its neighbours down); the batch
 thread itself never dies.
 
+Each bundle gets its input through its own preprocessing (``models.preprocess``; the
+classifier's centre crop and the detector's letterbox), prepared once per distinct spec.
+The image-level decision (``probability >= decision_threshold``) is taken here, once, and
+the detector's boxes are reported only on positive images (``box_gating="positive-only"``,
+the default; ``"all"`` reports them regardless), so that every consumer (SR, SC,
+``cxr-node infer --json``) shows the same, consistent result. Positive images also get a
+Grad-CAM heatmap of the classifier (``models.heatmap``) when the bundle names a layer.
+
 On CUDA the models run under ``torch.autocast(float16)`` with ``cudnn.benchmark``, from
 pinned host memory with ``non_blocking`` copies; everything runs under
-``torch.inference_mode()``.
+``torch.inference_mode()`` except the classifier's tail when a heatmap is computed.
 """
 
 from __future__ import annotations
@@ -46,7 +54,8 @@ from models.bundle_loader import (
     xyxy_to_monai_box,
 )
 from models.errors import ImageDecodeError, InferenceCoreError
-from models.findings import LUNG_OPACITY_INDEX, RSNA_CLASSES, Box, Findings, ModelInfo
+from models.findings import BOX_GATING_RULES, Box, FindingCode, Findings, Heatmap, ModelInfo
+from models.heatmap import ActivationCapture, grad_cam
 
 logger = logging.getLogger(__name__)
 
@@ -75,8 +84,8 @@ class _Item:
     rows: int
     columns: int
     t_submit: float
-    #: image_size -> (1×H×W float32 array, ResizeGeometry)
-    prepared: dict[tuple[int, int], tuple[np.ndarray, Any]] = field(default_factory=dict)
+    #: (image_size, Preprocessing) -> (1×H×W float32 array, its geometry)
+    prepared: dict[tuple[Any, Any], tuple[np.ndarray, Any]] = field(default_factory=dict)
     decode_ms: float = 0.0
     t_enqueued: float = 0.0
 
@@ -132,6 +141,9 @@ class InferenceEngine:
         max_wait_ms: longest the batch thread waits for a batch to fill after its first item.
         decode_workers: threads decoding DICOM pixel data and preprocessing.
         detection_score_threshold: report boxes scoring at least this; default: the bundle's.
+        decision_threshold: image-level decision threshold; default: the classification bundle's.
+        box_gating: "positive-only" (boxes only on positive images) or "all".
+        heatmaps: compute the classifier's Grad-CAM for positive images (when the bundle names a layer).
         classification_bundle, detection_bundle: folder names inside ``bundles_dir``.
         num_threads: ``torch.set_num_threads`` for CPU inference (process-wide); None leaves it.
         warmup: run one dummy batch at construction (first real request is then not slower).
@@ -146,6 +158,9 @@ class InferenceEngine:
         max_wait_ms: float = 20.0,
         decode_workers: int = 2,
         detection_score_threshold: float | None = None,
+        decision_threshold: float | None = None,
+        box_gating: str = "positive-only",
+        heatmaps: bool = True,
         classification_bundle: str = DEFAULT_CLASSIFICATION_BUNDLE,
         detection_bundle: str = DEFAULT_DETECTION_BUNDLE,
         num_threads: int | None = None,
@@ -161,6 +176,10 @@ class InferenceEngine:
             raise ValueError(
                 f"detection_score_threshold must be in [0, 1], got {detection_score_threshold!r}"
             )
+        if decision_threshold is not None and not 0.0 < decision_threshold < 1.0:
+            raise ValueError(f"decision_threshold must be in (0, 1), got {decision_threshold!r}")
+        if box_gating not in BOX_GATING_RULES:
+            raise ValueError(f"box_gating must be one of {BOX_GATING_RULES}, got {box_gating!r}")
         if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
             raise ValueError(f"num_threads must be an int >= 1, got {num_threads!r}")
 
@@ -191,9 +210,19 @@ class InferenceEngine:
             if detection_score_threshold is not None
             else float(self._detector.score_threshold)  # type: ignore[arg-type]
         )
-        self._sizes: tuple[tuple[int, int], ...] = tuple(
-            dict.fromkeys((self._classifier.image_size, self._detector.image_size))
+        self._decision_threshold = (
+            float(decision_threshold)
+            if decision_threshold is not None
+            else float(self._classifier.decision_threshold)  # type: ignore[arg-type]
         )
+        self._box_gating = box_gating
+        self._cls_input = (self._classifier.image_size, self._classifier.preprocessing)
+        self._det_input = (self._detector.image_size, self._detector.preprocessing)
+        self._inputs: tuple[tuple[Any, Any], ...] = tuple(dict.fromkeys((self._cls_input, self._det_input)))
+        self._positive_index = self._classifier.positive_index
+        self._capture: ActivationCapture | None = None
+        if heatmaps and self._classifier.heatmap_layer is not None:
+            self._capture = ActivationCapture(self._classifier.network, self._classifier.heatmap_layer)
         self._models = (self._classifier.model_info, self._detector.model_info)
         self._max_batch_size = max_batch_size
         self._max_wait_s = max_wait_ms / 1000.0
@@ -237,8 +266,27 @@ class InferenceEngine:
         return self._models
 
     @property
+    def finding(self) -> FindingCode:
+        """What the classifier measures (its bundle's ``finding``): named by a "not evaluated" SR too."""
+        return self._classifier.finding
+
+    @property
     def detection_score_threshold(self) -> float:
         return self._score_threshold
+
+    @property
+    def decision_threshold(self) -> float:
+        """The image-level decision threshold applied to P(positive class)."""
+        return self._decision_threshold
+
+    @property
+    def box_gating(self) -> str:
+        return self._box_gating
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """The classifier's classes, in output order."""
+        return self._classifier.class_names
 
     @property
     def bundles(self) -> tuple[LoadedBundle, LoadedBundle]:
@@ -394,12 +442,13 @@ class InferenceEngine:
         try:
             t_prep = time.perf_counter()
             item = _Item(future, uid, int(image.rows), int(image.columns), t0)
-            for size in self._sizes:  # decode shared, prepare once per distinct model input size
-                arr, geom = self._prepare(image, size)
+            for key in self._inputs:  # decode shared, prepare once per distinct input spec
+                size, preprocessing = key
+                arr, geom = self._prepare(image, size, preprocessing)
                 arr = np.ascontiguousarray(arr, dtype=np.float32)
                 if arr.shape != (1, size[0], size[1]):
                     raise ValueError(f"prepare returned shape {arr.shape}, expected {(1, *size)}")
-                item.prepared[size] = (arr, geom)
+                item.prepared[key] = (arr, geom)
             item.decode_ms = decode_ms + (time.perf_counter() - t_prep) * 1000.0
         except BaseException as exc:  # see _decode_task: never leave the future unresolved
             err = (
@@ -476,29 +525,45 @@ class InferenceEngine:
             return torch.autocast("cuda", dtype=torch.float16)
         return nullcontext()
 
+    def _classify(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Classifier logits (float32) and, when heatmaps are on, the captured layer activations."""
+        network = self._classifier.network
+        x = self._classifier.preprocessing.network_input(x)
+        if self._capture is None:
+            with torch.inference_mode(), self._autocast():
+                logits = network(x)
+            return _first(logits).float(), None
+        # No inference_mode: the capture hook starts an autograd graph at the heatmap layer, so
+        # that Grad-CAM only back-propagates through the network's tail (weights need no grads).
+        with torch.enable_grad(), self._capture, self._autocast():
+            logits = network(x)
+        return _first(logits).float(), self._capture.activations
+
     def _run_batch(self, batch: list[_Item]) -> None:
         t_start = time.perf_counter()
-        cls_size, det_size = self._classifier.image_size, self._detector.image_size
+        logits, activations = self._classify(
+            self._to_device([it.prepared[self._cls_input][0] for it in batch])
+        )
+        probs = torch.softmax(logits.detach(), dim=1).cpu().numpy()
+        n_classes = len(self._classifier.class_names)
+        if probs.shape != (len(batch), n_classes):
+            raise RuntimeError(f"classifier output shape {probs.shape}, expected {(len(batch), n_classes)}")
+        positive = probs[:, self._positive_index] >= self._decision_threshold
+        cams: dict[int, np.ndarray] = {}
+        if activations is not None and positive.any():
+            rows = [int(i) for i in np.flatnonzero(positive)]
+            cams = dict(zip(rows, grad_cam(logits, activations, self._positive_index, rows), strict=True))
+        t_cls = time.perf_counter()
         with torch.inference_mode():
-            x = self._to_device([it.prepared[cls_size][0] for it in batch])
-            with self._autocast():
-                logits = self._classifier.network(x)
-            if isinstance(logits, (tuple, list)):
-                logits = logits[0]
-            probs = torch.softmax(logits.float(), dim=1).cpu().numpy()
-            t_cls = time.perf_counter()
-            x = self._to_device([it.prepared[det_size][0] for it in batch])
+            x = self._to_device([it.prepared[self._det_input][0] for it in batch])
+            x = self._detector.preprocessing.network_input(x)
             with self._autocast():
                 detections = self._detector.detector(x)  # type: ignore[misc]
             dets = [
                 (d["boxes"].float().cpu().numpy(), d["labels_scores"].float().cpu().numpy())
                 for d in detections
             ]
-            t_det = time.perf_counter()
-        if probs.shape != (len(batch), len(RSNA_CLASSES)):
-            raise RuntimeError(
-                f"classifier output shape {probs.shape}, expected {(len(batch), len(RSNA_CLASSES))}"
-            )
+        t_det = time.perf_counter()
         if len(dets) != len(batch):
             raise RuntimeError(f"detector returned {len(dets)} results for a batch of {len(batch)}")
         classify_ms = (t_cls - t_start) * 1000.0
@@ -512,12 +577,14 @@ class InferenceEngine:
                 "batch_size": len(batch),
                 "classify_ms": round(classify_ms, 1),
                 "detect_ms": round(detect_ms, 1),
+                "heatmaps": len(cams),
             },
         )
         # Build every result before resolving any future, so a failure here retries cleanly.
         results: list[Findings] = []
         for i, item in enumerate(batch):
-            boxes = self._boxes_for(item, *dets[i])
+            reported = bool(positive[i]) or self._box_gating == "all"
+            boxes = self._boxes_for(item, *dets[i]) if reported else ()
             p = {name: float(v) for name, v in zip(self._classifier.class_names, probs[i], strict=True)}
             t_done = time.perf_counter()
             results.append(
@@ -527,8 +594,13 @@ class InferenceEngine:
                     rows=item.rows,
                     columns=item.columns,
                     class_probabilities=p,
-                    pneumonia_probability=float(probs[i][LUNG_OPACITY_INDEX]),
+                    probability=float(probs[i][self._positive_index]),
+                    finding=self._classifier.finding,
+                    threshold=self._decision_threshold,
                     boxes=boxes,
+                    detection_threshold=self._score_threshold,
+                    box_gating=self._box_gating,
+                    heatmap=self._heatmap_for(item, cams.get(i)),
                     models=self._models,
                     timing_ms={
                         "decode": item.decode_ms,
@@ -544,8 +616,19 @@ class InferenceEngine:
             if not item.future.done():
                 item.future.set_result(findings)
 
+    def _heatmap_for(self, item: _Item, cam: np.ndarray | None) -> Heatmap | None:
+        """The heatmap of one image, placed over the source pixels its classifier input shows."""
+        if cam is None:
+            return None
+        geometry = item.prepared[self._cls_input][1]
+        if hasattr(geometry, "region"):  # centre crop: the square the classifier saw
+            x, y, w, h = geometry.region()
+        else:  # letterbox: the whole model input, padding included, in source pixels
+            x, y, w, h = geometry.box_to_source(0.0, 0.0, float(geometry.model_width), float(geometry.model_height))
+        return Heatmap(cam, x, y, w, h)
+
     def _boxes_for(self, item: _Item, boxes: np.ndarray, scores: np.ndarray) -> tuple[Box, ...]:
-        geom = item.prepared[self._detector.image_size][1]
+        geom = item.prepared[self._det_input][1]
         return boxes_to_source(
             boxes, scores, geom, box_format=self._detector.box_format, score_threshold=self._score_threshold
         )
@@ -558,6 +641,11 @@ class InferenceEngine:
                 x = self._to_device([np.zeros((1, h, w), dtype=np.float32)])
                 with self._autocast():
                     (bundle.detector or bundle.network)(x)
+
+
+def _first(output: Any) -> torch.Tensor:
+    """A network's output tensor (some networks return a tuple whose first item is the logits)."""
+    return output[0] if isinstance(output, (tuple, list)) else output
 
 
 def boxes_to_source(

@@ -13,7 +13,7 @@ the report folder:
   data by the seed reports (clearly labelled as not comparable);
 * PNG plots (see :mod:`models.evaluation_plots`).
 
-Conventions: the pneumonia score is ``Findings.pneumonia_probability`` (= P(Lung
+Conventions: the pneumonia score is ``Findings.probability`` (= P(Lung
 Opacity)); ``score >= threshold`` is a positive call. Images the engine does not
 analyse (view gate) or cannot decode are counted and left out of the metrics. The RSNA
 challenge metric and the detection recall use the boxes at or above the detection

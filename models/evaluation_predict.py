@@ -42,8 +42,10 @@ class ImagePrediction:
     reason: str | None = None
     rows: int = 0
     columns: int = 0
-    #: Probabilities in ``RSNA_CLASSES`` order (analysed only).
+    #: Probabilities in ``RSNA_CLASSES`` order (analysed by a three-class RSNA head only; None for
+    #: a classifier with other classes, such as the shipped Normal / Pneumonia one).
     class_probabilities: tuple[float, float, float] | None = None
+    #: The classifier's probability of its positive finding (the pneumonia / ``Target`` score).
     pneumonia_probability: float | None = None
     gt_boxes: tuple[Box4, ...] = ()
     pred_boxes: tuple[PredBox, ...] = ()
@@ -60,14 +62,15 @@ class ImagePrediction:
         object.__setattr__(self, "gt_boxes", tuple(tuple(float(v) for v in b) for b in self.gt_boxes))
         object.__setattr__(self, "pred_boxes", tuple(tuple(float(v) for v in b) for b in self.pred_boxes))
         if self.status == "analysed":
-            if self.pneumonia_probability is None or self.class_probabilities is None:
-                raise ValueError(f"an analysed prediction needs probabilities (patient {self.patient_id})")
-            probs = tuple(float(p) for p in self.class_probabilities)
-            if len(probs) != len(RSNA_CLASSES) or not all(0.0 <= p <= 1.0 for p in probs):
-                raise ValueError(
-                    f"class_probabilities must be {len(RSNA_CLASSES)} values in [0, 1], got {probs!r}"
-                )
-            object.__setattr__(self, "class_probabilities", probs)
+            if self.pneumonia_probability is None:
+                raise ValueError(f"an analysed prediction needs its probability (patient {self.patient_id})")
+            if self.class_probabilities is not None:
+                probs = tuple(float(p) for p in self.class_probabilities)
+                if len(probs) != len(RSNA_CLASSES) or not all(0.0 <= p <= 1.0 for p in probs):
+                    raise ValueError(
+                        f"class_probabilities must be {len(RSNA_CLASSES)} values in [0, 1], got {probs!r}"
+                    )
+                object.__setattr__(self, "class_probabilities", probs)
             if not 0.0 <= float(self.pneumonia_probability) <= 1.0:
                 raise ValueError(
                     f"pneumonia_probability must be in [0, 1], got {self.pneumonia_probability!r}"
@@ -91,7 +94,8 @@ def _from_findings(base: dict[str, Any], findings: Any) -> ImagePrediction:
             rows=findings.rows,
             columns=findings.columns,
         )
-    probs = tuple(float(findings.class_probabilities[c]) for c in RSNA_CLASSES)
+    three_class = set(findings.class_probabilities) == set(RSNA_CLASSES)
+    probs = tuple(float(findings.class_probabilities[c]) for c in RSNA_CLASSES) if three_class else None
     boxes = tuple((b.x, b.y, b.width, b.height, b.score) for b in findings.boxes)
     return ImagePrediction(
         **{**base, "sop_instance_uid": findings.sop_instance_uid},
@@ -99,7 +103,7 @@ def _from_findings(base: dict[str, Any], findings: Any) -> ImagePrediction:
         rows=findings.rows,
         columns=findings.columns,
         class_probabilities=probs,  # type: ignore[arg-type]
-        pneumonia_probability=float(findings.pneumonia_probability),
+        pneumonia_probability=float(findings.probability),
         pred_boxes=boxes,
     )
 

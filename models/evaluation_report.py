@@ -1,6 +1,6 @@
 """The figures of the evaluation report, computed from per-image predictions (pure; no I/O).
 
-Conventions: the pneumonia score is ``Findings.pneumonia_probability`` (= P(Lung
+Conventions: the pneumonia score is ``Findings.probability`` (= P(Lung
 Opacity)); ``score >= threshold`` is a positive call. Only ``analysed`` rows enter the
 metrics; the others are counted. The RSNA challenge metric and the detection recall use the
 boxes at or above the detection bundle's reporting (operating) threshold; mAP@0.5 ranks
@@ -85,7 +85,7 @@ def classification_section(
     sec["youden_note"] = (
         "chosen on this evaluation set itself: optimistic; fix thresholds on a validation split"
     )
-    if all(p.klass is not None for p in analysed):
+    if all(p.klass is not None and p.class_probabilities is not None for p in analysed):
         y3 = np.array([RSNA_CLASSES.index(p.klass) for p in analysed], dtype=np.int64)  # type: ignore[arg-type]
         probs = np.array([p.class_probabilities for p in analysed], dtype=np.float64)
         sec["multiclass"] = metrics.multiclass_report(y3, probs, RSNA_CLASSES)

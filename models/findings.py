@@ -20,10 +20,17 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-#: The three RSNA Pneumonia Detection Challenge classes, in model output order.
+import numpy as np
+
+#: The three RSNA Pneumonia Detection Challenge classes, in model output order (the head a user
+#: trains on RSNA data; the shipped classifier has its own classes, see ``models.bundle_loader``).
 RSNA_CLASSES: tuple[str, str, str] = ("Normal", "No Lung Opacity / Not Normal", "Lung Opacity")
 #: Index of the class whose probability is the pneumonia (RSNA ``Target``) probability.
 LUNG_OPACITY_INDEX = 2
+#: How detector boxes relate to the image-level decision (``Findings.box_gating``):
+#: "positive-only" reports boxes only on images decided positive (as RSNA-challenge solutions
+#: did); "all" reports every box scoring at least the detection threshold.
+BOX_GATING_RULES: tuple[str, str] = ("positive-only", "all")
 
 
 def _check_finite(name: str, value: float) -> None:
@@ -108,14 +115,103 @@ class Box:
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """Identification of one bundle that contributed to the findings."""
+    """Identification of one bundle that contributed to the findings.
+
+    ``digest`` names the exact weights and configuration (a short SHA-256 of the bundle's
+    ``models/model.pt`` and ``configs/inference.json``, see ``models.bundle_loader.bundle_digest``):
+    a retrained bundle keeps its ``version`` string but never its digest.
+    """
 
     name: str
     version: str
+    digest: str = "unknown"
 
     def __post_init__(self) -> None:
         if not self.name or not self.version:
             raise ValueError(f"ModelInfo needs a name and a version, got {self.name!r} {self.version!r}")
+        if not self.digest or not isinstance(self.digest, str):
+            raise ValueError(f"ModelInfo digest must be a non-empty string, got {self.digest!r}")
+
+    @property
+    def label(self) -> str:
+        """``version+digest``, e.g. ``1.0.0+3f2a9c0d1e2b`` (the SR's Algorithm Version)."""
+        return f"{self.version}+{self.digest}"
+
+    def to_json(self) -> dict[str, str]:
+        return {"name": self.name, "version": self.version, "digest": self.digest}
+
+
+@dataclass(frozen=True)
+class FindingCode:
+    """A coded concept naming what the classifier measures (DICOM Code Sequence triplet).
+
+    It comes from the classification bundle's config (``finding``), so that a report says
+    what the model was trained to recognise: "Pneumonia" for the shipped classifier (trained
+    on pneumonia vs normal radiographs), "Opacity" for a bundle trained on RSNA's Lung Opacity.
+    """
+
+    value: str
+    scheme: str
+    meaning: str
+
+    def __post_init__(self) -> None:
+        for name in ("value", "scheme", "meaning"):
+            v = getattr(self, name)
+            if not isinstance(v, str) or not v.strip():
+                raise ValueError(f"FindingCode {name} must be a non-empty string, got {v!r}")
+        if len(self.value) > 16:
+            raise ValueError(f"FindingCode value must fit DICOM SH (16 characters), got {self.value!r}")
+        if len(self.meaning) > 64:
+            raise ValueError(f"FindingCode meaning must fit DICOM LO (64 characters), got {self.meaning!r}")
+
+    def to_json(self) -> dict[str, str]:
+        return {"value": self.value, "scheme": self.scheme, "meaning": self.meaning}
+
+
+@dataclass(frozen=True, eq=False)
+class Heatmap:
+    """A class-activation map of the classifier, on a coarse grid over a region of the source image.
+
+    ``values`` (float32, shape ``(h, w)``, in [0, 1]) cover the source-image rectangle
+    ``(x, y, width, height)`` (source pixels, same convention as :class:`Box`): the square the
+    classifier looked at. Cell ``(i, j)`` covers ``x + j * width / w`` ... along columns.
+    """
+
+    values: np.ndarray
+    x: float
+    y: float
+    width: float
+    height: float
+
+    def __post_init__(self) -> None:
+        v = np.asarray(self.values, dtype=np.float32)
+        if v.ndim != 2 or min(v.shape) < 1:
+            raise ValueError(f"Heatmap values must be a non-empty 2-D array, got shape {v.shape!r}")
+        if not np.all(np.isfinite(v)) or v.min() < 0.0 or v.max() > 1.0:
+            raise ValueError(f"Heatmap values must be finite and in [0, 1], got range {v.min()!r}..{v.max()!r}")
+        for name in ("x", "y", "width", "height"):
+            _check_finite(f"Heatmap {name}", getattr(self, name))
+        if self.width <= 0 or self.height <= 0:
+            raise ValueError(f"Heatmap width/height must be > 0, got {self.width!r} x {self.height!r}")
+        v = v.copy()
+        v.setflags(write=False)
+        object.__setattr__(self, "values", v)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "x": round(self.x, 3),
+            "y": round(self.y, 3),
+            "width": round(self.width, 3),
+            "height": round(self.height, 3),
+            "values": [[round(float(c), 4) for c in row] for row in self.values],
+        }
+
+    @staticmethod
+    def from_json(data: Mapping[str, Any]) -> Heatmap:
+        return Heatmap(
+            np.asarray(data["values"], dtype=np.float32),
+            float(data["x"]), float(data["y"]), float(data["width"]), float(data["height"]),
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -124,6 +220,13 @@ class Findings:
 
     ``analysed`` is False for images the core refuses to guess on (lateral views,
     non-CXR); then ``not_analysed_reason`` says why and the probability fields are None.
+
+    For an analysed image: ``class_probabilities`` (the classifier's classes, e.g. Normal /
+    Pneumonia), ``probability`` = P(the classifier's positive class), which is the ``finding``;
+    the image-level decision is ``positive`` = ``probability >= threshold``. ``boxes`` are the
+    detector's boxes scoring at least ``detection_threshold`` **as reported**: with
+    ``box_gating == "positive-only"`` (the default) there are none on a negative image.
+    ``heatmap`` is the classifier's activation map (positive images only; may be None).
     """
 
     sop_instance_uid: str
@@ -131,8 +234,13 @@ class Findings:
     rows: int
     columns: int
     class_probabilities: Mapping[str, float] = field(default_factory=dict)
-    pneumonia_probability: float | None = None
+    probability: float | None = None
+    finding: FindingCode | None = None
+    threshold: float | None = None
     boxes: tuple[Box, ...] = ()
+    detection_threshold: float | None = None
+    box_gating: str = "positive-only"
+    heatmap: Heatmap | None = None
     models: tuple[ModelInfo, ...] = ()
     not_analysed_reason: str | None = None
     #: Wall-clock milliseconds per stage, e.g. {"decode": 12.1, "classify": 30.2, "detect": 41.0}.
@@ -147,28 +255,58 @@ class Findings:
         object.__setattr__(self, "timing_ms", MappingProxyType(dict(self.timing_ms)))
         object.__setattr__(self, "boxes", tuple(self.boxes))
         object.__setattr__(self, "models", tuple(self.models))
+        if self.box_gating not in BOX_GATING_RULES:
+            raise ValueError(f"box_gating must be one of {BOX_GATING_RULES}, got {self.box_gating!r}")
         if self.analysed:
-            if self.not_analysed_reason is not None:
-                raise ValueError("an analysed Findings cannot carry not_analysed_reason")
-            if set(self.class_probabilities) != set(RSNA_CLASSES):
-                raise ValueError(
-                    f"class_probabilities must have exactly the keys {RSNA_CLASSES}, got {tuple(self.class_probabilities)}"
-                )
-            for k, v in self.class_probabilities.items():
-                _check_probability(f"class probability {k!r}", v)
-            if self.pneumonia_probability is None:
-                raise ValueError("an analysed Findings needs pneumonia_probability")
-            _check_probability("pneumonia_probability", self.pneumonia_probability)
-            if not self.models:
-                raise ValueError("an analysed Findings must name the models that produced it")
+            self._check_analysed()
         else:
             if not self.not_analysed_reason:
                 raise ValueError("a Findings that was not analysed must say why (not_analysed_reason)")
-            if self.pneumonia_probability is not None or self.boxes:
-                raise ValueError("a Findings that was not analysed cannot carry probabilities or boxes")
+            if self.probability is not None or self.boxes or self.heatmap is not None:
+                raise ValueError("a Findings that was not analysed cannot carry probabilities, boxes or a heatmap")
         for b in self.boxes:
             if not isinstance(b, Box):
                 raise TypeError(f"boxes must be Box instances, got {type(b).__name__}")
+        if self.heatmap is not None and not isinstance(self.heatmap, Heatmap):
+            raise TypeError(f"heatmap must be a Heatmap, got {type(self.heatmap).__name__}")
+
+    def _check_analysed(self) -> None:
+        if self.not_analysed_reason is not None:
+            raise ValueError("an analysed Findings cannot carry not_analysed_reason")
+        if len(self.class_probabilities) < 2:
+            raise ValueError(f"class_probabilities needs at least two classes, got {dict(self.class_probabilities)!r}")
+        for k, v in self.class_probabilities.items():
+            if not isinstance(k, str) or not k:
+                raise ValueError(f"class names must be non-empty strings, got {k!r}")
+            _check_probability(f"class probability {k!r}", v)
+        if self.probability is None:
+            raise ValueError("an analysed Findings needs probability")
+        _check_probability("probability", self.probability)
+        if not isinstance(self.finding, FindingCode):
+            raise ValueError(f"an analysed Findings needs its finding (a FindingCode), got {self.finding!r}")
+        if self.threshold is None:
+            raise ValueError("an analysed Findings needs the decision threshold")
+        _check_probability("threshold", self.threshold)
+        if self.detection_threshold is None:
+            raise ValueError("an analysed Findings needs the detection threshold")
+        _check_probability("detection_threshold", self.detection_threshold)
+        for b in self.boxes:
+            if isinstance(b, Box) and b.score < self.detection_threshold:
+                raise ValueError(f"box score {b.score!r} is below the detection threshold {self.detection_threshold!r}")
+        if self.boxes and self.box_gating == "positive-only" and not self.positive:
+            raise ValueError(
+                f"box_gating 'positive-only' reports no boxes on a negative image "
+                f"(probability {self.probability!r} < threshold {self.threshold!r}), got {len(self.boxes)}"
+            )
+        if not self.models:
+            raise ValueError("an analysed Findings must name the models that produced it")
+
+    @property
+    def positive(self) -> bool | None:
+        """The image-level decision (``probability >= threshold``); None when not analysed."""
+        if self.probability is None or self.threshold is None:
+            return None
+        return self.probability >= self.threshold
 
     def to_json(self) -> dict[str, Any]:
         """JSON-serialisable dict (one line per image in ``cxr-node infer --json``)."""
@@ -178,11 +316,15 @@ class Findings:
             "not_analysed_reason": self.not_analysed_reason,
             "rows": self.rows,
             "columns": self.columns,
+            "finding": None if self.finding is None else self.finding.to_json(),
             "class_probabilities": {k: round(v, 5) for k, v in self.class_probabilities.items()},
-            "pneumonia_probability": None
-            if self.pneumonia_probability is None
-            else round(self.pneumonia_probability, 5),
+            "probability": None if self.probability is None else round(self.probability, 5),
+            "threshold": self.threshold,
+            "positive": self.positive,
+            "detection_threshold": self.detection_threshold,
+            "box_gating": self.box_gating,
             "boxes": [b.to_json() for b in self.boxes],
-            "models": [{"name": m.name, "version": m.version} for m in self.models],
+            "heatmap": None if self.heatmap is None else self.heatmap.to_json(),
+            "models": [m.to_json() for m in self.models],
             "timing_ms": {k: round(v, 2) for k, v in self.timing_ms.items()},
         }

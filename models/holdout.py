@@ -105,7 +105,7 @@ def measure_phantoms(engine: Any, *, n: int, seed: int, size: int, workdir: Path
     if not_analysed:
         raise RuntimeError(f"{len(not_analysed)} held-out phantoms were not analysed, e.g. {not_analysed[:3]}")
     y = np.array([1 if labels[p].klass == "Lung Opacity" else 0 for p in ids])
-    s = np.array([f.pneumonia_probability for f in findings], dtype=np.float64)
+    s = np.array([f.probability for f in findings], dtype=np.float64)
     pairs = [
         ([tuple(b) for b in labels[p].boxes], [(b.x, b.y, b.width, b.height, b.score) for b in f.boxes])
         for p, f in zip(ids, findings, strict=True)
@@ -157,7 +157,7 @@ def measure_pneumoniamnist(engine: Any, npz: Path, *, split: str = "test") -> di
         findings.extend(_run_engine(engine, chunk))
     if not all(f.analysed for f in findings):
         raise RuntimeError("some PneumoniaMNIST images were not analysed by the engine")
-    s = np.array([f.pneumonia_probability for f in findings])
+    s = np.array([f.probability for f in findings])
     return {"split": split, "n": int(len(labels)), "n_pneumonia": int(labels.sum()),
             "auc_pneumonia_vs_normal": float(roc_auc(labels.astype(int), s))}
 

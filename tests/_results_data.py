@@ -10,10 +10,17 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from models.findings import RSNA_CLASSES, Box, BoxMM, Findings, ModelInfo
+from models.findings import RSNA_CLASSES, Box, BoxMM, FindingCode, Findings, ModelInfo
 from models.synth import make_phantom, phantom_dataset
 
-MODELS = (ModelInfo("cxr_classification", "0.1.0"), ModelInfo("cxr_opacity_detection", "0.1.0"))
+MODELS = (
+    ModelInfo("cxr_classification", "0.1.0", "0123456789ab"),
+    ModelInfo("cxr_opacity_detection", "0.1.0", "ba9876543210"),
+)
+#: what an RSNA three-class head measures (the default of ``findings_for``)
+OPACITY = FindingCode("112001", "DCM", "Opacity")
+#: what the shipped two-class classifier measures
+PNEUMONIA = FindingCode("233604007", "SCT", "Pneumonia")
 DX_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"
 
 #: Non-ASCII patient names and the Specific Character Set each one is stored with.
@@ -86,8 +93,14 @@ def findings_for(
     scores: tuple[float, ...] | None = None,
     models: tuple[ModelInfo, ...] = MODELS,
     with_mm: bool = True,
+    threshold: float = 0.5,
+    detection_threshold: float = 0.5,
+    box_gating: str = "positive-only",
+    two_class: bool = False,
+    heatmap: object = None,
 ) -> Findings:
-    """An analysed Findings for ``ds`` with the given (x, y, w, h) boxes."""
+    """An analysed Findings for ``ds`` with the given (x, y, w, h) boxes (RSNA three-class head by
+    default; ``two_class``: the shipped Normal / Pneumonia classifier)."""
     scores = scores or tuple(round(0.9 - 0.1 * i, 3) for i in range(len(boxes)))
     spacing = 0.14
     out = []
@@ -95,14 +108,20 @@ def findings_for(
         mm = BoxMM(x * spacing, y * spacing, w * spacing, h * spacing, "PixelSpacing") if with_mm else None
         out.append(Box(x, y, w, h, score=s, mm=mm))
     rest = (1.0 - p) / 2
+    classes = {"Normal": 1.0 - p, "Pneumonia": p} if two_class else dict(zip(RSNA_CLASSES, (rest, rest, p), strict=True))
     return Findings(
         sop_instance_uid=str(ds.SOPInstanceUID),
         analysed=True,
         rows=int(ds.Rows),
         columns=int(ds.Columns),
-        class_probabilities=dict(zip(RSNA_CLASSES, (rest, rest, p), strict=True)),
-        pneumonia_probability=p,
+        class_probabilities=classes,
+        probability=p,
+        finding=PNEUMONIA if two_class else OPACITY,
+        threshold=threshold,
         boxes=tuple(out),
+        detection_threshold=detection_threshold,
+        box_gating=box_gating,
+        heatmap=heatmap,  # type: ignore[arg-type]
         models=models,
     )
 

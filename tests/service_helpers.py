@@ -21,7 +21,7 @@ from tls_certs import free_port
 
 from dicom_node.service import NodeService
 from dicom_node.settings import NodeSettings
-from models.findings import RSNA_CLASSES, Box, Findings, ModelInfo
+from models.findings import RSNA_CLASSES, Box, FindingCode, Findings, ModelInfo
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 SR_3D = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
@@ -71,8 +71,12 @@ class FakeAnalyser:
                 rows=int(ds.Rows),
                 columns=int(ds.Columns),
                 class_probabilities={RSNA_CLASSES[0]: 1 - p, RSNA_CLASSES[1]: 0.0, RSNA_CLASSES[2]: p},
-                pneumonia_probability=p,
+                probability=p,
+                finding=FindingCode("112001", "DCM", "Opacity"),
+                threshold=0.5,
                 boxes=(Box(4.0, 5.0, ds.Columns / 3, ds.Rows / 4, round(p, 3)),),
+                detection_threshold=0.0,
+                box_gating="all",  # a box whatever p is: the worker tests need results with boxes
                 models=self.models,
             )
         finally:

@@ -13,6 +13,7 @@ from models.bundle_loader import (
     DEFAULT_BOX_FORMAT,
     DEFAULT_DETECTION_SCORE_THRESHOLD,
     LoadedBundle,
+    bundle_digest,
     detector_box_to_xyxy,
     load_bundle,
     monai_box_to_xyxy,
@@ -66,7 +67,8 @@ def test_classification_bundle_loads_weights_in_eval_mode(cls_bundle: Path) -> N
     assert isinstance(b, LoadedBundle)
     assert b.kind == "classification"
     assert b.name == CLS and b.version == "0.0.1-test"
-    assert b.model_info == ModelInfo(CLS, "0.0.1-test")
+    assert b.model_info == ModelInfo(CLS, "0.0.1-test", b.digest)
+    assert len(b.digest) == 12 and b.digest == bundle_digest(cls_bundle)
     assert b.class_names == RSNA_CLASSES
     cfg = json.loads((cls_bundle / "configs" / "inference.json").read_text())
     assert b.image_size == tuple(cfg["image_size"])
@@ -168,11 +170,29 @@ def test_wrong_class_names(cls_bundle: Path, tmp_path: Path) -> None:
     shutil.copytree(cls_bundle, bundle)
     cfg_file = bundle / "configs" / "inference.json"
     cfg = json.loads(cfg_file.read_text())
-    cfg["class_names"] = ["Normal", "Lung Opacity", "No Lung Opacity / Not Normal"]  # swapped order
-    cfg_file.write_text(json.dumps(cfg))
-    with pytest.raises(BundleError, match="class_names") as ei:
-        load_bundle(bundle, device="cpu")
-    assert "Lung Opacity" in str(ei.value)
+    for names in (["Normal"], ["Normal", "Normal", "Lung Opacity"], "Normal,Lung Opacity"):
+        cfg["class_names"] = names
+        cfg_file.write_text(json.dumps(cfg))
+        with pytest.raises(BundleError, match="class_names") as ei:
+            load_bundle(bundle, device="cpu")
+        assert "Normal" in str(ei.value)
+
+
+def test_positive_class_finding_and_threshold_are_checked(cls_bundle: Path, tmp_path: Path) -> None:
+    bundle = tmp_path / CLS
+    shutil.copytree(cls_bundle, bundle)
+    cfg_file = bundle / "configs" / "inference.json"
+    good = json.loads(cfg_file.read_text())
+    for change, message in (
+        ({"positive_class": "Pneumonia"}, "positive_class"),
+        ({"finding": {"value": "233604007", "scheme": "SCT"}}, "finding"),
+        ({"decision_threshold": 1.5}, "decision_threshold"),
+        ({"heatmap_layer": "features.nosuchblock"}, "heatmap_layer"),
+        ({"preprocessing": {"method": "stretch"}}, "preprocessing"),
+    ):
+        cfg_file.write_text(json.dumps({**good, **change}))
+        with pytest.raises(BundleError, match=message):
+            load_bundle(bundle, device="cpu")
 
 
 def test_missing_version(cls_bundle: Path, tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ from models.engine import (
     xyxy_to_monai_box,
 )
 from models.errors import ImageDecodeError
-from models.findings import LUNG_OPACITY_INDEX, RSNA_CLASSES, Findings
+from models.findings import RSNA_CLASSES, Findings
 from models.geometry import ResizeGeometry
 from models.synth import write_rsna_dataset
 
@@ -73,9 +73,16 @@ def _non_square(path: Path, rows: int = 1100, cols: int = 900) -> pydicom.Datase
 def _check_findings(f: Findings, rows: int, cols: int) -> None:
     assert f.analysed and f.not_analysed_reason is None
     assert (f.rows, f.columns) == (rows, cols)
-    assert tuple(f.class_probabilities) == RSNA_CLASSES
+    config = json.loads((BUNDLES / CLS / "configs" / "inference.json").read_text())
+    assert tuple(f.class_probabilities) == tuple(config["class_names"])
     assert math.isclose(sum(f.class_probabilities.values()), 1.0, abs_tol=1e-4)
-    assert f.pneumonia_probability == f.class_probabilities[RSNA_CLASSES[LUNG_OPACITY_INDEX]]
+    assert f.probability == f.class_probabilities[config["positive_class"]]
+    assert f.finding is not None and f.finding.value == config["finding"]["value"]
+    assert f.positive == (f.probability >= f.threshold)
+    if f.box_gating == "positive-only" and not f.positive:
+        assert f.boxes == ()  # one decision: no boxes on a negative image
+    if f.heatmap is not None:
+        assert f.positive and f.heatmap.values.min() >= 0.0 and f.heatmap.values.max() <= 1.0
     assert [m.name for m in f.models] == [CLS, DET]
     for key in ("decode", "queue", "classify", "detect", "total"):
         assert f.timing_ms[key] >= 0.0, key
@@ -156,7 +163,7 @@ def test_lateral_is_not_analysed_and_skips_the_models(
     f = engine.analyse(ds)
     assert not f.analysed
     assert f.not_analysed_reason and "lateral" in f.not_analysed_reason.lower()
-    assert f.pneumonia_probability is None and not f.class_probabilities and not f.boxes
+    assert f.probability is None and not f.class_probabilities and not f.boxes
     assert "classify" not in f.timing_ms and "detect" not in f.timing_ms
     assert engine.stats()["batches"] == batches_before
     assert engine.stats()["not_analysed"] >= 1
@@ -294,7 +301,9 @@ def forced_box_bundles(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_boxes_map_to_source_pixels_and_mm(forced_box_bundles: Path, phantom_files: list[Path]) -> None:
     """With every box reported, boxes of a 1100×900 image lie inside it; mm uses (row, column) spacing."""
-    eng = InferenceEngine(forced_box_bundles, device="cpu", detection_score_threshold=0.0, warmup=True)
+    eng = InferenceEngine(
+        forced_box_bundles, device="cpu", detection_score_threshold=0.0, box_gating="all", warmup=True
+    )
     try:
         assert eng.detection_score_threshold == 0.0
         ds = _non_square(phantom_files[4])

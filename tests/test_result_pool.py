@@ -118,8 +118,8 @@ def test_sc_from_engine_image_equals_sc_from_redecode(tmp_path: Path) -> None:
     assert image is not None and image.sop_instance_uid == src.SOPInstanceUID
     redecoded = load_source_image(src)
     np.testing.assert_array_equal(image.pixels, redecoded.pixels)
-    sc_engine = build_sc(src, findings, threshold=0.5, image=image)
-    sc_decode = build_sc(src, findings, threshold=0.5)
+    sc_engine = build_sc(src, findings, image=image)
+    sc_decode = build_sc(src, findings)
     np.testing.assert_array_equal(sc_engine.pixel_array, sc_decode.pixel_array)
     assert sc_engine.SOPInstanceUID == sc_decode.SOPInstanceUID
 
@@ -129,8 +129,8 @@ def test_build_encoded_results_matches_build_results(tmp_path: Path) -> None:
     path = tmp_path / "src.dcm"
     src.save_as(path, enforce_file_format=True)
     f = findings_for(src, three_boxes(256, 256))
-    encoded = build_encoded_results(str(path), findings_to_dict(f), 0.5, load_source_image(src))
-    direct = build_results(src, f, threshold=0.5)
+    encoded = build_encoded_results(str(path), findings_to_dict(f), load_source_image(src))
+    direct = build_results(src, f)
     assert [e.sop_instance_uid for e in encoded] == [str(d.SOPInstanceUID) for d in direct]
     sc = pydicom.dcmread(pydicom.filebase.DicomBytesIO(encoded[1].data))
     np.testing.assert_array_equal(sc.pixel_array, direct[1].pixel_array)
@@ -155,8 +155,8 @@ def test_header_only_source_read_gives_the_same_results(tmp_path: Path) -> None:
     path = tmp_path / "src.dcm"
     src.save_as(path, enforce_file_format=True)
     f = findings_for(src, three_boxes(256, 256))
-    header_only = build_encoded_results(str(path), findings_to_dict(f), 0.5, load_source_image(src))
-    full = build_encoded_results(str(path), findings_to_dict(f), 0.5, None)
+    header_only = build_encoded_results(str(path), findings_to_dict(f), load_source_image(src))
+    full = build_encoded_results(str(path), findings_to_dict(f), None)
     assert len(header_only) == len(full) == 2
     for a, b in zip(header_only, full, strict=True):
         assert _comparable(a.data) == _comparable(b.data)
@@ -168,7 +168,7 @@ def test_process_pool_results_equal_thread_results(tmp_path: Path, caplog: pytes
     contents = []
     for mode, workers in (("thread", 0), ("pool", 2)):
         spool, journal = _spool_jobs(tmp_path / mode, n, 256)
-        worker = AnalysisWorker(journal, spool, FakeAnalyser(), destinations=["pacs"], threshold=0.5,
+        worker = AnalysisWorker(journal, spool, FakeAnalyser(), destinations=["pacs"],
                                 batch_size=2, poll_interval_s=0.05, result_workers=workers)  # fmt: skip
         assert worker.result_workers == workers
         _run_worker(worker, journal, n)
@@ -192,13 +192,13 @@ def test_process_pool_results_equal_thread_results(tmp_path: Path, caplog: pytes
 def test_injected_builder_runs_in_thread_mode_and_validation(tmp_path: Path) -> None:
     spool, journal = _spool_jobs(tmp_path, 1, 64)
     w = AnalysisWorker(
-        journal, spool, FakeAnalyser(), destinations=[], threshold=0.5, build_results=build_results
+        journal, spool, FakeAnalyser(), destinations=[], build_results=build_results
     )
     assert w.result_workers == 0
     with pytest.raises(ValueError, match="result_workers"):
-        AnalysisWorker(journal, spool, FakeAnalyser(), destinations=[], threshold=0.5, result_workers=-1)
+        AnalysisWorker(journal, spool, FakeAnalyser(), destinations=[], result_workers=-1)
     with pytest.raises(ValueError, match="build_results"):
-        AnalysisWorker(journal, spool, FakeAnalyser(), destinations=[], threshold=0.5,
+        AnalysisWorker(journal, spool, FakeAnalyser(), destinations=[],
                        build_results=build_results, result_workers=1)  # fmt: skip
     journal.close()
 
@@ -208,7 +208,7 @@ def test_killed_pool_process_retries_its_job_and_node_keeps_going(
 ) -> None:
     n = 6
     spool, journal = _spool_jobs(tmp_path, n, 1024)  # 1024² sources: each build takes a while
-    worker = AnalysisWorker(journal, spool, FakeAnalyser(), destinations=[], threshold=0.5, batch_size=2,
+    worker = AnalysisWorker(journal, spool, FakeAnalyser(), destinations=[], batch_size=2,
                             max_attempts=3, poll_interval_s=0.05, result_workers=1)  # fmt: skip
     worker.start()
     try:
@@ -250,7 +250,7 @@ def test_pool_processes_exit_when_the_node_process_dies(tmp_path: Path) -> None:
         "if __name__ == '__main__':\n"
         "    root = Path(sys.argv[1])\n"
         "    w = AnalysisWorker(Journal(root / 'j.sqlite3'), Spool(root / 'spool'), A(), destinations=[],\n"
-        "                       threshold=0.5, result_workers=2)\n"
+        "                       result_workers=2)\n"
         "    w.start()\n"
         "    deadline = time.monotonic() + 60\n"
         "    while len(w.result_pool_pids) < 2 and time.monotonic() < deadline:\n"

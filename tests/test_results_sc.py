@@ -35,7 +35,7 @@ def _grey_u8(src: pydicom.Dataset) -> np.ndarray:
 def test_sc_identity_references_and_flags(tmp_path: Path) -> None:
     src = rsna_source(256)
     findings = findings_for(src, three_boxes(256, 256))
-    sc = _save_read(build_sc(src, findings, threshold=0.5), tmp_path)
+    sc = _save_read(build_sc(src, findings), tmp_path)
     assert sc.SOPClassUID == pydicom.uid.SecondaryCaptureImageStorage
     assert sc.StudyInstanceUID == src.StudyInstanceUID
     assert sc.SeriesInstanceUID not in (src.SeriesInstanceUID,)
@@ -61,7 +61,7 @@ def test_box_is_burned_in_where_the_findings_say(tmp_path: Path) -> None:
     src = dx_source(320, 256)
     boxes = three_boxes(320, 256)
     findings = findings_for(src, boxes)
-    sc = _save_read(build_sc(src, findings, threshold=0.5), tmp_path)
+    sc = _save_read(build_sc(src, findings), tmp_path)
     rgb = sc.pixel_array
     grey = _grey_u8(src)
     for box in findings.boxes:
@@ -82,24 +82,24 @@ def test_box_is_burned_in_where_the_findings_say(tmp_path: Path) -> None:
 def test_no_boxes_means_no_box_colour_in_the_image_area() -> None:
     src = rsna_source(256)
     img = load_source_image(src)
-    rgb = render_overlay(img.pixels, findings_for(src, ()), threshold=0.5, models_label="m v1")
+    rgb = render_overlay(img.pixels, findings_for(src, ()), models_label="m v1")
     is_box = np.all(rgb == np.asarray(BOX_COLOUR, dtype=np.uint8), axis=-1)
     assert not is_box.any()
-    with_box = render_overlay(img.pixels, findings_for(src, three_boxes(256, 256)[:1]), threshold=0.5, models_label="m v1")
+    with_box = render_overlay(img.pixels, findings_for(src, three_boxes(256, 256)[:1]), models_label="m v1")
     assert np.all(with_box == np.asarray(BOX_COLOUR, dtype=np.uint8), axis=-1).sum() > 100
 
 
 def test_banner_and_decision_text() -> None:
     src = rsna_source(64)
-    pos = overlay_text(findings_for(src, p=0.8), 0.5, "cxr_classification v0.1.0")
-    neg = overlay_text(findings_for(src, p=0.3), 0.5, "cxr_classification v0.1.0")
+    pos = overlay_text(findings_for(src, p=0.8), "cxr_classification v0.1.0")
+    neg = overlay_text(findings_for(src, p=0.3), "cxr_classification v0.1.0")
     assert pos.banner[0] == "AI OUTPUT - NOT FOR PRIMARY DIAGNOSIS"
     assert "cxr_classification v0.1.0" in pos.banner[1]
     assert "0.80" in pos.summary[0] and "POSITIVE" in pos.summary[0] and "0.50" in pos.summary[0]
     assert "NEGATIVE" in neg.summary[0]
     # the banner is drawn: top rows differ from the plain rendering
     img = load_source_image(src)
-    rgb = render_overlay(img.pixels, findings_for(src), threshold=0.5, models_label="x")
+    rgb = render_overlay(img.pixels, findings_for(src), models_label="x")
     grey = np.rint(img.pixels * 255).astype(np.uint8)
     assert (rgb[:4, :, 0] != grey[:4]).any()
 
@@ -109,7 +109,7 @@ def test_large_sources_are_downscaled_keeping_aspect() -> None:
     assert output_shape(1024, 800) == (1024, 800, 1.0)
     src = dx_source(2600, 2100, monochrome1=False)
     findings = findings_for(src, three_boxes(2600, 2100)[:1])
-    sc = build_sc(src, findings, threshold=0.5)
+    sc = build_sc(src, findings)
     rows, cols, scale = output_shape(2600, 2100)
     assert (sc.Rows, sc.Columns) == (rows, cols) == (2048, round(2100 * 2048 / 2600))
     box = findings.boxes[0]
@@ -121,12 +121,12 @@ def test_large_sources_are_downscaled_keeping_aspect() -> None:
 def test_not_analysed_and_mismatched_inputs_are_refused() -> None:
     src = rsna_source(64)
     with pytest.raises(ValueError, match="not-analysed"):
-        build_sc(src, not_analysed_for(src), threshold=0.5)
+        build_sc(src, not_analysed_for(src))
     other = rsna_source(64, seed=9)
     with pytest.raises(ValueError, match=str(other.SOPInstanceUID)):
-        build_sc(other, findings_for(src), threshold=0.5)
+        build_sc(other, findings_for(src))
     with pytest.raises(ValueError, match="shape"):
-        render_overlay(np.zeros((10, 10), np.float32), findings_for(src), threshold=0.5, models_label="x")
+        render_overlay(np.zeros((10, 10), np.float32), findings_for(src), models_label="x")
 
 
 @pytest.mark.parametrize("charset", list(NAMES_BY_CHARSET))
@@ -137,7 +137,7 @@ def test_non_ascii_patient_name_round_trips(tmp_path: Path, charset: str) -> Non
     src_path = tmp_path / "src.dcm"
     src.save_as(src_path, enforce_file_format=True)
     src = pydicom.dcmread(src_path)
-    back = _save_read(build_sc(src, findings_for(src), threshold=0.5), tmp_path)
+    back = _save_read(build_sc(src, findings_for(src)), tmp_path)
     assert back.SpecificCharacterSet == src.SpecificCharacterSet
     assert str(back.PatientName) == NAMES_BY_CHARSET[charset]
 
@@ -145,6 +145,6 @@ def test_non_ascii_patient_name_round_trips(tmp_path: Path, charset: str) -> Non
 def test_same_input_same_uids_and_pixels() -> None:
     src = rsna_source(128)
     findings = findings_for(src, three_boxes(128, 128)[:2])
-    a, b = build_sc(src, findings, threshold=0.5), build_sc(src, findings, threshold=0.5)
+    a, b = build_sc(src, findings), build_sc(src, findings)
     assert a.SOPInstanceUID == b.SOPInstanceUID and a.SeriesInstanceUID == b.SeriesInstanceUID
     assert a.PixelData == b.PixelData

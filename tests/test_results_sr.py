@@ -44,11 +44,12 @@ from dicom_node.sr_codes import (
     BOX_GATING_CODES,
     BOX_PROBABILITY,
     BOX_SCORE_THRESHOLD,
+    OPACITY,
     NotEvaluatedReason,
     class_probability_concept,
 )
 from dicom_node.sr_read import read_sr
-from models.findings import RSNA_CLASSES, ModelInfo
+from models.findings import RSNA_CLASSES, Findings, ModelInfo
 
 COPIED = (
     "PatientName",
@@ -96,8 +97,9 @@ def _all_kinds_of_sr() -> list[tuple[str, pydicom.Dataset]]:
     out = []
     for kind, src in _sources():
         for n in (0, 1, 3):
-            out.append((f"{kind}-{n}-boxes", build_sr(src, findings_for(src, three_boxes(int(src.Rows), int(src.Columns))[:n]),
-                                                      threshold=0.5)))  # fmt: skip
+            boxes = three_boxes(int(src.Rows), int(src.Columns))[:n]
+            out.append((f"{kind}-{n}-boxes", build_sr(src, findings_for(src, boxes))))
+            out.append((f"{kind}-{n}-boxes-2-class", build_sr(src, findings_for(src, boxes, two_class=True))))
         out.append((f"{kind}-lateral", build_sr(src, not_analysed_for(src))))
         for reason in NotEvaluatedReason:
             out.append((f"{kind}-{reason.value}", build_not_evaluated_sr(src, reason, models=MODELS, attempts=2)))
@@ -124,7 +126,7 @@ def test_ohif_can_draw_every_group(name: str, sr: pydicom.Dataset, tmp_path: Pat
 def test_the_first_sr_layout_crashed_ohif() -> None:
     """The checker finds what blanked OHIF's viewport: an image-level group without a region."""
     src = rsna_source(128)
-    sr = build_sr(src, findings_for(src), threshold=0.5)
+    sr = build_sr(src, findings_for(src, two_class=True))
     image_level = sr.ContentSequence[-1].ContentSequence[0]
     image_level.ContentSequence = [i for i in image_level.ContentSequence if i.ValueType != "SCOORD"]
     assert ohif_problems(sr) == ["group 'Pneumonia (image level)': no SCOORD region (OHIF crashes)"]
@@ -132,20 +134,33 @@ def test_the_first_sr_layout_crashed_ohif() -> None:
         ohif_measurements(sr)
 
 
-@pytest.mark.parametrize(("threshold", "word"), [(0.5, "PRESENT"), (0.7, "PRESENT"), (0.71, "absent")])
-def test_ohif_labels_say_finding_decision_probability_and_thresholds(threshold: float, word: str) -> None:
+@pytest.mark.parametrize(
+    ("threshold", "gating", "word"), [(0.5, "positive-only", "PRESENT"), (0.7, "positive-only", "PRESENT"), (0.71, "all", "absent")]
+)
+def test_ohif_labels_say_finding_decision_probability_and_thresholds(threshold: float, gating: str, word: str) -> None:
     src = rsna_source(256)
-    findings = findings_for(src, three_boxes(256, 256)[:2], p=0.7, scores=(0.987, 0.962))
-    image, *boxes = ohif_measurements(build_sr(src, findings, threshold=threshold))
+    findings = findings_for(src, three_boxes(256, 256)[:2], p=0.7, scores=(0.987, 0.962), threshold=threshold,
+                            detection_threshold=0.95, box_gating=gating, two_class=True)  # fmt: skip
+    image, *boxes = ohif_measurements(build_sr(src, findings))
     assert image.tracking_identifier == "Pneumonia (image level)"
-    assert image.lines[:3] == [
+    assert image.lines == [
         f"Pneumonia {word}, probability: 0.70 1",
         f"Threshold Value: {threshold:.2f} 1",
         "Box score threshold: 0.95 1",
+        "Probability of Normal: 0.30 1",
+        "Probability of Pneumonia: 0.70 1",
     ]
     assert [b.lines[0] for b in boxes] == ["Lung opacity probability: 0.99 1", "Lung opacity probability: 0.96 1"]
     assert all(b.lines[-1] == "363698007: Lung" for b in boxes)  # OHIF's finding-site line
     assert [b.tracking_identifier for b in boxes] == ["Lung opacity 1", "Lung opacity 2"]
+
+
+def test_ohif_labels_of_an_rsna_lung_opacity_classifier() -> None:
+    """A three-class RSNA head measures "Lung opacity" (DCM 112001 Opacity, site Lung): the label says so."""
+    src = rsna_source(256)
+    (image,) = ohif_measurements(build_sr(src, findings_for(src, p=0.2)))
+    assert image.tracking_identifier == "Lung opacity (image level)"
+    assert image.lines[0] == "Lung opacity absent, probability: 0.20 1"
 
 
 # ----------------------------------------------------------------------------- what machines read
@@ -155,7 +170,7 @@ def test_srread_round_trip_boxes_equal_findings(tmp_path: Path, n_boxes: int, so
     src = rsna_source(256) if source_kind == "rsna" else dx_source(320, 256)
     boxes = three_boxes(int(src.Rows), int(src.Columns))[:n_boxes]
     findings = findings_for(src, boxes)
-    path = _write_read(build_sr(src, findings, threshold=0.5), tmp_path)
+    path = _write_read(build_sr(src, findings), tmp_path)
 
     sr = hd.sr.srread(path)
     assert isinstance(sr, hd.sr.Comprehensive3DSR)
@@ -186,11 +201,12 @@ def test_srread_round_trip_boxes_equal_findings(tmp_path: Path, n_boxes: int, so
 @pytest.mark.parametrize(("threshold", "expected"), [(0.5, PRESENT), (0.7, PRESENT), (0.71, ABSENT)])
 def test_image_level_decision_probability_and_threshold(tmp_path: Path, threshold: float, expected: CodedConcept) -> None:
     src = rsna_source(128)
-    path = _write_read(build_sr(src, findings_for(src, p=0.7), threshold=threshold), tmp_path)
+    path = _write_read(build_sr(src, findings_for(src, p=0.7, threshold=threshold)), tmp_path)
     image, _ = _groups(hd.sr.srread(path))
-    assert image.finding_type == PNEUMONIA
-    (evaluation,) = [q for q in image.get_qualitative_evaluations() if q.name == PNEUMONIA]
-    assert evaluation.name == PNEUMONIA
+    assert image.finding_type == OPACITY  # what the (RSNA three-class) classifier measures
+    assert [s.value.value for s in image.finding_sites] == ["39607008"]  # Lung
+    (evaluation,) = [q for q in image.get_qualitative_evaluations() if q.name == OPACITY]
+    assert evaluation.name == OPACITY
     assert evaluation.value == expected
     (prob,) = image.get_measurements(name=PROBABILITY)
     (thr,) = image.get_measurements(name=THRESHOLD_VALUE)
@@ -204,8 +220,8 @@ def test_image_level_decision_probability_and_threshold(tmp_path: Path, threshol
 def test_detector_threshold_and_box_gating_rule_are_recorded(tmp_path: Path) -> None:
     """Issue 12 point 3: the SR states the box score threshold and the rule tying boxes to the decision."""
     src = rsna_source(256)
-    findings = findings_for(src, three_boxes(256, 256)[:1])
-    sr = hd.sr.srread(_write_read(build_sr(src, findings, threshold=0.5), tmp_path))
+    findings = findings_for(src, three_boxes(256, 256)[:1], scores=(0.97,), detection_threshold=0.95)
+    sr = hd.sr.srread(_write_read(build_sr(src, findings), tmp_path))
     image, (box,) = _groups(sr)
     (box_threshold,) = image.get_measurements(name=BOX_SCORE_THRESHOLD)
     assert box_threshold.value == pytest.approx(0.95)
@@ -216,13 +232,15 @@ def test_detector_threshold_and_box_gating_rule_are_recorded(tmp_path: Path) -> 
 
 def test_algorithm_identification_is_on_groups_never_on_nums(tmp_path: Path) -> None:
     src = rsna_source(256)
-    ds = pydicom.dcmread(_write_read(build_sr(src, findings_for(src, three_boxes(256, 256)[:2]), threshold=0.5), tmp_path))
+    ds = pydicom.dcmread(_write_read(build_sr(src, findings_for(src, three_boxes(256, 256)[:2])), tmp_path))
     nums = find_content_items(ds, value_type=hd.sr.ValueTypeValues.NUM, recursive=True)
     measurement_nums = [n for n in nums if n.ConceptNameCodeSequence[0].CodeValue not in ("110910", "110911")]
     assert measurement_nums and all("ContentSequence" not in n for n in nums)
     sr = hd.sr.srread(_write_read(ds, tmp_path, "again.dcm"))
+    labels = {m.name: m.label for m in MODELS}  # version + digest of the weights
     for group in sr.content.get_planar_roi_measurement_groups():
-        assert _texts(group[0], ALGORITHM_VERSION) == ["0.1.0"]  # ModelInfo.label (version + digest, Findings v2)
+        (name,) = _texts(group[0], ALGORITHM_NAME)
+        assert _texts(group[0], ALGORITHM_VERSION) == [labels[name]] and "+" in labels[name]
 
 
 #: Distinct class probabilities with more digits than a DS value holds, to check the exact round trip.
@@ -243,9 +261,9 @@ def test_class_probabilities_are_in_the_image_level_group(tmp_path: Path) -> Non
     findings = dataclasses.replace(
         findings_for(src, three_boxes(128, 128)[:1]),
         class_probabilities=CLASS_P,
-        pneumonia_probability=CLASS_P["Lung Opacity"],
+        probability=CLASS_P["Lung Opacity"],
     )
-    path = _write_read(build_sr(src, findings, threshold=0.5), tmp_path)
+    path = _write_read(build_sr(src, findings), tmp_path)
     sr = hd.sr.srread(path)
     image, _ = _groups(sr)
     for name in RSNA_CLASSES:
@@ -262,7 +280,7 @@ def test_class_probabilities_are_in_the_image_level_group(tmp_path: Path) -> Non
     assert names[3:] == [*classes, PROBABILITY.value]
     assert len(set(names)) == len(names)
     (prob,) = image.get_measurements(name=PROBABILITY)
-    assert prob.value == findings.pneumonia_probability
+    assert prob.value == findings.probability
     # the private scheme is declared (PS3.3 C.12.1.1.4)
     (scheme,) = pydicom.dcmread(path).CodingSchemeIdentificationSequence
     assert scheme.CodingSchemeDesignator == PRIVATE_SCHEME
@@ -273,7 +291,7 @@ def test_evidence_is_what_the_tree_references(tmp_path: Path) -> None:
     """The document is built around the childless root (speed): its evidence must still be what
     highdicom's own collect_evidence finds in the finished tree."""
     src = dx_source()
-    ds = pydicom.dcmread(_write_read(build_sr(src, findings_for(src, three_boxes(320, 256)), threshold=0.5), tmp_path))
+    ds = pydicom.dcmread(_write_read(build_sr(src, findings_for(src, three_boxes(320, 256))), tmp_path))
     root = pydicom.Dataset()
     root.ContentSequence = ds.ContentSequence
     same_study, other = collect_evidence([src], root, study_instance_uid=src.StudyInstanceUID)
@@ -288,24 +306,24 @@ def test_shared_content_items_leave_earlier_srs_unchanged() -> None:
     from dicom_node.spool import dataset_bytes
 
     src = rsna_source(128)
-    first = build_sr(src, findings_for(src, three_boxes(128, 128)[:1]), threshold=0.5)
+    first = build_sr(src, findings_for(src, three_boxes(128, 128)[:1]))
     before = dataset_bytes(first)
     other = dx_source(seed=9)
-    build_sr(other, findings_for(other, three_boxes(320, 256), p=0.2), threshold=0.3)
+    build_sr(other, findings_for(other, three_boxes(320, 256), p=0.2, threshold=0.3, box_gating="all"))
     build_not_evaluated_sr(other, NotEvaluatedReason.ANALYSIS_FAILED, models=MODELS, attempts=3)
-    build_sr(src, findings_for(src, three_boxes(128, 128)[:1]), threshold=0.5)
+    build_sr(src, findings_for(src, three_boxes(128, 128)[:1]))
     assert dataset_bytes(first) == before
 
 
 def test_document_identity_observer_and_library(tmp_path: Path) -> None:
     src = dx_source()
     findings = findings_for(src, three_boxes(int(src.Rows), int(src.Columns))[:1])
-    ds = pydicom.dcmread(_write_read(build_sr(src, findings, threshold=0.5), tmp_path))
+    ds = pydicom.dcmread(_write_read(build_sr(src, findings), tmp_path))
     assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
     assert ds.Modality == "SR"
     assert ds.Manufacturer == "cxr-ai-node"
     assert ds.ManufacturerModelName == "cxr_classification+cxr_opacity_detection"
-    assert list(ds.SoftwareVersions)[1:] == ["cxr_classification 0.1.0", "cxr_opacity_detection 0.1.0"]
+    assert list(ds.SoftwareVersions)[1:] == [f"{m.name} {m.version}+{m.digest}" for m in MODELS]
     assert ds.SeriesDescription == "AI findings (SR)"
     assert ds.SeriesNumber == 9901
     assert ds.InstanceNumber == src.InstanceNumber
@@ -340,7 +358,7 @@ def test_refused_image_gives_a_not_evaluated_sr_without_header_text(tmp_path: Pa
     """A lateral view: the SR says "not evaluated" with the reason category, never the header's words."""
     src = rsna_source(128)
     reason = "lateral view (ViewPosition=LL)"  # what the view gate says, header value included
-    results = build_results(src, not_analysed_for(src, reason), threshold=0.5)
+    results = build_results(src, not_analysed_for(src, reason))
     assert len(results) == 1  # SR only, no overlay
     ds = pydicom.dcmread(_write_read(results[0], tmp_path))
     sr = hd.sr.srread(_write_read(ds, tmp_path, "again.dcm"))
@@ -354,7 +372,7 @@ def test_refused_image_gives_a_not_evaluated_sr_without_header_text(tmp_path: Pa
     (m,) = ohif_measurements(ds)
     assert m.lines == ["Not evaluated: not a frontal chest view: 1.00 {attempts}"]
     # a refusal keeps the SR's usual UID (re-analysis gives the same refusal)
-    assert ds.SOPInstanceUID == uids.instance_uid(src.SOPInstanceUID, MODELS, uids.ResultKind.SR)
+    assert ds.SOPInstanceUID == uids.instance_uid(not_analysed_for(src, reason), uids.ResultKind.SR)
 
 
 @pytest.mark.parametrize("reason", list(NotEvaluatedReason))
@@ -375,7 +393,9 @@ def test_not_evaluated_sr_for_each_reason_category(tmp_path: Path, reason: NotEv
     refused = reason in (NotEvaluatedReason.NOT_FRONTAL_VIEW, NotEvaluatedReason.NOT_CHEST, NotEvaluatedReason.NOT_ANALYSABLE)
     kind = uids.ResultKind.SR if refused else uids.ResultKind.SR_NOT_EVALUATED
     # a failure gets its own UID: a later successful analysis of the same image is not shadowed
-    assert ds.SOPInstanceUID == uids.instance_uid(src.SOPInstanceUID, MODELS, kind)
+    status = Findings(sop_instance_uid=str(src.SOPInstanceUID), analysed=False, rows=320, columns=256, models=MODELS,
+                      not_analysed_reason="any")  # fmt: skip
+    assert ds.SOPInstanceUID == uids.instance_uid(status, kind)
 
 
 def test_not_evaluated_sr_refuses_what_it_cannot_reference() -> None:
@@ -392,8 +412,8 @@ def test_not_evaluated_sr_refuses_what_it_cannot_reference() -> None:
 def test_build_results_gives_sr_and_sc_with_deterministic_uids() -> None:
     src = rsna_source(128)
     findings = findings_for(src, three_boxes(128, 128)[:2])
-    first = build_results(src, findings, threshold=0.5)
-    second = build_results(src, findings, threshold=0.5)
+    first = build_results(src, findings)
+    second = build_results(src, findings)
     assert [d.Modality for d in first] == ["SR", "OT"]
     assert [d.SOPInstanceUID for d in first] == [d.SOPInstanceUID for d in second]
     assert [d.SeriesInstanceUID for d in first] == [d.SeriesInstanceUID for d in second]
@@ -402,7 +422,7 @@ def test_build_results_gives_sr_and_sc_with_deterministic_uids() -> None:
     assert all(d.Manufacturer == "cxr-ai-node" for d in first)
 
     newer = (ModelInfo("cxr_classification", "0.2.0"), MODELS[1])
-    third = build_results(src, findings_for(src, three_boxes(128, 128)[:2], models=newer), threshold=0.5)
+    third = build_results(src, findings_for(src, three_boxes(128, 128)[:2], models=newer))
     assert not {d.SOPInstanceUID for d in first} & {d.SOPInstanceUID for d in third}
     assert not {d.SeriesInstanceUID for d in first} & {d.SeriesInstanceUID for d in third}
 
@@ -411,8 +431,8 @@ def test_two_instances_of_one_study_share_the_result_series() -> None:
     a = dx_source(seed=5)
     b = dx_source(seed=5, rows=300)  # same study (seed), other SOP Instance UID
     assert a.StudyInstanceUID == b.StudyInstanceUID and a.SOPInstanceUID != b.SOPInstanceUID
-    ra = build_results(a, findings_for(a), threshold=0.5)
-    rb = build_results(b, findings_for(b), threshold=0.5)
+    ra = build_results(a, findings_for(a))
+    rb = build_results(b, findings_for(b))
     assert [d.SeriesInstanceUID for d in ra] == [d.SeriesInstanceUID for d in rb]
     assert ra[0].SOPInstanceUID != rb[0].SOPInstanceUID
 
@@ -429,7 +449,7 @@ def test_non_ascii_patient_name_round_trips(tmp_path: Path, charset: str) -> Non
     src = pydicom.dcmread(src_path)
     assert str(src.PatientName) == NAMES_BY_CHARSET[charset]
 
-    path = _write_read(build_sr(src, findings_for(src, three_boxes(128, 128)[:1]), threshold=0.5), tmp_path)
+    path = _write_read(build_sr(src, findings_for(src, three_boxes(128, 128)[:1])), tmp_path)
     back = pydicom.dcmread(path)
     assert back.SpecificCharacterSet == src.SpecificCharacterSet
     assert str(back.PatientName) == NAMES_BY_CHARSET[charset]
@@ -447,22 +467,23 @@ def test_non_ascii_patient_name_round_trips(tmp_path: Path, charset: str) -> Non
 def test_mismatched_inputs_are_rejected() -> None:
     a, b = rsna_source(128, seed=1), rsna_source(128, seed=2)
     with pytest.raises(ValueError, match=str(b.SOPInstanceUID)):
-        build_sr(b, findings_for(a), threshold=0.5)
+        build_sr(b, findings_for(a))
     with pytest.raises(ValueError, match="1.5"):
-        build_sr(a, findings_for(a), threshold=1.5)
+        findings_for(a, threshold=1.5)
     with pytest.raises(ValueError, match="nan"):
-        build_results(a, findings_for(a), threshold=float("nan"))
+        findings_for(a, threshold=float("nan"))
     other_size = findings_for(dx_source(200, 200))
     dx = dx_source(320, 256)
     dx.SOPInstanceUID = other_size.sop_instance_uid
     with pytest.raises(ValueError, match="200x200"):
-        build_sr(dx, other_size, threshold=0.5)
+        build_sr(dx, other_size)
 
 
 def test_read_sr_gives_back_what_was_built(tmp_path: Path) -> None:
     src = dx_source()
-    findings = findings_for(src, three_boxes(320, 256)[:2], p=0.81)
-    result = read_sr(_write_read(build_sr(src, findings, threshold=0.6), tmp_path))
+    findings = findings_for(src, three_boxes(320, 256)[:2], p=0.81, scores=(0.99, 0.97), threshold=0.6,
+                            detection_threshold=0.95, two_class=True)  # fmt: skip
+    result = read_sr(_write_read(build_sr(src, findings), tmp_path))
     assert (result.finding, result.decision, result.source_sop_instance_uid) == ("Pneumonia", "Present", src.SOPInstanceUID)
     assert (result.probability, result.threshold, result.box_score_threshold) == (pytest.approx(0.81), 0.6, 0.95)
     assert [b.probability for b in result.boxes] == [pytest.approx(b.score) for b in findings.boxes]

@@ -77,7 +77,7 @@ def _check(datasets: list[pydicom.Dataset], tmp_path: Path) -> None:
 def test_sr_and_sc_pass_dciodvfy(tmp_path: Path, kind: str, n_boxes: int) -> None:
     src = _source(kind)
     findings = findings_for(src, three_boxes(int(src.Rows), int(src.Columns))[:n_boxes])
-    results = build_results(src, findings, threshold=0.5)
+    results = build_results(src, findings)
     assert [d.Modality for d in results] == ["SR", "OT"]
     assert PRIVATE_SCHEME in _used_designators(results[0])  # the display concepts, per-class probabilities
     _check(results, tmp_path)
@@ -88,7 +88,7 @@ def test_sr_and_sc_pass_dciodvfy(tmp_path: Path, kind: str, n_boxes: int) -> Non
 def test_not_analysed_sr_passes_dciodvfy(tmp_path: Path, kind: str, with_models: bool) -> None:
     src = _source(kind)
     findings = not_analysed_for(src, "lateral view", **({} if with_models else {"models": ()}))
-    results = build_results(src, findings, threshold=0.5)
+    results = build_results(src, findings)
     assert [d.Modality for d in results] == ["SR"]
     _check(results, tmp_path)
 
@@ -98,7 +98,7 @@ def test_non_ascii_charsets_pass_dciodvfy(tmp_path: Path, charset: str) -> None:
     src = dx_source(128, 128)
     src.SpecificCharacterSet = charset_value(charset)
     src.PatientName = NAMES_BY_CHARSET[charset]
-    results = build_results(src, findings_for(src, three_boxes(128, 128)[:1]), threshold=0.5)
+    results = build_results(src, findings_for(src, three_boxes(128, 128)[:1]))
     _check(results, tmp_path)
 
 

@@ -288,7 +288,7 @@ def test_cxr_node_serve_with_real_engine(tmp_path: Path, dest: StoreSCP) -> None
     analysed = [e for e in evs if e.get("event") == "analysed"]
     assert (
         analysed[0]["sop_instance_uid"] == good.SOPInstanceUID
-        and 0.0 <= analysed[0]["pneumonia_probability"] <= 1
+        and 0.0 <= analysed[0]["probability"] <= 1
     )
     assert all("ms" in e for e in evs if e.get("event") in ("received", "analysed", "delivered"))
 

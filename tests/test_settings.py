@@ -34,7 +34,7 @@ def test_defaults() -> None:
         "AINODE",
         "127.0.0.1",
         11112,
-        0.5,
+        None,  # the classification bundle's decision_threshold
         "text",
     )
     assert s.allowed_aets == [] and s.destinations == []

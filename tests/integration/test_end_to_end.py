@@ -70,7 +70,7 @@ def engine() -> Iterator[Any]:
     eng.close()
 
 
-def _sr_pneumonia_probability(sr_path: Path) -> float:
+def _sr_probability(sr_path: Path) -> float:
     result = read_sr(sr_path)
     assert result.probability is not None, f"no image-level probability in {sr_path}"
     return result.probability
@@ -102,7 +102,7 @@ def test_cxrs_pushed_into_orthanc_come_back_as_sr_and_sc(
 
         findings = engine.analyse(src)
         assert findings.analysed, findings.not_analysed_reason
-        assert _sr_pneumonia_probability(sr_path) == pytest.approx(findings.pneumonia_probability, abs=1e-4)
+        assert _sr_probability(sr_path) == pytest.approx(findings.probability, abs=1e-4)
         got = sorted(_sr_boxes(sr_path), key=lambda pb: -pb[1])  # both sides by decreasing score
         assert len(got) == len(findings.boxes), (got, findings.boxes)
         for (polyline, score), box in zip(got, sorted(findings.boxes, key=lambda b: -b.score), strict=True):

@@ -48,7 +48,7 @@ def test_worker_submits_new_jobs_between_result_builds(tmp_path: Path) -> None:
                         transfer_syntax=str(ds.file_meta.TransferSyntaxUID), calling_aet="T", path=str(path))  # fmt: skip
     analyser = InstantAnalyser()
 
-    def build_results(ds: pydicom.Dataset, findings: Findings, threshold: float) -> list[pydicom.Dataset]:
+    def build_results(ds: pydicom.Dataset, findings: Findings) -> list[pydicom.Dataset]:
         with analyser.lock:
             analyser.events.append(("build", time.monotonic()))
         time.sleep(0.05)  # result building takes time
@@ -57,7 +57,7 @@ def test_worker_submits_new_jobs_between_result_builds(tmp_path: Path) -> None:
         out.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.34"
         return [out]
 
-    worker = AnalysisWorker(journal, spool, analyser, destinations=[], threshold=0.5, batch_size=2,
+    worker = AnalysisWorker(journal, spool, analyser, destinations=[], batch_size=2,
                             poll_interval_s=0.05, build_results=build_results)  # fmt: skip
     worker.start()
     deadline = time.monotonic() + 30
