@@ -20,7 +20,7 @@ import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import httpx
 
@@ -172,7 +172,7 @@ class OhifServer(ThreadingHTTPServer):
 
     def static_file(self, path: str) -> Path:
         """The dist file for a URL path, or ``index.html`` (SPA fallback; never outside ``dist``)."""
-        candidate = (self.dist / path.lstrip("/")).resolve()
+        candidate = (self.dist / unquote(path).lstrip("/")).resolve()
         if candidate.is_file() and candidate.is_relative_to(self.dist):
             return candidate
         return self.dist / "index.html"
