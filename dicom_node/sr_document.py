@@ -138,6 +138,8 @@ def sr_document(
     ``root``'s children are attached after highdicom's constructor ran on the childless root
     (see the module docstring); the source is the document's one evidence item. Patient and
     study attributes are the source's, copied verbatim. ``root`` is consumed (its children move).
+    The returned object's highdicom ``.content`` property knows only the childless root: to walk
+    the tree as highdicom objects, read the document back (``highdicom.sr.srread`` / ``from_dataset``).
     """
     children = root.ContentSequence
     stub = Dataset()
