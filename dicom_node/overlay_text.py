@@ -68,11 +68,12 @@ def margin(size: int) -> int:
     return max(4, size // 2)
 
 
-def wrap(text: str, size: int, width: float) -> list[str]:
+@functools.lru_cache(maxsize=256)
+def wrap(text: str, size: int, width: float) -> tuple[str, ...]:
     """``text`` broken at spaces into rows no wider than ``width`` pixels (a longer word gets its own row)."""
     f = font(size)
     if f.getlength(text) <= width:  # the usual case: one measurement
-        return [text]
+        return (text,)
     rows: list[str] = []
     current = ""
     for word in text.split(" "):
@@ -83,7 +84,7 @@ def wrap(text: str, size: int, width: float) -> list[str]:
         else:
             current = candidate
     rows.append(current)
-    return rows
+    return tuple(rows)
 
 
 @functools.lru_cache(maxsize=256)
@@ -102,6 +103,14 @@ def text_mask(text: str, size: int) -> np.ndarray:
     return mask
 
 
+@functools.lru_cache(maxsize=16)
+def _shades(colour: Colour) -> np.ndarray:
+    """(256, 3) uint8: ``colour`` over the band's background at each text coverage 0..255."""
+    m = np.arange(256, dtype=np.uint32)[:, None]
+    bg, fg = np.asarray(BAND_COLOUR, dtype=np.uint32), np.asarray(colour, dtype=np.uint32)
+    return ((bg * (255 - m) + fg * m + 127) // 255).astype(np.uint8)
+
+
 @functools.lru_cache(maxsize=8)
 def render_band(lines: tuple[TextLine, ...], width: int, size: int, rule_at_top: bool) -> Band:
     """Render ``lines`` left-aligned on a black band ``width`` pixels wide, wrapped to fit.
@@ -116,16 +125,17 @@ def render_band(lines: tuple[TextLine, ...], width: int, size: int, rule_at_top:
     wrapped = [wrap(line.text, size, width - 2 * pad - line.indent) for line in lines]
     height = 2 * pad + rule + step * sum(len(w) for w in wrapped)
     pixels = np.empty((height, width, 3), dtype=np.uint8)
-    pixels[...] = BAND_COLOUR
+    for channel in range(3):
+        pixels[:, :, channel] = BAND_COLOUR[channel]
     y = pad + (rule if rule_at_top else 0)
     tops = []
     for line, rows in zip(lines, wrapped, strict=True):
         tops.append(y)
+        shades = _shades(line.colour)
         for row in rows:
             x = pad + line.indent
-            mask = text_mask(row, size)[:, : max(0, width - x), None].astype(np.uint32)
-            region = pixels[y : y + step, x : x + mask.shape[1]]
-            region[...] = (region * (255 - mask) + np.asarray(line.colour, dtype=np.uint32) * mask + 127) // 255
+            mask = text_mask(row, size)[:, : max(0, width - x)]
+            pixels[y : y + step, x : x + mask.shape[1]] = shades[mask]
             y += step
     rule_y = 0 if rule_at_top else height - rule
     pixels[rule_y : rule_y + rule] = RULE_COLOUR
@@ -177,5 +187,5 @@ def stamp_label(rgb: np.ndarray, masks: tuple[np.ndarray, np.ndarray], top: int,
 
 def clear_caches() -> None:
     """Forget every cached font, band and label (benchmarks measure the uncached cost with it)."""
-    for cached in (font, text_mask, render_band, label_masks):
+    for cached in (font, wrap, text_mask, _shades, render_band, label_masks):
         cached.cache_clear()
