@@ -3,8 +3,11 @@
 Stages (mean ms per image over ``--n`` RSNA-style 1024² JPEG phantoms): source decode
 (``load_source_image``), ``prepare`` for each model input size, inference (``InferenceEngine``
 batch, both models), SR build (``build_sr``), SC build (``build_sc`` with the engine's decoded
-image, as the node calls it; also split into positive images with a heatmap and the others),
-and encoding both results (``dataset_bytes``). The sum is what the node spends per image
+image, as the node calls it; also split into positive images with a heatmap and the others; the
+overlay's text caches are cleared before each of these rows, so every image renders its own text
+as it would in the node, except the header band shared by all), the heatmap's share of it
+(``blend_heatmap`` alone), the engine without heatmaps (the Grad-CAM's share of the engine), and
+encoding both results (``dataset_bytes``). The sum is what the node spends per image
 besides receiving and delivering. Each row gives the wall time and the process CPU time
 (``time.process_time``: all threads; the engine's threads are idle during the result stages).
 
@@ -45,8 +48,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--scratch", type=Path, default=Path(tempfile.gettempdir()) / "cxr-bench")
     args = p.parse_args(argv)
 
+    import numpy as np
     import pydicom
 
+    from dicom_node.overlay_heatmap import blend_heatmap
+    from dicom_node.overlay_render import grey_u8, output_shape
+    from dicom_node.overlay_text import clear_caches
     from dicom_node.results_sc import build_sc
     from dicom_node.results_sr import build_sr
     from dicom_node.spool import dataset_bytes
@@ -57,6 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     dss = [pydicom.dcmread(f) for f in files]
     eng = InferenceEngine(REPO / "monai_bundles", device=args.device, max_batch_size=args.batch,
                           decode_workers=1, num_threads=args.threads, warmup=True)  # fmt: skip
+    plain = InferenceEngine(REPO / "monai_bundles", device=args.device, max_batch_size=args.batch,
+                            decode_workers=1, num_threads=args.threads, warmup=True, heatmaps=False)  # fmt: skip
     sizes = [b.image_size for b in eng.bundles]
     try:
         futures = [eng.submit(d, keep_image=True) for d in dss]
@@ -65,6 +74,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         work = list(zip(dss, findings, kept, strict=True))
         with_map = [w for w in work if w[1].heatmap is not None]
         without_map = [w for w in work if w[1].heatmap is None]
+        canvases = []
+        for _d, f, im in with_map:
+            r, c, scale = output_shape(f.rows, f.columns)
+            canvases.append((np.repeat(grey_u8(im.pixels, r, c)[:, :, None], 3, axis=2), f.heatmap, scale))
+
+        def blend_all() -> None:
+            for rgb, hm, scale in canvases:
+                blend_heatmap(rgb.copy(), hm.values, (hm.x * scale, hm.y * scale, hm.width * scale, hm.height * scale))
+
         rows: dict[str, list[tuple[float, float]]] = {}
         for _ in range(args.repeats):
             images: list[Any] = []
@@ -77,25 +95,35 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows.setdefault(f"engine: decode + prepare + both models (batch {args.batch})", []).append(
                 per_image_ms(lambda: [f.result() for f in [eng.submit(d) for d in dss]], args.n)
             )
+            rows.setdefault("engine without heatmaps (heatmaps=False)", []).append(
+                per_image_ms(lambda: [f.result() for f in [plain.submit(d) for d in dss]], args.n)
+            )
             srs: list[Any] = []
             scs: list[Any] = []
             rows.setdefault("SR build (highdicom TID 1500)", []).append(
                 per_image_ms(lambda: srs.extend(build_sr(d, f) for d, f, _ in work), args.n)
             )
+            clear_caches()
             rows.setdefault("SC build (overlay, from the engine's decoded image)", []).append(
                 per_image_ms(lambda: scs.extend(build_sc(d, f, image=im) for d, f, im in work), args.n)
             )
+            clear_caches()
             rows.setdefault(f"SC build, positive images with a heatmap ({len(with_map)} of {args.n})", []).append(
                 per_image_ms(lambda: [build_sc(d, f, image=im) for d, f, im in with_map], len(with_map))
             )
+            clear_caches()
             rows.setdefault(f"SC build, the other images ({len(without_map)} of {args.n})", []).append(
                 per_image_ms(lambda: [build_sc(d, f, image=im) for d, f, im in without_map], len(without_map))
+            )
+            rows.setdefault("heatmap alone (blend_heatmap, positive images; copy of the image included)", []).append(
+                per_image_ms(blend_all, len(canvases))
             )
             rows.setdefault("encode SR + SC (dataset_bytes)", []).append(
                 per_image_ms(lambda: [dataset_bytes(x) for x in srs + scs], args.n)
             )
     finally:
         eng.close()
+        plain.close()
     hw = hardware()
     print(f"{hw['cpu']}, {hw['cores']} cores, load {hw['load_1m']:.1f}; device {args.device}; "
           f"{args.n} images; median of {args.repeats}")  # fmt: skip
