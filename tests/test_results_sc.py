@@ -22,6 +22,7 @@ from _results_data import (
 
 from dicom_node.overlay_heatmap import (
     ALPHA_LUT,
+    COLOUR_LUT,
     HEATMAP_CUTOFF,
     blend_heatmap,
     interpolation_matrix,
@@ -312,6 +313,23 @@ def test_heatmap_is_smooth_and_transparent_where_low() -> None:
     blend_heatmap(rgb, ramp, (0, 0, 64, 64))
     change = np.abs(rgb.astype(int) - 90).sum(axis=-1)[32]
     assert change[:8].max() == 0 and change[40] < change[63]
+
+
+def test_rendered_heatmap_has_no_cell_edges() -> None:
+    """As drawn (sparse exact samples + bilinear): a step between two cells fades over many pixels."""
+    values = np.full((4, 4), 0.5, np.float32)
+    values[:, 2:] = 1.0
+    rgb = np.full((600, 600, 3), 128, np.uint8)
+    assert blend_heatmap(rgb, values, (0.0, 0.0, 600.0, 600.0)) == 600 * 600
+    row = rgb[300].astype(int)
+    assert np.abs(np.diff(row, axis=0)).max() <= 4  # nearest-cell upsampling jumps by ~100 at x = 300
+    assert np.abs(row[0] - row[-1]).sum() > 100  # yet the two halves differ clearly
+    # and it matches the exact interpolation at every pixel, coloured and blended by the tables
+    _, _, exact = upsample(values, (0.0, 0.0, 600.0, 600.0), (600, 600))
+    index = np.floor(exact * 255.0 + 0.5).astype(np.uint8)
+    a = ALPHA_LUT[index][:, :, None].astype(int)
+    expected = (128 * (255 - a) + COLOUR_LUT[index].astype(int) * a + 127) // 255
+    assert np.abs(rgb.astype(int) - expected).max() <= 3
 
 
 def test_heatmap_outside_the_image_is_clipped() -> None:
