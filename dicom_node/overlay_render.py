@@ -274,7 +274,8 @@ def render_overlay(
         hm = findings.heatmap
         blend_heatmap(image, hm.values, (hm.x * scale, hm.y * scale, hm.width * scale, hm.height * scale))
         legend_top = layout.image_bottom + footer.line_tops[-1] + max(1, footer.row_height // 8)
-        canvas[legend_top : legend_top + size, pad : pad + legend_width] = legend(legend_width, size)
+        if pad + legend_width <= out_cols:  # images a few pixels wide have no room for it
+            canvas[legend_top : legend_top + size, pad : pad + legend_width] = legend(legend_width, size)
 
     _draw_boxes(image, findings, scale, size)
     return Overlay(canvas, layout, text)
