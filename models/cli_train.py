@@ -27,8 +27,9 @@ def _size(text: str) -> tuple[int, int]:
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the ``train`` arguments (no heavy imports)."""
     parser.add_argument("task", choices=("classification", "detection"), help="which bundle to train")
-    parser.add_argument("--data", required=True, action="append", type=Path, metavar="DIR",
-                        help="RSNA-layout folder (stage_2_train_labels.csv, ...); repeat to pool several")
+    parser.add_argument("--data", action="append", type=Path, metavar="DIR", default=[],
+                        help="RSNA-layout folder (stage_2_train_labels.csv, ...); repeat to pool several. "
+                             "A classifier trained on RSNA data gets the three-class RSNA head")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--image-size", type=_size, default=None, metavar="S|HxW",
@@ -47,9 +48,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="images drawn per epoch by the balanced sampler (default: training-split size)")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--tensorboard", type=Path, default=None, metavar="DIR")
-    parser.add_argument("--extra-npz", type=Path, default=None,
-                        help="classification only: PneumoniaMNIST-layout .npz added to training (train split) "
-                             "and to model selection (val split)")
+    parser.add_argument("--pneumoniamnist", "--extra-npz", dest="extra_npz", type=Path, default=None,
+                        metavar="NPZ",
+                        help="classification only: a PneumoniaMNIST-layout .npz; its train split is trained on, "
+                             "its val split selects the checkpoint and the decision threshold, its test split is "
+                             "never read. Without --data it is the only data (the shipped Normal / Pneumonia head)")
     parser.add_argument("--workers", type=int, default=2, help="processes decoding DICOMs for the cache")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--no-cache", action="store_true", help="do not read/write the prepared-image cache")
@@ -67,6 +70,10 @@ def main(args: argparse.Namespace) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     out = args.out if args.out is not None else shipped_bundle_dir(args.task)
+    if not args.data and args.extra_npz is None:
+        print("cxr-node train: give --data DIR (RSNA layout) and/or --pneumoniamnist NPZ (classification)",
+              file=sys.stderr)
+        return 2
     try:
         cfg = TrainConfig(
             task=args.task, data_dirs=tuple(args.data), out_dir=out, epochs=args.epochs,

@@ -194,15 +194,18 @@ def evaluate(config: EvaluationConfig, *, engine: Any = None) -> dict[str, Any]:
             config.bundles_dir,
             device=config.device,
             detection_score_threshold=config.box_floor,
+            box_gating="all",  # the detector is measured on its own, whatever the image-level decision
             max_batch_size=config.max_batch_size,
             num_threads=config.num_threads,
         )
     try:
         operating = float(engine.bundles[1].score_threshold)
+        decision = getattr(engine, "decision_threshold", None)
         report_head: dict[str, Any] = {
             "generated_by": "cxr-node evaluate",
             "created_utc": t0.isoformat(timespec="seconds"),
-            "models": [{"name": m.name, "version": m.version} for m in engine.models],
+            "models": [m.to_json() for m in engine.models],
+            "decision_threshold": decision,
             "device": str(engine.device),
             "box_floor": config.box_floor,
         }
@@ -285,6 +288,7 @@ def evaluate(config: EvaluationConfig, *, engine: Any = None) -> dict[str, Any]:
     body = compute_report(
         saved,
         operating_threshold=operating,
+        decision_threshold=decision,
         n_boot=config.n_boot,
         bootstrap_seed=config.bootstrap_seed,
         calibration_bins=config.calibration_bins,

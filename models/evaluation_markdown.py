@@ -68,7 +68,13 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for key, r in cls["at_threshold"].items():
-            name = f"Youden {_f(r['threshold'])}" if key == "youden" else key
+            name = (
+                f"Youden {_f(r['threshold'])}"
+                if key == "youden"
+                else f"operating {_f(r['threshold'])} (bundle, chosen on val)"
+                if key == "operating"
+                else key
+            )
             lines.append(
                 f"| {name} | {_f(r['precision'])} | {_f(r['recall'])} | {_f(r['specificity'])} | {_f(r['f1'])} "
                 f"| {_f(r['accuracy'])} | {r['tp']} | {r['fp']} | {r['tn']} | {r['fn']} |"

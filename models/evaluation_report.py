@@ -49,7 +49,12 @@ REFERENCE_CAVEAT = (
 
 
 def classification_section(
-    analysed: Sequence[ImagePrediction], *, n_boot: int, bootstrap_seed: int, calibration_bins: int
+    analysed: Sequence[ImagePrediction],
+    *,
+    n_boot: int,
+    bootstrap_seed: int,
+    calibration_bins: int,
+    decision_threshold: float | None = None,
 ) -> dict[str, Any]:
     """Binary (pneumonia) and, when every image has its RSNA class, 3-class figures."""
     y = np.array([p.target for p in analysed], dtype=np.int64)
@@ -81,6 +86,10 @@ def classification_section(
     youden = metrics.youden_threshold(y, s)
     sec["youden_threshold"] = youden
     sec["at_threshold"] = {f"{t:g}": metrics.binary_report(y, s, t) for t in FIXED_THRESHOLDS}
+    if decision_threshold is not None:
+        # the bundle's own operating threshold (chosen on validation data when it was trained)
+        sec["decision_threshold"] = float(decision_threshold)
+        sec["at_threshold"]["operating"] = metrics.binary_report(y, s, float(decision_threshold))
     sec["at_threshold"]["youden"] = metrics.binary_report(y, s, youden)
     sec["youden_note"] = (
         "chosen on this evaluation set itself: optimistic; fix thresholds on a validation split"
@@ -133,6 +142,7 @@ def compute_report(
     predictions: Sequence[ImagePrediction],
     *,
     operating_threshold: float | None,
+    decision_threshold: float | None = None,
     n_boot: int = 2000,
     bootstrap_seed: int = 0,
     calibration_bins: int = 10,
@@ -147,7 +157,11 @@ def compute_report(
         "n_not_analysed": counts["not_analysed"],
         "n_failed": counts["failed"],
         "classification": classification_section(
-            analysed, n_boot=n_boot, bootstrap_seed=bootstrap_seed, calibration_bins=calibration_bins
+            analysed,
+            n_boot=n_boot,
+            bootstrap_seed=bootstrap_seed,
+            calibration_bins=calibration_bins,
+            decision_threshold=decision_threshold,
         ),
         "detection": None,
     }

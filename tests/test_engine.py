@@ -361,3 +361,65 @@ def test_decoder_panic_fails_the_future_instead_of_hanging(phantom_files: list[P
         assert eng.submit(ds).result(timeout=60).analysed
     finally:
         eng.close()
+
+
+@pytest.mark.parametrize("gating", ["positive-only", "all"])
+def test_one_decision_boxes_follow_the_image_level_result(
+    forced_box_bundles: Path, phantom_files: list[Path], gating: str
+) -> None:
+    """A negative image never carries boxes under "positive-only" (the SR cannot say "Absent" next to
+    an opacity box); a positive one carries the detector's boxes and a heatmap."""
+    ds = _read(phantom_files[1])
+    seen = {}
+    for name, threshold in (("negative", 0.999999), ("positive", 1e-6)):
+        eng = InferenceEngine(forced_box_bundles, device="cpu", detection_score_threshold=0.0,
+                              decision_threshold=threshold, box_gating=gating)
+        try:
+            f = eng.analyse(ds)
+        finally:
+            eng.close()
+        assert f.threshold == threshold and f.box_gating == gating and f.detection_threshold == 0.0
+        seen[name] = f
+    neg, pos = seen["negative"], seen["positive"]
+    assert neg.positive is False and pos.positive is True
+    assert len(pos.boxes) > 0 and pos.heatmap is not None
+    assert neg.heatmap is None
+    if gating == "positive-only":
+        assert neg.boxes == ()
+    else:
+        assert len(neg.boxes) == len(pos.boxes)
+
+
+def test_heatmap_covers_what_the_classifier_saw(forced_box_bundles: Path, phantom_files: list[Path]) -> None:
+    from models.preprocess import CropGeometry
+
+    eng = InferenceEngine(forced_box_bundles, device="cpu", decision_threshold=1e-6)
+    try:
+        ds = _non_square(phantom_files[4])  # 1100 rows x 900 columns
+        f = eng.analyse(ds)
+        cls = eng.bundles[0]
+    finally:
+        eng.close()
+    assert f.heatmap is not None
+    region = (f.heatmap.x, f.heatmap.y, f.heatmap.width, f.heatmap.height)
+    if cls.preprocessing.method == "centre-crop":
+        assert region == CropGeometry.centre_square(1100, 900).region()  # the central 900 x 900 square
+    else:  # letterbox: the whole model input, padding included, in source pixels
+        assert region[2] >= 900 and region[3] >= 1100
+    assert f.heatmap.values.max() == pytest.approx(1.0) or f.heatmap.values.max() == 0.0
+
+
+def test_heatmaps_can_be_switched_off(forced_box_bundles: Path, phantom_files: list[Path]) -> None:
+    eng = InferenceEngine(forced_box_bundles, device="cpu", decision_threshold=1e-6, heatmaps=False)
+    try:
+        f = eng.analyse(_read(phantom_files[0]))
+    finally:
+        eng.close()
+    assert f.positive and f.heatmap is None
+
+
+def test_engine_settings_are_validated(forced_box_bundles: Path) -> None:
+    with pytest.raises(ValueError, match="1.5"):
+        InferenceEngine(forced_box_bundles, device="cpu", decision_threshold=1.5)
+    with pytest.raises(ValueError, match="'some'"):
+        InferenceEngine(forced_box_bundles, device="cpu", box_gating="some")

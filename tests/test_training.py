@@ -207,3 +207,85 @@ def test_prepared_cache_roundtrip_and_boxes_per_image(phantoms: Path) -> None:
         for (x1, y1, x2, y2), (x, y, w, h) in zip(boxes, truth, strict=True):  # 256 px source -> 128 px model
             assert (x1, y1, x2 - x1, y2 - y1) == pytest.approx((x / 2, y / 2, w / 2, h / 2), abs=1e-3)
     assert (first.labels == LUNG_OPACITY_INDEX).sum() == sum(1 for v in labels.values() if v.boxes)
+
+
+@pytest.fixture(scope="module")
+def small_npz(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A PneumoniaMNIST-layout file: the first 160 train and 60 val images of the real one (test: none)."""
+    if not PNEUMONIAMNIST.is_file():
+        pytest.skip("shared PneumoniaMNIST file not present")
+    out = tmp_path_factory.mktemp("npz") / "small.npz"
+    with np.load(PNEUMONIAMNIST) as z:
+        np.savez(out, train_images=z["train_images"][:160], train_labels=z["train_labels"][:160],
+                 val_images=z["val_images"][:60], val_labels=z["val_labels"][:60])
+    return out
+
+
+def test_pneumoniamnist_alone_trains_the_two_class_head_and_picks_a_threshold_on_val(
+    small_npz: Path, tmp_path: Path
+) -> None:
+    """The trainer's PneumoniaMNIST-only mode: no RSNA folder, the shipped Normal / Pneumonia head,
+    the bundle's own centre-crop preprocessing, the decision threshold chosen on the val split."""
+    from models.bundle_loader import load_bundle
+
+    torch.set_num_threads(2)
+    out = tmp_path / "cls"
+    cfg = TrainConfig(task="classification", data_dirs=(), extra_npz=small_npz, out_dir=out, epochs=1,
+                      batch_size=16, samples_per_epoch=48, seed=5, workers=0, progress=False)
+    summary = train(cfg)
+    bundle = load_bundle(out)
+    assert bundle.class_names == ("Normal", "Pneumonia") and bundle.positive_class == "Pneumonia"
+    assert bundle.finding is not None and bundle.finding.value == "233604007"
+    assert bundle.preprocessing.method == "centre-crop" and bundle.preprocessing.bottleneck == 28
+    assert summary["split"]["sizes"] == {"train": 160, "val": 60}
+    assert summary["data"]["extra_npz"]["label_map"] == {"1": "Pneumonia", "0": "Normal"}
+    decision = summary["decision_threshold"]
+    assert decision["rule"].startswith("Youden")
+    config = json.loads((out / "configs" / "inference.json").read_text())
+    assert config["decision_threshold"] == pytest.approx(decision["threshold"], abs=1e-6)
+    assert bundle.decision_threshold == pytest.approx(decision["threshold"], abs=1e-6)
+    assert not (out / "split.json").exists()  # the official PneumoniaMNIST splits, nothing to record
+
+
+def test_rsna_data_switches_the_bundle_to_the_three_class_head(tmp_path: Path) -> None:
+    from models.training.bundle_io import ensure_bundle
+    from models.training.head import ClassifierHead, apply_rsna_head
+
+    out = ensure_bundle("classification", tmp_path / "cls")
+    before = json.loads((out / "configs" / "inference.json").read_text())
+    changed = apply_rsna_head(out)
+    after = json.loads((out / "configs" / "inference.json").read_text())
+    assert changed == (tuple(before["class_names"]) != RSNA_CLASSES)
+    head = ClassifierHead.from_config(after)
+    assert head.is_rsna and head.positive_index == LUNG_OPACITY_INDEX
+    assert after["network_def"]["out_channels"] == 3 and after["finding"]["value"] == "112001"
+    assert not apply_rsna_head(out)  # idempotent
+
+
+def test_pneumoniamnist_alone_refuses_a_head_with_classes_it_has_no_labels_for(small_npz: Path, tmp_path: Path) -> None:
+    from models.training.bundle_io import ensure_bundle
+    from models.training.head import apply_rsna_head
+
+    out = ensure_bundle("classification", tmp_path / "cls")
+    apply_rsna_head(out)
+    cfg = TrainConfig(task="classification", data_dirs=(), extra_npz=small_npz, out_dir=out, epochs=1,
+                      samples_per_epoch=16, workers=0, progress=False)
+    with pytest.raises(ValueError, match="No Lung Opacity / Not Normal"):
+        train(cfg)
+
+
+def test_bottleneck_training_images_equal_the_engine_path(small_npz: Path) -> None:
+    """With the shipped preprocessing, a training image is what the engine makes of its DICOM wrapper."""
+    from models.dicom_image import load_source_image
+    from models.holdout import pneumoniamnist_dicom
+    from models.preprocess import Preprocessing, prepare
+
+    spec = Preprocessing(method="centre-crop", bottleneck=28, quantise_levels=256, normalise="standardise")
+    data = load_pneumoniamnist(small_npz, "val", (64, 64), preprocessing=spec, class_names=("Normal", "Pneumonia"),
+                               positive_class="Pneumonia")
+    with np.load(small_npz) as z:
+        raw, lab = z["val_images"][:5], z["val_labels"][:5].reshape(-1)
+    assert list(data.labels[:5]) == [int(v) for v in lab]
+    for i in range(5):
+        arr, _ = prepare(load_source_image(pneumoniamnist_dicom(raw[i], i, "val")), (64, 64), spec)
+        assert np.abs(arr[0] - data.images[i].astype(np.float32)).max() < 0.01

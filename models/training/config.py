@@ -18,7 +18,8 @@ class TrainConfig:
     """Everything a training run needs (``cxr-node train`` and ``configs/train.json`` build one)."""
 
     task: str
-    #: one or more RSNA-layout folders (patients of all of them are pooled before the split)
+    #: RSNA-layout folders (patients of all of them are pooled before the split); may be empty for a
+    #: classifier trained on ``extra_npz`` (PneumoniaMNIST) alone
     data_dirs: tuple[Path, ...]
     out_dir: Path
     epochs: int = 10
@@ -48,9 +49,12 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
-        dirs = (self.data_dirs,) if isinstance(self.data_dirs, (str, Path)) else tuple(self.data_dirs)
-        if not dirs:
-            raise ValueError("data_dirs must name at least one RSNA-layout folder")
+        dirs = (self.data_dirs,) if isinstance(self.data_dirs, (str, Path)) else tuple(self.data_dirs or ())
+        if not dirs and (self.task != "classification" or self.extra_npz is None):
+            raise ValueError(
+                "data_dirs must name at least one RSNA-layout folder (a classifier may instead train on "
+                "PneumoniaMNIST alone: extra_npz without data_dirs)"
+            )
         object.__setattr__(self, "data_dirs", tuple(Path(d) for d in dirs))
         object.__setattr__(self, "out_dir", Path(self.out_dir))
         for name in ("checkpoint", "tensorboard", "extra_npz", "init_weights"):

@@ -21,11 +21,12 @@ from typing import Any
 import numpy as np
 
 from models.findings import LUNG_OPACITY_INDEX, RSNA_CLASSES
+from models.preprocess import LETTERBOX, Preprocessing
 
 logger = logging.getLogger(__name__)
 
 CACHE_DIR_NAME = ".cxr_node_cache"
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -41,17 +42,25 @@ class PreparedSet:
     ids: tuple[str, ...]
     source: str = "rsna"
     extra: Mapping[str, Any] = field(default_factory=dict)
+    #: the classes ``labels`` index (the classifier head's)
+    class_names: tuple[str, ...] = RSNA_CLASSES
+    #: index of the positive (finding) class in ``class_names``
+    positive_index: int = LUNG_OPACITY_INDEX
 
     def __post_init__(self) -> None:
         n = len(self.ids)
+        if not 0 <= self.positive_index < len(self.class_names):
+            raise ValueError(f"positive_index {self.positive_index} outside classes {self.class_names!r}")
         if self.images.ndim != 3 or self.images.shape[0] != n:
             raise ValueError(f"images must be (N={n}, H, W), got shape {self.images.shape!r}")
         if self.labels.shape != (n,):
             raise ValueError(f"labels must have shape ({n},), got {self.labels.shape!r}")
         if len(self.boxes) != n:
             raise ValueError(f"boxes must have {n} entries, got {len(self.boxes)}")
-        if n and (self.labels.min() < 0 or self.labels.max() >= len(RSNA_CLASSES)):
-            raise ValueError(f"labels must index RSNA_CLASSES, got range {self.labels.min()}..{self.labels.max()}")
+        if n and (self.labels.min() < 0 or self.labels.max() >= len(self.class_names)):
+            raise ValueError(
+                f"labels must index {self.class_names!r}, got range {self.labels.min()}..{self.labels.max()}"
+            )
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -61,9 +70,9 @@ class PreparedSet:
         return int(self.images.shape[1]), int(self.images.shape[2])
 
     @property
-    def opacity(self) -> np.ndarray:
-        """1 where the class is Lung Opacity (the pneumonia target), else 0."""
-        return (self.labels == LUNG_OPACITY_INDEX).astype(np.int64)
+    def positive(self) -> np.ndarray:
+        """1 where the class is the positive one (Lung Opacity / Pneumonia: the target), else 0."""
+        return (self.labels == self.positive_index).astype(np.int64)
 
     def subset(self, index: Sequence[int]) -> PreparedSet:
         idx = np.asarray(list(index), dtype=np.int64)
@@ -74,6 +83,8 @@ class PreparedSet:
             ids=tuple(self.ids[i] for i in idx),
             source=self.source,
             extra=self.extra,
+            class_names=self.class_names,
+            positive_index=self.positive_index,
         )
 
     @staticmethod
@@ -81,12 +92,17 @@ class PreparedSet:
         sets = [s for s in sets if len(s)]
         if not sets:
             raise ValueError("nothing to concatenate: every set is empty")
+        heads = {(s.class_names, s.positive_index) for s in sets}
+        if len(heads) != 1:
+            raise ValueError(f"cannot concatenate sets labelled for different heads: {sorted(heads)}")
         return PreparedSet(
             images=np.concatenate([s.images for s in sets]),
             labels=np.concatenate([s.labels for s in sets]),
             boxes=tuple(b for s in sets for b in s.boxes),
             ids=tuple(i for s in sets for i in s.ids),
             source="+".join(dict.fromkeys(s.source for s in sets)),
+            class_names=sets[0].class_names,
+            positive_index=sets[0].positive_index,
         )
 
 
@@ -106,19 +122,21 @@ def class_index(klass: str | None, target: int) -> int:
     return LUNG_OPACITY_INDEX if int(target) == 1 else 0
 
 
-def _prepare_one(job: tuple[str, str, tuple[int, int], list[tuple[float, float, float, float]]]) -> tuple:
+def _prepare_one(job: tuple[str, str, tuple[int, int], list[tuple[float, float, float, float]], dict]) -> tuple:
     """Worker: decode one DICOM, prepare it, map its boxes. Returns (id, array|None, boxes, error)."""
-    pid, path, size, boxes = job
+    pid, path, size, boxes, spec = job
     try:
         import pydicom
 
         from models.dicom_image import load_source_image
-        from models.preprocess import prepare
+        from models.preprocess import Preprocessing, prepare
 
         ds = pydicom.dcmread(path)
         src = load_source_image(ds)
-        arr, geom = prepare(src, size)
+        arr, geom = prepare(src, size, Preprocessing.from_config(spec))
         out = []
+        if boxes and not hasattr(geom, "box_to_model"):
+            raise ValueError("boxes need a letterbox preprocessing (the detector's)")
         for b in boxes:
             x, y, w, h = geom.box_to_model(*b)
             x1, y1 = max(0.0, x), max(0.0, y)
@@ -142,10 +160,10 @@ def _preprocessing_code_hash() -> str:
     return h.hexdigest()[:12]
 
 
-def _cache_key(jobs: Sequence[tuple], size: tuple[int, int]) -> str:
+def _cache_key(jobs: Sequence[tuple], size: tuple[int, int], spec: Preprocessing) -> str:
     h = hashlib.sha1()
-    h.update(f"{CACHE_FORMAT}|{size[0]}x{size[1]}|{_preprocessing_code_hash()}".encode())
-    for pid, path, _, boxes in jobs:
+    h.update(f"{CACHE_FORMAT}|{size[0]}x{size[1]}|{_preprocessing_code_hash()}|{json.dumps(spec.to_config(), sort_keys=True)}".encode())
+    for pid, path, _, boxes, _ in jobs:
         st = os.stat(path)
         h.update(f"|{pid}|{Path(path).name}|{st.st_size}|{int(st.st_mtime)}|{boxes}".encode())
     return h.hexdigest()[:16]
@@ -159,11 +177,13 @@ def load_rsna_prepared(
     labels: Mapping[str, Any] | None = None,
     workers: int = 2,
     use_cache: bool = True,
+    preprocessing: Preprocessing = LETTERBOX,
 ) -> PreparedSet:
     """Decode and prepare the RSNA-layout folder ``data_dir`` (or the given patients of it).
 
     ``labels`` is ``models.rsna_layout.read_rsna_labels(data_dir)`` (read here when None).
-    Images that cannot be decoded are logged and skipped.
+    Images go through the bundle's ``preprocessing`` (``models.preprocess.prepare``), as in the engine.
+    Images that cannot be decoded are logged and skipped. Labels index the RSNA classes.
     """
     from models.rsna_layout import read_rsna_labels
 
@@ -176,9 +196,11 @@ def load_rsna_prepared(
         lab = labels[pid]
         if lab.image_path is None or not Path(lab.image_path).is_file():
             raise FileNotFoundError(f"image of patient {pid!r} not found: {lab.image_path!r}")
-        jobs.append((pid, str(lab.image_path), size, [_box_xywh(b) for b in (lab.boxes or ())]))
+        jobs.append((pid, str(lab.image_path), size, [_box_xywh(b) for b in (lab.boxes or ())],
+                     preprocessing.to_config()))
 
-    cache_file = data_dir / CACHE_DIR_NAME / f"prepared_{size[0]}x{size[1]}_{_cache_key(jobs, size)}.npz"
+    key = _cache_key(jobs, size, preprocessing)
+    cache_file = data_dir / CACHE_DIR_NAME / f"prepared_{size[0]}x{size[1]}_{key}.npz"
     results: dict[str, tuple[np.ndarray, list]] = {}
     if use_cache and cache_file.is_file():
         with np.load(cache_file, allow_pickle=False) as z:
@@ -225,16 +247,28 @@ def load_rsna_prepared(
     )
 
 
-def load_pneumoniamnist(path: Path | str, split: str, image_size: tuple[int, int]) -> PreparedSet:
-    """One split (``train``/``val``/``test``) of a PneumoniaMNIST-layout ``.npz``, upsampled to ``image_size``.
+def load_pneumoniamnist(
+    path: Path | str,
+    split: str,
+    image_size: tuple[int, int],
+    *,
+    preprocessing: Preprocessing = LETTERBOX,
+    class_names: Sequence[str] = RSNA_CLASSES,
+    positive_class: str = RSNA_CLASSES[LUNG_OPACITY_INDEX],
+) -> PreparedSet:
+    """One split (``train``/``val``/``test``) of a PneumoniaMNIST-layout ``.npz``, each image through the
+    bundle's ``preprocessing`` (``models.preprocess.prepare``, exactly as the engine prepares a DICOM).
 
-    Label 1 (pneumonia) becomes "Lung Opacity", 0 becomes "Normal". No boxes.
+    Label 1 (pneumonia) becomes ``positive_class``, 0 becomes "Normal", both indexes into
+    ``class_names`` (the head being trained). No boxes.
     """
-    import torch
-    import torch.nn.functional as F
+    from models.dicom_image import SourceImage
+    from models.preprocess import prepare
+    from models.training.head import ClassifierHead
 
     if split not in ("train", "val", "test"):
         raise ValueError(f"split must be train, val or test, got {split!r}")
+    head = ClassifierHead(tuple(class_names), positive_class)
     with np.load(path) as z:
         key_i, key_l = f"{split}_images", f"{split}_labels"
         if key_i not in z or key_l not in z:
@@ -243,16 +277,22 @@ def load_pneumoniamnist(path: Path | str, split: str, image_size: tuple[int, int
         labs = z[key_l].reshape(-1).astype(np.int64)
     if imgs.ndim == 4:  # (N, H, W, 1)
         imgs = imgs[..., 0]
-    t = torch.from_numpy(imgs.astype(np.float32) / 255.0)[:, None]
-    up = F.interpolate(t, size=tuple(image_size), mode="bilinear", align_corners=False).clamp_(0, 1)
-    labels = np.where(labs == 1, LUNG_OPACITY_INDEX, 0).astype(np.int64)
+    size = (int(image_size[0]), int(image_size[1]))
+    out = np.empty((len(imgs), *size), dtype=np.float16)
+    for i, img in enumerate(imgs):
+        pixels = np.ascontiguousarray(img, dtype=np.float32) / np.float32(255.0)
+        source = SourceImage(pixels, int(img.shape[0]), int(img.shape[1]), f"pneumoniamnist-{split}-{i}")
+        out[i] = prepare(source, size, preprocessing)[0][0]
+    labels = np.array([head.index_of_binary(int(v)) for v in labs], dtype=np.int64)
     n = len(labels)
     return PreparedSet(
-        images=up[:, 0].numpy().astype(np.float16),
+        images=out,
         labels=labels,
         boxes=tuple(np.zeros((0, 4), np.float32) for _ in range(n)),
         ids=tuple(f"pneumoniamnist-{split}-{i}" for i in range(n)),
         source="pneumoniamnist",
+        class_names=head.class_names,
+        positive_index=head.positive_index,
     )
 
 

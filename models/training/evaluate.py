@@ -26,9 +26,11 @@ def evaluate_bundle(
 ) -> dict[str, Any]:
     """Evaluate one bundle on ``data_dir`` (all patients, or one split of ``models.split`` with ``seed``)."""
     from models.networks import image_size_of, load_bundle_parser, load_state_dict_file
+    from models.preprocess import Preprocessing
     from models.rsna_layout import read_rsna_labels
     from models.split import split_patients
     from models.training.data import load_rsna_prepared
+    from models.training.head import ClassifierHead
     from models.training.trainer import (
         classification_metrics,
         detection_metrics,
@@ -48,16 +50,22 @@ def evaluate_bundle(
     ids = sorted(labels)
     if split not in (None, "", "all"):
         ids = split_patients(labels, seed=int(seed))[split]
-    data = load_rsna_prepared(data_dir, size, patient_ids=ids, labels=labels)
+    config = parser.get()
+    preprocessing = Preprocessing.from_config(config.get("preprocessing"))
+    data = load_rsna_prepared(data_dir, size, patient_ids=ids, labels=labels, preprocessing=preprocessing)
     if task == "classification":
+        head = ClassifierHead.from_config(config)
         net = parser.get_parsed_content("network_def")
         net.load_state_dict(load_state_dict_file(Path(bundle_dir) / "models" / "model.pt"))
-        metrics = classification_metrics(predict_classification(net.to(dev), data, dev), data)
+        probs = predict_classification(net.to(dev), data, dev, preprocessing=preprocessing)
+        metrics = classification_metrics(probs, data, positive_column=head.positive_index)
     else:
         det = parser.get_parsed_content("detector")
         det.network.load_state_dict(load_state_dict_file(Path(bundle_dir) / "models" / "model.pt"))
         thr = float(parser.get_parsed_content("score_threshold"))
-        metrics = detection_metrics(predict_detection(det.to(dev), data, dev), data, thr)
+        metrics = detection_metrics(
+            predict_detection(det.to(dev), data, dev, preprocessing=preprocessing), data, thr
+        )
     metrics = {"task": task, "data": str(data_dir), "split": split or "all", "image_size": list(size), **metrics}
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
-from models.findings import LUNG_OPACITY_INDEX, RSNA_CLASSES
+from models.preprocess import LETTERBOX, Preprocessing
 from models.training import bundle_io
 from models.training.augment import AugmentConfig, augment
 from models.training.config import TrainConfig
@@ -26,6 +26,7 @@ from models.training.data import (
     sample_weights,
     source_groups,
 )
+from models.training.head import ClassifierHead, apply_rsna_head
 
 logger = logging.getLogger(__name__)
 
@@ -84,23 +85,29 @@ def _auc(y: np.ndarray, s: np.ndarray) -> float:
 
 @torch.no_grad()
 def predict_classification(network: torch.nn.Module, data: PreparedSet, device: torch.device,
-                           batch_size: int = 32) -> np.ndarray:
-    """Softmax probabilities ``(N, 3)`` of ``network`` on prepared images."""
+                           batch_size: int = 32, preprocessing: Preprocessing = LETTERBOX) -> np.ndarray:
+    """Softmax probabilities ``(N, classes)`` of ``network`` on prepared images (the bundle's
+    ``preprocessing.network_input`` applied, as in the engine)."""
     network.eval()
     out = []
     for _, x in _batches(data, batch_size):
         with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
-            logits = network(x.to(device))
+            logits = network(preprocessing.network_input(x.to(device)))
         out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, len(RSNA_CLASSES)), np.float32)
+    return np.concatenate(out) if out else np.zeros((0, len(data.class_names)), np.float32)
 
 
-def classification_metrics(probs: np.ndarray, data: PreparedSet) -> dict[str, Any]:
-    """AUC of P(Lung Opacity) vs the rest (overall and per source), accuracy, n."""
-    y = data.opacity
-    p = probs[:, LUNG_OPACITY_INDEX]
-    out: dict[str, Any] = {"n": len(y), "n_positive": int(y.sum()), "auc": _auc(y, p),
-                           "accuracy_3class": float((probs.argmax(1) == data.labels).mean()) if len(y) else float("nan")}
+def classification_metrics(probs: np.ndarray, data: PreparedSet, positive_column: int | None = None) -> dict[str, Any]:
+    """AUC of P(positive class) vs the rest (overall and per source), accuracy, n.
+
+    ``positive_column``: the network output of the positive class when the network's head differs
+    from the labels' classes (e.g. the Normal / Pneumonia head on RSNA-labelled data); accuracy is
+    then not defined (None)."""
+    y = data.positive
+    same_head = positive_column is None or probs.shape[1] == len(data.class_names)
+    p = probs[:, data.positive_index if positive_column is None else positive_column]
+    accuracy = float((probs.argmax(1) == data.labels).mean()) if len(y) and same_head else None
+    out: dict[str, Any] = {"n": len(y), "n_positive": int(y.sum()), "auc": _auc(y, p), "accuracy": accuracy}
     sources = np.array(source_groups(data.ids))
     for src in np.unique(sources):
         m = sources == src
@@ -112,7 +119,7 @@ def classification_metrics(probs: np.ndarray, data: PreparedSet) -> dict[str, An
 
 @torch.no_grad()
 def predict_detection(detector: torch.nn.Module, data: PreparedSet, device: torch.device,
-                      batch_size: int = 8) -> list[np.ndarray]:
+                      batch_size: int = 8, preprocessing: Preprocessing = LETTERBOX) -> list[np.ndarray]:
     """Per image, an ``(k, 5)`` array of ``x1, y1, x2, y2, score`` (x = column) in model-input pixels."""
     from models.networks import SCORE_KEY, monai_boxes_to_xyxy
 
@@ -120,7 +127,7 @@ def predict_detection(detector: torch.nn.Module, data: PreparedSet, device: torc
     out: list[np.ndarray] = []
     for _, x in _batches(data, batch_size):
         with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
-            preds = detector([im.to(device) for im in x])
+            preds = detector([im for im in preprocessing.network_input(x.to(device))])
         for p in preds:
             b = monai_boxes_to_xyxy(p[detector.target_box_key].float().cpu().reshape(-1, 4)).numpy()
             s = p[SCORE_KEY].float().cpu().numpy().reshape(-1, 1)
@@ -207,19 +214,41 @@ def _split(cfg: TrainConfig) -> tuple[dict[str, Any], dict[str, list[str]], dict
 
 
 def _load_split(cfg: TrainConfig, labels: dict[str, Any], ids: list[str], origin: dict[str, Path],
-                size: tuple[int, int]) -> PreparedSet:
+                size: tuple[int, int], preprocessing: Preprocessing) -> PreparedSet:
     parts = []
     for d in cfg.data_dirs:
         mine = [p for p in ids if origin[p] == d]
         if mine:
-            parts.append(load_rsna_prepared(d, size, patient_ids=mine, labels=labels,
-                                            workers=cfg.workers, use_cache=cfg.use_cache))
+            parts.append(load_rsna_prepared(d, size, patient_ids=mine, labels=labels, workers=cfg.workers,
+                                            use_cache=cfg.use_cache, preprocessing=preprocessing))
     return PreparedSet.concat(parts)
 
 
 def _class_counts(data: PreparedSet) -> dict[str, int]:
-    counts = np.bincount(data.labels, minlength=len(RSNA_CLASSES))
-    return {name: int(c) for name, c in zip(RSNA_CLASSES, counts, strict=True)}
+    counts = np.bincount(data.labels, minlength=len(data.class_names))
+    return {name: int(c) for name, c in zip(data.class_names, counts, strict=True)}
+
+
+def choose_decision_threshold(probs: np.ndarray, data: PreparedSet) -> dict[str, Any]:
+    """The image-level operating threshold, chosen on validation data: Youden's J (sensitivity +
+    specificity - 1) maximal; with its validation sensitivity and specificity."""
+    from models.metrics import youden_threshold
+
+    y = data.positive
+    p = probs[:, data.positive_index]
+    if len(np.unique(y)) < 2:
+        return {"threshold": 0.5, "rule": "default (validation data has one class)"}
+    best = youden_threshold(y, p)
+    lower = p[p < best]
+    # half-way to the next lower score: the same split of the validation data, less fragile
+    t = float(np.clip((best + lower.max()) / 2 if len(lower) else best, 1e-3, 1 - 1e-3))
+    pred = p >= t
+    return {
+        "threshold": t,
+        "rule": "Youden's J maximal on the validation split",
+        "val_sensitivity": float(pred[y == 1].mean()),
+        "val_specificity": float((~pred[y == 0]).mean()),
+    }
 
 
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -253,28 +282,48 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
     out_dir = bundle_io.ensure_bundle(cfg.task, cfg.out_dir)
+    if cfg.task == "classification" and cfg.data_dirs and apply_rsna_head(out_dir):
+        logger.info("RSNA data: the bundle now has the three-class RSNA head", extra={"bundle": str(out_dir)})
     parser = load_bundle_parser(out_dir)
     if cfg.image_size is not None:
         parser["image_size"] = list(cfg.image_size)
     size = image_size_of(parser)
+    config = parser.get()
+    preprocessing = Preprocessing.from_config(config.get("preprocessing"))
+    head = ClassifierHead.from_config(config) if cfg.task == "classification" else None
+    if head is not None and not cfg.data_dirs and set(head.class_names) != {"Normal", head.positive_class}:
+        raise ValueError(
+            f"PneumoniaMNIST alone has labels for Normal and {head.positive_class!r} only, but the bundle "
+            f"{out_dir} has the head {list(head.class_names)}: start from the shipped cxr_classification configs"
+        )
 
-    labels, split, origin = _split(cfg)
-    # the exact patient split travels with the bundle: `cxr-node evaluate` reads it, so its test split
-    # is the one training held out even when --max-images or several --data folders changed the patient set
-    from models.split import write_split
-
-    write_split(out_dir / SPLIT_FILE_NAME, split, seed=cfg.seed, fractions=cfg.fractions)
     t0 = time.monotonic()
-    train_set = _load_split(cfg, labels, split["train"], origin, size)
-    val_set = _load_split(cfg, labels, split["val"], origin, size)
+    labels: dict[str, Any] = {}
+    split: dict[str, list[str]] = {}
+    sets_train: list[PreparedSet] = []
+    sets_val: list[PreparedSet] = []
+    if cfg.data_dirs:
+        labels, split, origin = _split(cfg)
+        # the exact patient split travels with the bundle: `cxr-node evaluate` reads it, so its test split
+        # is the one training held out even when --max-images or several --data folders changed the patient set
+        from models.split import write_split
+
+        write_split(out_dir / SPLIT_FILE_NAME, split, seed=cfg.seed, fractions=cfg.fractions)
+        sets_train.append(_load_split(cfg, labels, split["train"], origin, size, preprocessing))
+        sets_val.append(_load_split(cfg, labels, split["val"], origin, size, preprocessing))
     extra_info: dict[str, Any] | None = None
     if cfg.extra_npz is not None:
-        extra_train = load_pneumoniamnist(cfg.extra_npz, "train", size)
-        extra_val = load_pneumoniamnist(cfg.extra_npz, "val", size)
+        assert head is not None  # TrainConfig: extra_npz is for classification
+        kw = {"preprocessing": preprocessing, "class_names": head.class_names, "positive_class": head.positive_class}
+        extra_train = load_pneumoniamnist(cfg.extra_npz, "train", size, **kw)
+        extra_val = load_pneumoniamnist(cfg.extra_npz, "val", size, **kw)
         extra_info = {"file": cfg.extra_npz.name, "train": len(extra_train), "val": len(extra_val),
-                      "label_map": {"1": RSNA_CLASSES[LUNG_OPACITY_INDEX], "0": RSNA_CLASSES[0]}}
-        train_set = PreparedSet.concat([train_set, extra_train])
-        val_set = PreparedSet.concat([val_set, extra_val])
+                      "label_map": {"1": head.positive_class, "0": "Normal"},
+                      "splits": "official train split for fitting, val split for selection; test untouched"}
+        sets_train.append(extra_train)
+        sets_val.append(extra_val)
+    train_set = PreparedSet.concat(sets_train)
+    val_set = PreparedSet.concat(sets_val)
     logger.info("data ready", extra={"train": len(train_set), "val": len(val_set), "image_size": size,
                                      "seconds": round(time.monotonic() - t0, 1)})
 
@@ -349,12 +398,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             imgs = imgs.to(device)
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                inputs = preprocessing.network_input(imgs)
                 if cfg.task == "classification":
-                    loss = torch.nn.functional.cross_entropy(model(imgs), labs.to(device))
+                    loss = torch.nn.functional.cross_entropy(model(inputs), labs.to(device))
                 else:
                     targets = [{"boxes": xyxy_to_monai_boxes(b).to(device),
                                 "labels": torch.zeros(len(b), dtype=torch.int64, device=device)} for b in boxes]
-                    ld = model([im for im in imgs], targets)
+                    ld = model([im for im in inputs], targets)
                     loss = ld["classification"] + ld["box_regression"]
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -366,9 +416,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         train_loss = float(np.mean(losses)) if losses else float("nan")
 
         if cfg.task == "classification":
-            val = classification_metrics(predict_classification(network, val_set, device), val_set)
+            val = classification_metrics(
+                predict_classification(network, val_set, device, preprocessing=preprocessing), val_set
+            )
         else:
-            val = choose_threshold(predict_detection(model, val_set, device), val_set)
+            val = choose_threshold(predict_detection(model, val_set, device, preprocessing=preprocessing), val_set)
         record = {"epoch": epoch + 1, "train_loss": train_loss, **val}
         history.append(_json_safe(record))
         logger.info("epoch done", extra=_json_safe(record))
@@ -398,15 +450,34 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         best_epoch = cfg.epochs
 
     bundle_io.update_inference_config(out_dir, image_size=list(size))
+    decision: dict[str, Any] | None = None
+    if cfg.task == "classification":  # the operating threshold of the kept weights, chosen on val
+        from models.networks import load_state_dict_file
+
+        network.load_state_dict(load_state_dict_file(best_path), strict=True)
+        val_probs = predict_classification(network, val_set, device, preprocessing=preprocessing)
+        decision = choose_decision_threshold(val_probs, val_set)
+        bundle_io.update_inference_config(out_dir, decision_threshold=round(float(decision["threshold"]), 6))
+    if cfg.data_dirs:
+        split_info: dict[str, Any] = {
+            "seed": cfg.seed, "fractions": list(cfg.fractions), "file": SPLIT_FILE_NAME,
+            "sizes": {k: len(v) for k, v in split.items()}, "unit": "patient",
+            "used": "train for fitting, val for checkpoint selection; test untouched"}
+    else:
+        split_info = {"pneumoniamnist": "official splits: train for fitting, val for checkpoint and threshold "
+                                        "selection; test untouched",
+                      "sizes": {"train": len(train_set), "val": len(val_set)}}
     summary = _json_safe({
         "task": cfg.task,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "command": cfg.command,
         "data": {"folders": [d.name for d in cfg.data_dirs], "n_patients": len(labels),
                  "train_class_counts": _class_counts(train_set), "extra_npz": extra_info},
-        "split": {"seed": cfg.seed, "fractions": list(cfg.fractions), "file": SPLIT_FILE_NAME,
-                  "sizes": {k: len(v) for k, v in split.items()}, "unit": "patient",
-                  "used": "train for fitting, val for checkpoint selection; test untouched"},
+        "split": split_info,
+        "head": None if head is None else {"class_names": list(head.class_names),
+                                           "positive_class": head.positive_class},
+        "preprocessing": preprocessing.to_config(),
+        "decision_threshold": decision,
         "image_size": list(size),
         "epochs": cfg.epochs, "batch_size": cfg.batch_size, "samples_per_epoch": n_per_epoch,
         "lr": cfg.lr, "device": str(device), "amp": use_amp,
@@ -414,10 +485,16 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         "augmentation": asdict(cfg.augment),
         "best_epoch": best_epoch, "val_metrics": best_val, "history": history,
     })
-    description = cfg.data_description or (
-        f"Trained with `cxr-node train {cfg.task}` on {len(labels)} patients from "
-        f"{', '.join(d.name for d in cfg.data_dirs)} (patient-level split seed {cfg.seed})"
-        + (f" plus {cfg.extra_npz.name}" if cfg.extra_npz else "") + "."
-    )
+    if cfg.data_dirs:
+        description = cfg.data_description or (
+            f"Trained with `cxr-node train {cfg.task}` on {len(labels)} patients from "
+            f"{', '.join(d.name for d in cfg.data_dirs)} (patient-level split seed {cfg.seed})"
+            + (f" plus {cfg.extra_npz.name}" if cfg.extra_npz else "") + "."
+        )
+    else:
+        description = cfg.data_description or (
+            f"Trained with `cxr-node train {cfg.task}` on the train split of {cfg.extra_npz.name if cfg.extra_npz else '?'}"
+            f" ({len(train_set)} images), selected on its val split ({len(val_set)} images); test split untouched."
+        )
     bundle_io.update_metadata(out_dir, training=summary, training_data=description, image_size=size)
     return summary
