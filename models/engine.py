@@ -405,6 +405,7 @@ class InferenceEngine:
                     rows=rows if rows > 0 else 1,
                     columns=columns if columns > 0 else 1,
                     not_analysed_reason=reason,
+                    finding=self._classifier.finding,  # what was not evaluated (named by the SR)
                     models=self._models,
                     timing_ms={"total": (time.perf_counter() - t0) * 1000.0},
                 )
