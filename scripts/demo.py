@@ -156,6 +156,50 @@ def demo_images() -> list[Path]:
     return files
 
 
+#: PneumoniaMNIST (MedMNIST v2, CC BY 4.0; images from Kermany et al., Cell 2018), read from ../shared when present
+PNEUMONIAMNIST = REPO.parent / "shared" / "data" / "pneumoniamnist.npz"
+#: test-split images pushed as "real-looking" demo CXRs: one labelled pneumonia, one normal
+REAL_DEMO_INDICES = {"pneumonia": 0, "normal": 3}
+
+
+def real_demo_images() -> list[Path]:
+    """Two real paediatric CXRs (PneumoniaMNIST test split, 28 px, upsampled to 1024 px) as CR DICOMs,
+    when ``../shared/data/pneumoniamnist.npz`` is present (else none): the shipped classifier was
+    trained on real radiographs of this kind, so unlike the phantoms these show a positive result
+    with boxes and the Grad-CAM heatmap. Their 28-px origin makes them blurry; they are not clinical images."""
+    if not PNEUMONIAMNIST.is_file():
+        say(f"{PNEUMONIAMNIST} not found: phantoms only")
+        return []
+    import numpy as np
+    from PIL import Image
+
+    from models.holdout import pneumoniamnist_dicom
+
+    out = STATE / "real"
+    out.mkdir(parents=True, exist_ok=True)
+    files = []
+    with np.load(PNEUMONIAMNIST) as z:
+        images, labels = z["test_images"], z["test_labels"].reshape(-1)
+    for label, start in REAL_DEMO_INDICES.items():
+        want = 1 if label == "pneumonia" else 0
+        index = next(i for i in range(start, len(labels)) if int(labels[i]) == want)
+        path = out / f"pneumoniamnist-test-{index}.dcm"
+        if not path.is_file():
+            ds = pneumoniamnist_dicom(images[index], index, "test")
+            big = np.asarray(Image.fromarray(images[index]).resize((1024, 1024), Image.Resampling.BICUBIC), np.uint8)
+            ds.Rows, ds.Columns = big.shape
+            ds.PixelData = big.tobytes()
+            ds.Modality = "CR"  # as the RSNA challenge's Secondary Capture CXRs
+            ds.ViewPosition = "PA"
+            ds.PatientID = f"PMNIST-TEST-{index}"
+            ds.PatientName = f"PneumoniaMNIST^Test{index}"
+            ds.SeriesDescription = f"PneumoniaMNIST test image {index} ({label}), CC BY 4.0, upsampled 28->1024 px"
+            ds.save_as(path, enforce_file_format=True)
+        files.append(path)
+    say(f"{len(files)} real paediatric CXRs from PneumoniaMNIST's test split (one pneumonia, one normal) in {out}")
+    return files
+
+
 def _results(orthanc: LocalOrthanc, study_uid: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     tags = [t for t in orthanc.study_instances(study_uid) if t.get("Manufacturer") == "cxr-ai-node"]
     return [t for t in tags if t.get("Modality") == "SR"], [t for t in tags if t.get("SOPClassUID") == SC_STORAGE]
@@ -185,7 +229,7 @@ def cmd_start() -> int:
     STATE.mkdir(parents=True, exist_ok=True)
     orthanc = start_orthanc()
     start_node()
-    files = demo_images()
+    files = demo_images() + real_demo_images()
     res = storescu(files, DICOM_PORT)
     if res.returncode != 0:
         raise SystemExit(f"storescu failed: {res.stdout}{res.stderr}")
