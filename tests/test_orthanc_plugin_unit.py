@@ -107,6 +107,8 @@ def test_config_section_defaults_and_overrides() -> None:
         ({"ExcludedManufacturers": ["someone"]}, "loop guard"),
         ({"MaxRetries": -1}, "MaxRetries"),
         ({"RetryDelaySeconds": 0}, "RetryDelaySeconds"),
+        ({"RetryDelaySeconds": 60, "MaxRetryDelaySeconds": 30}, "MaxRetryDelaySeconds"),
+        ({"AlertAfterSeconds": 0}, "AlertAfterSeconds"),
         ({"AutoForward": "yes"}, "AutoForward"),
         ({"NodeModality": ""}, "NodeModality"),
         ({"BodyParts": ["CHEST\\ABDOMEN"]}, "invalid DICOM code string"),

@@ -105,6 +105,9 @@ class OrthancDeployment:
     verbose: bool = False
     name: str = "cxr-orthanc"
     extra: Mapping[str, Any] = field(default_factory=dict)
+    #: the plug-in's backoff cap (``MaxRetryDelaySeconds``) and when it reports waiting studies (``AlertAfterSeconds``)
+    max_retry_delay_s: float = 300.0
+    alert_after_s: float = 600.0
 
     def __post_init__(self) -> None:
         _check_port("http_port", self.http_port)
@@ -165,6 +168,8 @@ def render_config(deployment: OrthancDeployment, base: Mapping[str, Any] | None 
             "AutoForward": deployment.auto_forward,
             "RetryDelaySeconds": deployment.retry_delay_s,
             "MaxRetries": deployment.max_retries,
+            "MaxRetryDelaySeconds": deployment.max_retry_delay_s,
+            "AlertAfterSeconds": deployment.alert_after_s,
             "Verbose": deployment.verbose,
         }
     )

@@ -122,6 +122,9 @@ class LocalOrthanc:
     extra_modalities: Sequence[Modality] = ()
     #: added to Orthanc's environment (after ``TCP_NODELAY=1``, which it may override)
     env_overrides: Mapping[str, str] = field(default_factory=dict)
+    #: the routing plug-in's backoff cap and alert period (``MaxRetryDelaySeconds``, ``AlertAfterSeconds``)
+    max_retry_delay_s: float = 4.0
+    alert_after_s: float = 600.0
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -153,6 +156,8 @@ class LocalOrthanc:
             retry_delay_s=self.retry_delay_s,
             auto_forward=self.auto_forward,
             verbose=True,
+            max_retry_delay_s=self.max_retry_delay_s,
+            alert_after_s=self.alert_after_s,
         )
         return write_config(dep, self.config_path)
 

@@ -128,9 +128,15 @@ class PluginConfig:
     auto_forward: bool = True
     #: Orthanc job priority of the C-STORE jobs.
     job_priority: int = 0
-    #: How often a failed C-STORE job to the node is retried (node down), and the delay between tries.
+    #: Retries of a study whose C-STORE job fails while the node answers C-ECHO (a problem with the
+    #: study itself); after them the study is set aside (ERROR log line, status route). A node that
+    #: does not answer never uses them up: forwarding waits for it, however long it is down.
     max_retries: int = 5
+    #: First delay after a failed job or a failed C-ECHO probe of a down node; doubles up to ``max_retry_delay_s``.
     retry_delay_s: float = 10.0
+    max_retry_delay_s: float = 300.0
+    #: A study waiting longer than this for the node is reported (ERROR line, at most once per period).
+    alert_after_s: float = 600.0
     #: How often the worker checks its pending jobs.
     poll_interval_s: float = 1.0
     #: Log every skipped instance at warning level (else at info level).
@@ -148,9 +154,16 @@ class PluginConfig:
             raise ValueError(f"{CONFIG_SECTION}.JobPriority must be an integer, got {self.job_priority!r}")
         if not isinstance(self.max_retries, int) or isinstance(self.max_retries, bool) or self.max_retries < 0:
             raise ValueError(f"{CONFIG_SECTION}.MaxRetries must be an integer >= 0, got {self.max_retries!r}")
-        for name, value in (("RetryDelaySeconds", self.retry_delay_s), ("PollIntervalSeconds", self.poll_interval_s)):
+        for name, value in (("RetryDelaySeconds", self.retry_delay_s), ("PollIntervalSeconds", self.poll_interval_s),
+                            ("MaxRetryDelaySeconds", self.max_retry_delay_s)):  # fmt: skip
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value <= 3600:
                 raise ValueError(f"{CONFIG_SECTION}.{name} must be a number in (0, 3600], got {value!r}")
+        if self.max_retry_delay_s < self.retry_delay_s:
+            raise ValueError(f"{CONFIG_SECTION}.MaxRetryDelaySeconds ({self.max_retry_delay_s!r}) must be >= "
+                             f"RetryDelaySeconds ({self.retry_delay_s!r})")  # fmt: skip
+        a = self.alert_after_s
+        if not isinstance(a, (int, float)) or isinstance(a, bool) or not 0 < a <= 7 * 86400:
+            raise ValueError(f"{CONFIG_SECTION}.AlertAfterSeconds must be a number in (0, 604800], got {a!r}")
 
     @classmethod
     def from_section(cls, section: Mapping[str, Any] | None) -> PluginConfig:
@@ -158,7 +171,7 @@ class PluginConfig:
         section = dict(section or {})
         known = {
             "NodeModality", "AutoForward", "JobPriority", "MaxRetries", "RetryDelaySeconds",
-            "PollIntervalSeconds", "Verbose", "Modalities", "BodyParts", "SecondaryCaptureModalities",
+            "MaxRetryDelaySeconds", "AlertAfterSeconds", "PollIntervalSeconds", "Verbose", "Modalities", "BodyParts", "SecondaryCaptureModalities",
             "SecondaryCaptureBodyParts", "ViewPositions", "ExcludedManufacturers",
         }  # fmt: skip
         unknown = sorted(set(section) - known)
@@ -192,6 +205,8 @@ class PluginConfig:
             job_priority=section.get("JobPriority", defaults.job_priority),
             max_retries=section.get("MaxRetries", defaults.max_retries),
             retry_delay_s=section.get("RetryDelaySeconds", defaults.retry_delay_s),
+            max_retry_delay_s=section.get("MaxRetryDelaySeconds", defaults.max_retry_delay_s),
+            alert_after_s=section.get("AlertAfterSeconds", defaults.alert_after_s),
             poll_interval_s=section.get("PollIntervalSeconds", defaults.poll_interval_s),
             verbose=section.get("Verbose", defaults.verbose),
             rules=rules,
@@ -272,6 +287,8 @@ ANALYZE_ROUTE = "/cxr-ai/studies/([0-9a-f-]+)/analyze"
 ANALYZE_ROUTE_RE = re.compile("^" + ANALYZE_ROUTE + "$")
 #: Status route: configuration and counters of the plug-in.
 STATUS_ROUTE = "/cxr-ai/status"
+#: The status figures as Prometheus text (waiting studies, oldest wait, node reachable, counters).
+METRICS_ROUTE = "/cxr-ai/metrics"
 
 #: Label of the Orthanc Explorer button that sends the open study to the node.
 EXPLORER_BUTTON_LABEL = "Analyze with cxr-ai-node"

@@ -174,3 +174,48 @@ def test_orthanc_explorer_gets_the_analyze_button(orthanc_factory) -> None:  # t
     assert "'../cxr-ai/studies/' + $.mobile.pageData.uuid + '/analyze'" in text
     # the URL the button builds is the route the plug-in serves
     assert rules.ANALYZE_ROUTE_RE.match("/cxr-ai/studies/" + "0123abcd-" * 4 + "0123abcd/analyze")
+
+
+def test_forwarding_survives_a_node_outage_and_an_orthanc_restart(
+    orthanc_factory, ports, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """Issue 13 gap 1: the plug-in kept its retries in memory and gave up after MaxRetries x
+    RetryDelaySeconds; an Orthanc restart forgot them. Now the state lives in Orthanc: a study waits
+    for the node however long it is down, across a restart, and is sent exactly once afterwards."""
+    # StableAge 3 s: study B is pushed and Orthanc stopped before B ever becomes stable
+    orthanc = orthanc_factory(retry_delay_s=0.5, max_retry_delay_s=1.0, alert_after_s=3.0, stable_age_s=3).start()
+    a = make_image("CR", seed=21)
+    _push(orthanc, [write(a, tmp_path / "a.dcm")])
+    wait_until(lambda: orthanc.router_status()["NodeReachable"] is False, 30, what="the node seen as down")
+    # far longer than the old give-up time (MaxRetries 5 x RetryDelaySeconds 0.5 s)
+    wait_until(lambda: "ALERT 1 study(ies) waiting" in orthanc.log_path.read_text(errors="replace"), 30,
+               what="the alert line in Orthanc's log")  # fmt: skip
+    st = orthanc.router_status()
+    assert st["WaitingStudies"] == 1 and st["OldestWaitingSeconds"] >= 3, st
+    metrics = orthanc.request("GET", "/cxr-ai/metrics").text
+    assert "cxr_ai_router_waiting_studies 1" in metrics and "cxr_ai_router_node_reachable 0" in metrics
+
+    b = make_image("DX", seed=22)
+    _push(orthanc, [write(b, tmp_path / "b.dcm")])
+    orthanc.stop()  # B never became stable in this process
+    orthanc.start()
+    wait_until(lambda: orthanc.router_status()["WaitingStudies"] == 2, 30,
+               what="both studies waiting after the restart")  # fmt: skip
+    assert orthanc.router_status()["NodeReachable"] is False  # persisted too
+
+    scp = StoreSCP(port=ports.node, outdir=tmp_path / "node" / "in").start()
+    try:
+        wait_until(lambda: len(scp.received()) >= 2, 60, what="both CXRs at the node once it is back")
+        wait_until(lambda: orthanc.router_status()["WaitingStudies"] == 0, 30, what="nothing left waiting")
+        assert _received_uids(scp) == {str(a.SOPInstanceUID), str(b.SOPInstanceUID)}
+        # a further restart sends nothing again (the marks and the checkpoint are stored in Orthanc)
+        orthanc.stop()
+        orthanc.start()
+        st = _wait_routed(orthanc, studies=0)
+        import time
+
+        time.sleep(4)  # > StableAge + a poll: anything wrongly rescheduled would have gone out
+        assert len(scp.received()) == 2, [p.name for p in scp.received()]
+        assert orthanc.router_status()["WaitingStudies"] == 0
+    finally:
+        scp.stop()
