@@ -2,9 +2,16 @@
 
 Stages (mean ms per image over ``--n`` RSNA-style 1024² JPEG phantoms): source decode
 (``load_source_image``), ``prepare`` for each model input size, inference (``InferenceEngine``
-batch, both models), SR build (``build_sr``), SC build (``build_sc``, which decodes the source
-again), and encoding both results (``dataset_bytes``). The sum is what the node spends per image
-besides receiving and delivering.
+batch, both models), SR build (``build_sr``), SC build (``build_sc`` with the engine's decoded
+image, as the node calls it; also split into positive images with a heatmap and the others; the
+overlay's text caches are cleared before each of these rows, so every image renders its own text
+as it would in the node, except the header band shared by all), the heatmap's share of it
+(``blend_heatmap`` alone), the engine without heatmaps (the Grad-CAM's share of the engine), and
+encoding both results (``dataset_bytes``). The sum is what the node spends per image
+besides receiving and delivering. Each row gives the wall time and the process CPU time
+(``time.process_time``: all threads; the engine's threads are idle during the result stages),
+medians of the repeats, and the least CPU time of the repeats (on a shared host, where other
+processes inflate CPU time through cache and core contention, the least is the steadier figure).
 
     python bench/profile_stages.py --n 16 --batch 8 [--device cpu]
 """
@@ -26,10 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, hardware, rsna_phantoms  # noqa: E402
 
 
-def per_image_ms(fn: Callable[[], Any], n: int) -> float:
-    t0 = time.perf_counter()
+def per_image_ms(fn: Callable[[], Any], n: int) -> tuple[float, float]:
+    """(wall ms, CPU ms) per image of ``fn()``, which handles ``n`` images."""
+    t0, c0 = time.perf_counter(), time.process_time()
     fn()
-    return (time.perf_counter() - t0) * 1000.0 / n
+    return (time.perf_counter() - t0) * 1000.0 / max(1, n), (time.process_time() - c0) * 1000.0 / max(1, n)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -42,22 +50,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--scratch", type=Path, default=Path(tempfile.gettempdir()) / "cxr-bench")
     args = p.parse_args(argv)
 
+    import numpy as np
     import pydicom
 
+    from dicom_node.overlay_heatmap import blend_heatmap
+    from dicom_node.overlay_render import grey_u8, output_shape
+    from dicom_node.overlay_text import clear_caches
     from dicom_node.results_sc import build_sc
     from dicom_node.results_sr import build_sr
     from dicom_node.spool import dataset_bytes
     from models import dicom_image, preprocess
-    from models.engine import InferenceEngine
+    from models.engine import InferenceEngine, source_image_of
 
     files = rsna_phantoms(args.scratch / "phantoms", args.n, seed=11, size=1024)
     dss = [pydicom.dcmread(f) for f in files]
     eng = InferenceEngine(REPO / "monai_bundles", device=args.device, max_batch_size=args.batch,
                           decode_workers=1, num_threads=args.threads, warmup=True)  # fmt: skip
+    plain = InferenceEngine(REPO / "monai_bundles", device=args.device, max_batch_size=args.batch,
+                            decode_workers=1, num_threads=args.threads, warmup=True, heatmaps=False)  # fmt: skip
     sizes = [b.image_size for b in eng.bundles]
     try:
-        findings = [f.result() for f in [eng.submit(d) for d in dss]]
-        rows: dict[str, list[float]] = {}
+        futures = [eng.submit(d, keep_image=True) for d in dss]
+        findings = [f.result() for f in futures]
+        kept = [source_image_of(f) for f in futures]
+        work = list(zip(dss, findings, kept, strict=True))
+        with_map = [w for w in work if w[1].heatmap is not None]
+        without_map = [w for w in work if w[1].heatmap is None]
+        canvases = []
+        for _d, f, im in with_map:
+            r, c, scale = output_shape(f.rows, f.columns)
+            canvases.append((np.repeat(grey_u8(im.pixels, r, c)[:, :, None], 3, axis=2), f.heatmap, scale))
+
+        def blend_all() -> None:
+            for rgb, hm, scale in canvases:
+                blend_heatmap(rgb.copy(), hm.values, (hm.x * scale, hm.y * scale, hm.width * scale, hm.height * scale))
+
+        rows: dict[str, list[tuple[float, float]]] = {}
         for _ in range(args.repeats):
             images: list[Any] = []
             rows.setdefault("decode (load_source_image)", []).append(
@@ -69,35 +97,44 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows.setdefault(f"engine: decode + prepare + both models (batch {args.batch})", []).append(
                 per_image_ms(lambda: [f.result() for f in [eng.submit(d) for d in dss]], args.n)
             )
+            rows.setdefault("engine without heatmaps (heatmaps=False)", []).append(
+                per_image_ms(lambda: [f.result() for f in [plain.submit(d) for d in dss]], args.n)
+            )
             srs: list[Any] = []
             scs: list[Any] = []
             rows.setdefault("SR build (highdicom TID 1500)", []).append(
-                per_image_ms(
-                    lambda: srs.extend(
-                        build_sr(d, f) for d, f in zip(dss, findings, strict=True)
-                    ),
-                    args.n,
-                )
+                per_image_ms(lambda: srs.extend(build_sr(d, f) for d, f, _ in work), args.n)
             )
-            rows.setdefault("SC build (overlay; decodes the source again)", []).append(
-                per_image_ms(
-                    lambda: scs.extend(
-                        build_sc(d, f) for d, f in zip(dss, findings, strict=True)
-                    ),
-                    args.n,
-                )
+            clear_caches()
+            rows.setdefault("SC build (overlay, from the engine's decoded image)", []).append(
+                per_image_ms(lambda: scs.extend(build_sc(d, f, image=im) for d, f, im in work), args.n)
+            )
+            clear_caches()
+            rows.setdefault(f"SC build, positive images with a heatmap ({len(with_map)} of {args.n})", []).append(
+                per_image_ms(lambda: [build_sc(d, f, image=im) for d, f, im in with_map], len(with_map))
+            )
+            clear_caches()
+            rows.setdefault(f"SC build, the other images ({len(without_map)} of {args.n})", []).append(
+                per_image_ms(lambda: [build_sc(d, f, image=im) for d, f, im in without_map], len(without_map))
+            )
+            rows.setdefault("heatmap alone (blend_heatmap, positive images; copy of the image included)", []).append(
+                per_image_ms(blend_all, len(canvases))
             )
             rows.setdefault("encode SR + SC (dataset_bytes)", []).append(
                 per_image_ms(lambda: [dataset_bytes(x) for x in srs + scs], args.n)
             )
+            rows.setdefault("encode SR alone", []).append(per_image_ms(lambda: [dataset_bytes(x) for x in srs], args.n))
+            rows.setdefault("encode SC alone", []).append(per_image_ms(lambda: [dataset_bytes(x) for x in scs], args.n))
     finally:
         eng.close()
+        plain.close()
     hw = hardware()
     print(f"{hw['cpu']}, {hw['cores']} cores, load {hw['load_1m']:.1f}; device {args.device}; "
           f"{args.n} images; median of {args.repeats}")  # fmt: skip
-    print("\n| stage | ms per image |\n|---|---:|")
+    print("\n| stage | wall ms per image | CPU ms per image | least CPU ms of the repeats |\n|---|---:|---:|---:|")
     for name, vals in rows.items():
-        print(f"| {name} | {statistics.median(vals):.1f} |")
+        wall, cpu = statistics.median(v[0] for v in vals), statistics.median(v[1] for v in vals)
+        print(f"| {name} | {wall:.1f} | {cpu:.1f} | {min(v[1] for v in vals):.1f} |")
     return 0
 
 

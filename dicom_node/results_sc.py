@@ -1,4 +1,11 @@
-"""Secondary Capture overlay: the source CXR with the AI findings burned in (RGB, not for diagnosis)."""
+"""Secondary Capture overlay: the source CXR with the AI findings burned in (RGB, not for diagnosis).
+
+The pixel data is the canvas of :func:`dicom_node.overlay_render.render_overlay`: a text band above
+the image, the image (the source, downscaled only beyond MAX_SIDE), a results band below it. It is
+not the source's pixel grid, so the SC carries no pixel spacing and says so
+(Spatial Locations Preserved NO); Patient Orientation stays true (the row and column directions
+are the source's) and is copied when the source has one.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +16,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
 from dicom_node import uids
-from dicom_node.overlay_render import MAX_SIDE, output_shape, render_overlay
+from dicom_node.overlay_render import MAX_SIDE, render_overlay
 from dicom_node.results_common import (
     MANUFACTURER,
     SC_SERIES_DESCRIPTION,
@@ -54,13 +61,13 @@ def build_sc(
             f"source image is SOP Instance {image.sop_instance_uid}, findings are for {findings.sop_instance_uid}"
         )
     models = findings.models
-    rgb = render_overlay(image.pixels, findings, models_label=models_label(models), max_side=max_side)
-    out_rows, out_cols, scale = output_shape(findings.rows, findings.columns, max_side)
+    overlay = render_overlay(image.pixels, findings, models_label=models_label(models), max_side=max_side)
+    layout = overlay.layout
 
     orientation = source.get("PatientOrientation")
     has_orientation = orientation is not None and not isinstance(orientation, str) and len(orientation) == 2
     sc = SCImage(
-        pixel_array=rgb,
+        pixel_array=overlay.rgb,
         photometric_interpretation="RGB",
         bits_allocated=8,
         coordinate_system="PATIENT",
@@ -90,7 +97,8 @@ def build_sc(
     sc.ImageType = ["DERIVED", "SECONDARY", "OTHER"]
     sc.DerivationDescription = (
         f"AI findings of {models_label(models)} burned into the windowed source image"
-        + (f", downscaled by {scale:.4f}" if scale < 1.0 else "")
+        + (f", downscaled by {layout.scale:.4f}" if layout.scale < 1.0 else "")
+        + f"; the image is rows {layout.image_top + 1}-{layout.image_bottom} of this one, between text bands"
         + "; not for primary diagnosis"
     )[:1024]
     sc.ReferencedImageSequence = [_reference(source, with_purpose=False)]
@@ -106,9 +114,10 @@ def build_sc(
         extra={
             "source_sop_instance_uid": findings.sop_instance_uid,
             "sc_sop_instance_uid": str(sc.SOPInstanceUID),
-            "rows": out_rows,
-            "columns": out_cols,
+            "rows": layout.canvas_rows,
+            "columns": layout.image_columns,
             "n_boxes": len(findings.boxes),
+            "heatmap": overlay.text.heatmap is not None,
         },
     )
     return sc
@@ -122,5 +131,7 @@ def _reference(source: Dataset, *, with_purpose: bool) -> Dataset:
         code = Dataset()
         code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = _SOURCE_PURPOSE
         item.PurposeOfReferenceCodeSequence = [code]
+        # General Image module: the overlay's pixel grid is not the source's (text bands, maybe downscaled)
+        item.SpatialLocationsPreserved = "NO"
     return item
 
