@@ -490,7 +490,7 @@ class Receiver:
             if decision.analyse:
                 self.metrics.received()
             else:
-                self.metrics.skipped(skip_reason_category(decision.reason))
+                self.metrics.skipped(getattr(decision, "category", None) or skip_reason_category(decision.reason))
         if decision.analyse:
             logger.info(
                 "received",

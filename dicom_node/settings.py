@@ -31,15 +31,17 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from dicom_node.orthanc_plugin import routing_policy
+
 ENV_PREFIX = "CXR_NODE_"
 CONFIG_ENV = "CXR_NODE_CONFIG"
 
-#: SOP classes a frontal chest radiograph normally arrives as.
-CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
-DX_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
-DX_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.1.1"
-SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
-DEFAULT_CXR_SOP_CLASSES = (CR_IMAGE_STORAGE, DX_FOR_PRESENTATION, DX_FOR_PROCESSING, SECONDARY_CAPTURE)
+#: SOP classes a frontal chest radiograph normally arrives as (the routing policy's defaults).
+CR_IMAGE_STORAGE = routing_policy.CR_IMAGE_STORAGE
+DX_FOR_PRESENTATION = routing_policy.DX_FOR_PRESENTATION
+DX_FOR_PROCESSING = routing_policy.DX_FOR_PROCESSING
+SECONDARY_CAPTURE = routing_policy.SECONDARY_CAPTURE
+DEFAULT_CXR_SOP_CLASSES = routing_policy.DEFAULT_SOP_CLASSES
 
 _AET_BAD = re.compile(r"[\\\x00-\x1f]")
 _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
@@ -203,18 +205,26 @@ class NodeSettings(BaseSettings):
     route_modalities: CommaList = Field(
         default_factory=lambda: ["CR", "DX"], description="Modality values that are analysed"
     )
+    route_secondary_capture_modalities: CommaList = Field(
+        default_factory=lambda: ["SC", "OT"],
+        description="Modality values of secondary captures that are analysed when BodyPartExamined says chest",
+    )
     route_sop_classes: CommaList = Field(
         default_factory=lambda: list(DEFAULT_CXR_SOP_CLASSES),
         description="SOP Class UIDs that are analysed (CR, DX presentation/processing, SC)",
     )
     route_body_parts: CommaList = Field(
-        default_factory=lambda: ["CHEST"], description="BodyPartExamined values that are analysed"
+        default_factory=lambda: ["CHEST", "THORAX"],
+        description="BodyPartExamined values that are analysed, besides any containing CHEST, THORA, LUNG, "
+        "TORAX, TORACE, POUMON or BRUST (docs/ROUTING.md)",
     )
     route_allow_empty_body_part: bool = Field(True, description="analyse instances without BodyPartExamined")
     route_view_positions: CommaList = Field(
         default_factory=lambda: ["PA", "AP"], description="ViewPosition values that are analysed"
     )
-    route_allow_empty_view_position: bool = Field(True, description="analyse instances without ViewPosition")
+    route_allow_empty_view_position: bool = Field(
+        True, description="analyse instances without ViewPosition (unless the header shows a lateral view)"
+    )
 
     # --- inference ---
     bundles_dir: Path = Field(Path("monai_bundles"), description="folder holding the MONAI bundles")
@@ -316,6 +326,7 @@ class NodeSettings(BaseSettings):
     @field_validator(
         "allowed_aets",
         "route_modalities",
+        "route_secondary_capture_modalities",
         "route_sop_classes",
         "route_body_parts",
         "route_view_positions",
@@ -343,7 +354,8 @@ class NodeSettings(BaseSettings):
     def _aets(cls, value: list[str]) -> list[str]:
         return [validate_ae_title(v, "allowed calling AE title") for v in value]
 
-    @field_validator("route_modalities", "route_body_parts", "route_view_positions")
+    @field_validator("route_modalities", "route_secondary_capture_modalities", "route_body_parts",
+                     "route_view_positions")  # fmt: skip
     @classmethod
     def _upper(cls, value: list[str]) -> list[str]:
         return [v.strip().upper() for v in value]
@@ -391,6 +403,17 @@ class NodeSettings(BaseSettings):
     @classmethod
     def _fmt(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _routing(self) -> NodeSettings:
+        routing_policy.RoutingPolicy(  # raises ValueError naming the offending value
+            modalities=frozenset(self.route_modalities),
+            secondary_capture_modalities=frozenset(self.route_secondary_capture_modalities),
+            sop_classes=frozenset(self.route_sop_classes),
+            body_parts=frozenset(self.route_body_parts),
+            view_positions=frozenset(self.route_view_positions),
+        )
+        return self
 
     @model_validator(mode="after")
     def _backoff(self) -> NodeSettings:

@@ -51,24 +51,25 @@ def test_chest_radiographs_are_forwarded(instance_tags: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize(
-    ("instance_tags", "reason_part"),
+    ("instance_tags", "category"),
     [
-        (tags(Manufacturer="cxr-ai-node"), "manufacturer"),
-        (tags(Manufacturer="CXR-AI-NODE", Modality="SC"), "manufacturer"),
-        (tags(Modality="SR"), "result"),
-        (tags(Modality="PR"), "result"),
-        (tags(Modality="CT"), "not a chest radiograph modality"),
-        (tags(Modality=None), "not a chest radiograph modality"),
-        (tags(BodyPartExamined="ABDOMEN"), "not a chest"),
-        (tags(Modality="SC", BodyPartExamined=None), "secondary capture"),
-        (tags(ViewPosition="LL"), "not frontal"),
-        (tags(ViewPosition="LATERAL"), "not frontal"),
+        (tags(Manufacturer="cxr-ai-node"), "own_result"),
+        (tags(Manufacturer="CXR-AI-NODE", Modality="SC"), "own_result"),
+        (tags(Modality="SR"), "structured_report"),
+        (tags(Modality="PR"), "structured_report"),
+        (tags(Modality="CT"), "modality"),
+        (tags(Modality=None), "modality"),
+        (tags(BodyPartExamined="ABDOMEN"), "body_part"),
+        (tags(Modality="SC", BodyPartExamined=None), "body_part"),
+        (tags(ViewPosition="LL"), "view_position"),
+        (tags(ViewPosition="LATERAL"), "view_position"),
+        (tags(SOPClassUID="1.2.840.10008.5.1.4.1.1.2"), "sop_class"),
     ],
 )
-def test_non_cxr_and_node_output_are_not_forwarded(instance_tags: dict[str, Any], reason_part: str) -> None:
+def test_non_cxr_and_node_output_are_not_forwarded(instance_tags: dict[str, Any], category: str) -> None:
     d = rr.RoutingRules().decide(instance_tags)
     assert not d.forward
-    assert reason_part in d.reason
+    assert d.category == category, d.reason
 
 
 def test_reasons_carry_no_patient_data() -> None:
@@ -101,9 +102,11 @@ def test_config_section_defaults_and_overrides() -> None:
     [
         ({"Modalitys": ["CR"]}, "unknown keys"),
         ({"Modalities": "CR"}, "must be a list of strings"),
-        ({"Modalities": ["SR"]}, "can never be forwarded"),
+        ({"Modalities": ["SR"]}, "can never be"),
         ({"Modalities": [""]}, "empty string"),
-        ({"SecondaryCaptureBodyParts": [""]}, "empty string"),
+        ({"SecondaryCaptureModalities": [""]}, "empty string"),
+        ({"SecondaryCaptureBodyParts": ["CHEST"]}, "unknown keys"),  # one body-part list now (routing policy)
+        ({"SopClasses": ["not-a-uid"]}, "SOP Class UID"),
         ({"ExcludedManufacturers": ["someone"]}, "loop guard"),
         ({"MaxRetries": -1}, "MaxRetries"),
         ({"RetryDelaySeconds": 0}, "RetryDelaySeconds"),

@@ -99,7 +99,7 @@ def test_analyze_route_sends_one_study_on_demand(
     answer = orthanc.post(f"/cxr-ai/studies/{sid}/analyze")
     assert answer["StudyID"] == sid and answer["NodeModality"] == "cxr-node"
     assert len(answer["Forwarded"]) == 1 and answer["Job"]
-    assert [s["Reason"] for s in answer["Skipped"]] == ["modality 'CT' is not a chest radiograph modality"]
+    assert [s["Reason"] for s in answer["Skipped"]] == ["Modality CT is not routed for analysis"]
     wait_until(lambda: len(fake_node.received()) == 1, 20, what="the CXR at the fake node")
     assert _received_uids(fake_node) == {str(cr.SOPInstanceUID)}
 
@@ -219,3 +219,27 @@ def test_forwarding_survives_a_node_outage_and_an_orthanc_restart(
         assert orthanc.router_status()["WaitingStudies"] == 0
     finally:
         scp.stop()
+
+
+def test_the_shared_routing_policy_runs_inside_orthanc(
+    orthanc: LocalOrthanc, fake_node: StoreSCP, tmp_path: Path
+) -> None:
+    """Rows of docs/ROUTING.md in a real Orthanc: the plug-in imports the shared routing_policy."""
+    study = pydicom.uid.generate_uid()
+    ot = make_image("CR", study_uid=study, seed=31)  # rule 7: SC/OT with CHEST is analysed (was skipped by the node)
+    ot.Modality = "OT"
+    ot.SOPClassUID = ot.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    thorax = make_image("CR", study_uid=study, body_part="THORAX", seed=32)  # rule 7 (was dropped by both)
+    sd_lateral = make_image("DX", study_uid=study, view_position=None, seed=33)  # rule 8 (was forwarded)
+    sd_lateral.SeriesDescription = "CHEST LAT"
+    ll = make_image("DX", study_uid=study, view_position="LL", seed=34)  # rule 6
+    ot_no_body = make_image("CR", study_uid=study, body_part=None, seed=35)  # rule 4
+    ot_no_body.Modality = "OT"
+    ot_no_body.SOPClassUID = ot_no_body.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    images = [ot, thorax, sd_lateral, ll, ot_no_body]
+    _push(orthanc, [write(ds, tmp_path / f"{i}.dcm") for i, ds in enumerate(images)])
+    _wait_routed(orthanc, studies=1)
+    wait_until(lambda: len(fake_node.received()) >= 2, 20, what="the two routed images at the fake node")
+    assert _received_uids(fake_node) == {str(ot.SOPInstanceUID), str(thorax.SOPInstanceUID)}
+    log = orthanc.log_path.read_text(errors="replace")
+    assert "lateral view (SeriesDescription)" in log and "CHEST LAT" not in log  # no free text in the log
