@@ -178,7 +178,36 @@ class NodeSettings(BaseSettings):
     port: int = Field(11112, ge=0, le=65535, description="TCP port of the SCP (0 = pick a free port)")
     max_associations: int = Field(10, ge=1, le=1000, description="maximum simultaneous associations")
     allowed_aets: CommaList = Field(
-        default_factory=list, description="calling AE titles allowed to associate; empty = any"
+        default_factory=list,
+        description="calling AE titles allowed to associate from any host (spoofable: prefer allowed_peers); "
+        "empty = any",
+    )
+    allowed_peers: CommaList = Field(
+        default_factory=list,
+        description="calling AE titles bound to where they may call from: AET@host-or-CIDR (ORTHANC@10.0.0.5, "
+        "ORTHANC@orthanc, CR1@10.1.2.0/24, *@127.0.0.1); a title listed here is refused from anywhere else",
+    )
+    allow_any_peer: bool = Field(
+        False,
+        description="let any AE title from any host associate although bind is not a loopback address "
+        "(without it, such a bind needs allowed_peers or allowed_aets)",
+    )
+    association_request_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="how long a new connection may take to send its A-ASSOCIATE request (idle sockets are closed "
+        "after it and never count against max_associations)",
+    )
+    idle_timeout_s: float = Field(
+        60.0, gt=0, le=3600, description="an association that sends nothing for this long is aborted"
+    )
+    tls_handshake_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="with tls_scp: how long a client may take to complete the TLS handshake (done in the "
+        "association's thread: a stalled client never blocks the others)",
     )
     disk_reserve_mb: float = Field(
         200.0, ge=0, description="C-STORE answers 0xA700 when the spool's free space would drop below this"
@@ -304,6 +333,11 @@ class NodeSettings(BaseSettings):
         None,
         description="PEM CA certificate(s) that issued the peers' certificates (file or c_rehash folder)",
     )
+    tls: bool = Field(
+        False,
+        description="DICOM TLS on both hops, one switch: sets tls_scp and tls_scu (needs cert, key and CA; "
+        "Orthanc's side: docs/DEPLOY.md)",
+    )
     tls_scp: bool = Field(False, description="the SCP accepts TLS associations only (needs cert and key)")
     tls_require_client_cert: bool = Field(
         True, description="with tls_scp: refuse clients without a certificate issued by tls_ca_file"
@@ -325,6 +359,7 @@ class NodeSettings(BaseSettings):
     # ----------------------------------------------------------------- validators
     @field_validator(
         "allowed_aets",
+        "allowed_peers",
         "route_modalities",
         "route_secondary_capture_modalities",
         "route_sop_classes",
@@ -353,6 +388,13 @@ class NodeSettings(BaseSettings):
     @classmethod
     def _aets(cls, value: list[str]) -> list[str]:
         return [validate_ae_title(v, "allowed calling AE title") for v in value]
+
+    @field_validator("allowed_peers")
+    @classmethod
+    def _peers(cls, value: list[str]) -> list[str]:
+        from dicom_node.peer_access import parse_peer
+
+        return [str(parse_peer(v)) for v in value]
 
     @field_validator("route_modalities", "route_secondary_capture_modalities", "route_body_parts",
                      "route_view_positions")  # fmt: skip
@@ -405,6 +447,17 @@ class NodeSettings(BaseSettings):
         return value.strip().lower() if isinstance(value, str) else value
 
     @model_validator(mode="after")
+    def _open_scp(self) -> NodeSettings:
+        from dicom_node.peer_access import is_loopback_bind
+
+        if not is_loopback_bind(self.bind) and not (self.allowed_peers or self.allowed_aets or self.allow_any_peer):
+            raise ValueError(
+                f"bind={self.bind!r} listens beyond loopback but no allow-list is set: set allowed_peers "
+                "(AET@host-or-CIDR, e.g. ORTHANC@10.0.0.5), or allowed_aets, or allow_any_peer=true"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _routing(self) -> NodeSettings:
         routing_policy.RoutingPolicy(  # raises ValueError naming the offending value
             modalities=frozenset(self.route_modalities),
@@ -422,6 +475,17 @@ class NodeSettings(BaseSettings):
                 f"retry_max_s ({self.retry_max_s!r}) must be >= retry_base_s ({self.retry_base_s!r})"
             )
         return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tls_switch(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            on = data.get("tls")
+            if isinstance(on, str):
+                on = on.strip().lower() in ("1", "true", "yes", "on")
+            if on is True:
+                data = {**data, "tls_scp": True, "tls_scu": True}
+        return data
 
     @model_validator(mode="after")
     def _tls(self) -> NodeSettings:

@@ -145,6 +145,7 @@ def test_shipped_config_is_consistent_with_the_plugin() -> None:
     assert cfg["UserMetadata"][rr.FORWARDED_METADATA] >= 1024  # user metadata range
     assert cfg["AuthenticationEnabled"] is True and cfg["DicomCheckCalledAet"] is True
     assert cfg["DicomAlwaysAllowStore"] is False
+    assert cfg["DicomCheckModalityHost"] is True  # a peer must call from its declared address (issue 13 point 3)
     assert cfg["DicomModalities"]["cxr-node"]["AllowStore"] is True
 
 
@@ -153,7 +154,7 @@ def test_shipped_config_uses_env_placeholders_only_in_strings() -> None:
     cfg = load_shipped_config()
     text = SHIPPED_CONFIG.read_text()
     found = set(re.findall(r"\$\{([A-Za-z_0-9]+)\}", text))
-    assert found == {"ORTHANC_USER", "ORTHANC_PASSWORD", "CXR_NODE_HOST", "CXR_MODALITY_AET",
+    assert found == {"ORTHANC_USER", "ORTHANC_PASSWORD", "CXR_NODE_HOST", "CXR_MODALITY_AET", "CXR_MODALITY_HOST",
                      "CXR_ORTHANC_PLUGIN_SCRIPT"}  # fmt: skip
     for key in ("HttpPort", "DicomPort", "StableAge"):
         assert isinstance(cfg[key], int), key
@@ -206,6 +207,12 @@ def test_bad_deployments_are_rejected(tmp_path: Path, kw: dict[str, Any], messag
     base.update(kw)
     with pytest.raises(ValueError, match=message):
         OrthancDeployment(**base)
+
+
+def test_render_config_refuses_a_host_name_while_orthanc_checks_addresses(tmp_path: Path) -> None:
+    dep = OrthancDeployment(storage_dir=tmp_path, users={"u": "p"}, node=Modality("cxr-node", "AINODE", "cxr-node", 11112))
+    with pytest.raises(ValueError, match="must be an IP address, got 'cxr-node'"):
+        render_config(dep)
 
 
 def test_bad_modality_is_rejected() -> None:

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from dicom_node.orthanc.config import Modality, OrthancDeployment, write_config
+from dicom_node.orthanc.config import DicomTls, Modality, OrthancDeployment, write_config
 
 T = TypeVar("T")
 
@@ -125,6 +125,8 @@ class LocalOrthanc:
     #: the routing plug-in's backoff cap and alert period (``MaxRetryDelaySeconds``, ``AlertAfterSeconds``)
     max_retry_delay_s: float = 4.0
     alert_after_s: float = 600.0
+    #: DICOM TLS on Orthanc's side (its DICOM port then accepts TLS only; the node is called with TLS)
+    dicom_tls: DicomTls | None = None
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -158,6 +160,7 @@ class LocalOrthanc:
             verbose=True,
             max_retry_delay_s=self.max_retry_delay_s,
             alert_after_s=self.alert_after_s,
+            dicom_tls=self.dicom_tls,
         )
         return write_config(dep, self.config_path)
 

@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,6 +83,8 @@ class NodeProcess:
     env_overrides: Mapping[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
+    #: how to tell the node is up (default: dcmtk C-ECHO as ORTHANC, plain DICOM)
+    ready_check: Callable[[], bool] | None = None
 
     @property
     def log_path(self) -> Path:
@@ -138,6 +140,8 @@ class NodeProcess:
         def ready() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
                 raise ProcessExited(f"node exited with {self.proc.returncode}; log:\n{self.log_tail()}")
+            if self.ready_check is not None:
+                return port_open(self.port) and self.ready_check()
             return port_open(self.port) and echoscu(self.port, calling_aet=ORTHANC_AET)
 
         try:

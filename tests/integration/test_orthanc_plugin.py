@@ -139,8 +139,9 @@ def test_shipped_config_runs_with_environment_variables(binaries, ports, tmp_pat
     cfg.update({"HttpPort": ports.http, "DicomPort": ports.dicom, "StorageDirectory": str(tmp_path / "db"),
                 "IndexDirectory": str(tmp_path / "db"), "RemoteAccessAllowed": False})  # fmt: skip
     (tmp_path / "orthanc.json").write_text(json.dumps(cfg))
-    env = dict(os.environ, ORTHANC_USER="envuser", ORTHANC_PASSWORD="envpass", CXR_NODE_HOST="node.example",
-               CXR_MODALITY_AET="CR1", CXR_ORTHANC_PLUGIN_SCRIPT=str(PLUGIN_SCRIPT))  # fmt: skip
+    env = dict(os.environ, ORTHANC_USER="envuser", ORTHANC_PASSWORD="envpass", CXR_NODE_HOST="192.0.2.10",
+               CXR_MODALITY_AET="CR1", CXR_MODALITY_HOST="192.0.2.20",
+               CXR_ORTHANC_PLUGIN_SCRIPT=str(PLUGIN_SCRIPT))  # fmt: skip
     log = open(tmp_path / "orthanc.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen([orthanc_binary(), str(tmp_path / "orthanc.json")], cwd=tmp_path, env=env,
                             stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
@@ -152,7 +153,7 @@ def test_shipped_config_runs_with_environment_variables(binaries, ports, tmp_pat
         assert httpx.get(f"{base}/system", auth=("envuser", "wrong"), timeout=5).status_code == 401
         node = httpx.get(f"{base}/modalities/cxr-node/configuration", auth=("envuser", "envpass"), timeout=5)
         assert node.status_code == 200, node.text
-        assert node.json()["Host"] == "node.example" and node.json()["Port"] == 11112
+        assert node.json()["Host"] == "192.0.2.10" and node.json()["Port"] == 11112
         status = httpx.get(f"{base}/cxr-ai/status", auth=("envuser", "envpass"), timeout=5).json()
         assert status["NodeModality"] == "cxr-node" and status["AutoForward"] is True
     finally:

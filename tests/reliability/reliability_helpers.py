@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-for _p in (REPO / "tests" / "integration", REPO / "bench"):
+for _p in (REPO / "tests" / "integration", REPO / "bench", REPO / "tests"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
