@@ -31,7 +31,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     reason TEXT,
     attempts INTEGER NOT NULL DEFAULT 0,
     received_at REAL NOT NULL,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    starts INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, id);
 CREATE INDEX IF NOT EXISTS jobs_uid ON jobs(sop_instance_uid);
@@ -70,10 +71,17 @@ class Job:
     reason: str | None
     attempts: int
     received_at: float
+    #: analyses started (counted before the risky step: a start without an end means the process died)
+    starts: int = 0
 
     def __post_init__(self) -> None:
         if self.state not in JOB_STATES:
             raise ValueError(f"unknown job state {self.state!r}")
+
+    @property
+    def suspect(self) -> bool:
+        """Started more often than it ended (success or counted failure): the process died during it."""
+        return self.state == "received" and self.starts > self.attempts
 
 
 @dataclass(frozen=True)
@@ -112,7 +120,9 @@ class OutboxItem:
             raise ValueError(f"unknown outbox state {self.state!r}")
 
 
-_JOB_COLS = "id, sop_instance_uid, sop_class_uid, transfer_syntax, calling_aet, path, state, reason, attempts, received_at"
+_JOB_COLS = (
+    "id, sop_instance_uid, sop_class_uid, transfer_syntax, calling_aet, path, state, reason, attempts, received_at, starts"
+)
 _OUT_COLS = (
     "id, job_id, sop_instance_uid, sop_class_uid, transfer_syntax, path, destination, state, attempts, "
     "next_attempt_at, last_error, permanent"
@@ -148,6 +158,9 @@ class Journal:
         self._conn.execute("PRAGMA foreign_keys=ON")
         with self._conn:
             self._conn.executescript(_SCHEMA)
+            columns = {row[1] for row in self._conn.execute("PRAGMA table_info(jobs)")}
+            if "starts" not in columns:  # journals written before the crash-safe attempt count
+                self._conn.execute("ALTER TABLE jobs ADD COLUMN starts INTEGER NOT NULL DEFAULT 0")
 
     def close(self) -> None:
         """Close the connection (idempotent)."""
@@ -237,6 +250,21 @@ class Journal:
                 "UPDATE jobs SET state=?, reason=?, updated_at=? WHERE id=?",
                 (state, reason, time.time(), job_id),
             )
+
+    def start_attempt(self, job_id: int) -> int:
+        """Count (and commit) one analysis start, before anything risky is done with the data set;
+        returns the number of starts so far, this one included."""
+        with self._lock, self._conn:
+            self._conn.execute("UPDATE jobs SET starts=starts+1, updated_at=? WHERE id=?", (time.time(), job_id))
+            row = self._conn.execute("SELECT starts FROM jobs WHERE id=?", (job_id,)).fetchone()
+        if row is None:
+            raise KeyError(f"no job with id {job_id!r}")
+        return int(row[0])
+
+    def undo_start(self, job_id: int) -> None:
+        """Take back a start that ended without a verdict for a harmless reason (graceful stop)."""
+        with self._lock, self._conn:
+            self._conn.execute("UPDATE jobs SET starts=MAX(0, starts-1) WHERE id=? AND state='received'", (job_id,))
 
     def count_attempt(self, job_id: int, error: str) -> int:
         """Record one failed analysis attempt; returns the number of attempts so far."""

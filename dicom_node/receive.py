@@ -29,6 +29,7 @@ from typing import Any
 
 import pydicom
 import pynetdicom.dimse_messages as _dimse_messages
+from pydicom.dataset import Dataset
 from pydicom.uid import (
     JPEG2000,
     DeflatedExplicitVRLittleEndian,
@@ -54,7 +55,7 @@ from dicom_node.node_metrics import NodeMetrics, skip_reason_category
 from dicom_node.peer_access import PeerPolicy
 from dicom_node.routing import RoutingRules
 from dicom_node.settings import NodeSettings
-from dicom_node.spool import Spool, StagedFile, is_out_of_space
+from dicom_node.spool import InstanceTooLargeError, Spool, StagedFile, is_out_of_space
 from dicom_node.tcp_options import NODELAY_HANDLERS
 
 logger = logging.getLogger(__name__)
@@ -410,7 +411,7 @@ class Receiver:
     # ----------------------------------------------------------- staged files
     def _stage(self) -> StagedFile:
         """A new staged file for the association whose DUL thread calls (pynetdicom's temp-file hook)."""
-        staged = self.spool.stage_incoming()
+        staged = self.spool.stage_incoming(max_bytes=self.settings.max_instance_mb * 2**20)
         thread = threading.current_thread()
         staged.owner = getattr(thread, "assoc", None) or thread
         with self._cv:
@@ -470,7 +471,7 @@ class Receiver:
         )
         return STATUS_SUCCESS
 
-    def _on_store(self, event: Any) -> int:
+    def _on_store(self, event: Any) -> int | Dataset:
         with self._cv:
             if self._stopping:
                 return STATUS_OUT_OF_RESOURCES
@@ -492,7 +493,7 @@ class Receiver:
         except (OSError, ValueError, AttributeError):
             return False  # unreadable: the routing read below reports it
 
-    def _store(self, event: Any) -> int:
+    def _store(self, event: Any) -> int | Dataset:
         t0 = time.perf_counter()
         calling = str(event.assoc.requestor.ae_title).strip()
         sop_uid = str(event.request.AffectedSOPInstanceUID)
@@ -516,6 +517,9 @@ class Receiver:
             return STATUS_STORAGE_FAILURE
         if staged is not None:
             staged.finish_writing()
+            if isinstance(staged.error, InstanceTooLargeError):
+                staged.discard()
+                return self._too_large(fields, t0)
             if staged.error is not None:  # e.g. ENOSPC while receiving: the partial file is gone already
                 staged.discard()
                 ms = (time.perf_counter() - t0) * 1000
@@ -540,8 +544,10 @@ class Receiver:
                     f"the deflated data set inflates to more than max_inflated_mb = {self.settings.max_inflated_mb} MiB"
                 )
             # routing needs the header only: never read the pixel data back from the staged file
-            ds = (
-                pydicom.dcmread(staged.name, stop_before_pixels=True) if staged is not None else event.dataset
+            ds = (  # large elements (private blobs) are not loaded: routing reads a few small attributes
+                pydicom.dcmread(staged.name, stop_before_pixels=True, defer_size=1 << 20)
+                if staged is not None
+                else event.dataset
             )
             decision = self.rules.decide(ds, sop_class)
         except Exception as exc:
@@ -563,6 +569,8 @@ class Receiver:
             else:
                 data = event.encoded_dataset(include_meta=True)
                 nbytes = len(data)
+                if nbytes > self.settings.max_instance_mb * 2**20:  # in-memory receive: checked after the fact
+                    return self._too_large(fields, t0)
                 path = self.spool.store_incoming(sop_uid, data)
             reason = None if decision.analyse else clip_text(decision.reason)
             state = "received" if decision.analyse else "skipped"
@@ -628,6 +636,21 @@ class Receiver:
                 extra={"event": "skipped", "job_id": job_id, "reason": reason, "ms": ms, **fields},
             )
         return STATUS_SUCCESS
+
+    def _too_large(self, fields: dict[str, str], t0: float) -> Dataset:
+        """C-STORE answer for a data set beyond ``max_instance_mb``: 0xA700 with an Error Comment."""
+        self._count_failed()
+        comment = f"data set larger than max_instance_mb = {self.settings.max_instance_mb} MiB; not stored"
+        logger.error(
+            "C-STORE refused: %s",
+            comment,
+            extra={"event": "failed", "stage": "receive", "status": "0xA700", "reason": "too_large",
+                   "ms": (time.perf_counter() - t0) * 1000, **fields},
+        )  # fmt: skip
+        status = Dataset()
+        status.Status = STATUS_OUT_OF_RESOURCES
+        status.ErrorComment = comment[:64]
+        return status
 
     def _count_failed(self) -> None:
         if self.metrics is not None:

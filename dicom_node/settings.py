@@ -212,6 +212,14 @@ class NodeSettings(BaseSettings):
     disk_reserve_mb: float = Field(
         200.0, ge=0, description="C-STORE answers 0xA700 when the spool's free space would drop below this"
     )
+    max_instance_mb: int = Field(
+        256,
+        ge=1,
+        le=65536,
+        description="largest data set the SCP stores: beyond it the partial file is deleted while the rest is "
+        "received and discarded, and C-STORE answers 0xA700 with an Error Comment (with chunked_receive off, "
+        "checked after the data set was assembled in memory)",
+    )
     max_inflated_mb: int = Field(
         256,
         ge=1,
