@@ -138,6 +138,10 @@ def _pool_init(parent_pid: int) -> None:
     from dicom_node.logging_setup import quiet_highdicom
 
     quiet_highdicom()
+    # warnings (pydicom quotes header values in them) become log records: shipped back with a build and
+    # written by the node's scrubbing formatter, never printed raw to the shared stderr
+    logging.captureWarnings(True)
+    logging.getLogger().addHandler(logging.NullHandler())
 
     def watch() -> None:
         while True:

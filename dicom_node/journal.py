@@ -393,6 +393,34 @@ class Journal:
             ).fetchall()
         return {r[0] for r in rows}
 
+    def finished_before(
+        self, before: float, states: Sequence[str], limit: int
+    ) -> list[tuple[int, list[str], int]]:
+        """Jobs in one of ``states`` last changed before ``before`` with no result still pending:
+        ``(job id, its spool paths (received file and results), number of outbox rows)``, oldest first."""
+        for state in states:
+            if state not in JOB_STATES:
+                raise ValueError(f"unknown job state {state!r}")
+        marks = ",".join("?" for _ in states)
+        with self._lock:
+            jobs = self._conn.execute(
+                f"SELECT id, path FROM jobs WHERE state IN ({marks}) AND updated_at < ? AND NOT EXISTS "
+                "(SELECT 1 FROM outbox o WHERE o.job_id=jobs.id AND o.state='pending') ORDER BY id LIMIT ?",
+                (*states, before, limit),
+            ).fetchall()
+            out = []
+            for job_id, path in jobs:
+                results = [r[0] for r in self._conn.execute("SELECT path FROM outbox WHERE job_id=?", (job_id,))]
+                out.append((int(job_id), ([path] if path else []) + sorted(set(results)), len(results)))
+        return out
+
+    def delete_jobs(self, job_ids: Sequence[int]) -> None:
+        """Delete jobs and their outbox rows, in one transaction (retention)."""
+        with self._lock, self._conn:
+            for job_id in job_ids:
+                self._conn.execute("DELETE FROM outbox WHERE job_id=?", (job_id,))
+                self._conn.execute("DELETE FROM jobs WHERE id=?", (job_id,))
+
     def counts(self) -> dict[str, int]:
         """Number of jobs per state and of outbox rows per state (keys ``job.<state>``, ``outbox.<state>``)."""
         out: dict[str, int] = {}

@@ -119,6 +119,8 @@ def parse_destination(text: str) -> Destination:
         user = unquote(parts.username) if parts.username else None
         pwd = unquote(parts.password) if parts.password else None
         return Destination(kind="rest", url=url, username=user, password=pwd)
+    if "://" in s:
+        raise ValueError(f"destination URL scheme must be http or https, got {_mask(s)!r}")
     m = _DICOM_DEST_RE.match(s)
     if not m:
         raise ValueError(f"destination must look like AET@host:port or http(s)://host:port, got {text!r}")
@@ -134,10 +136,9 @@ def parse_destination(text: str) -> Destination:
 
 
 def _mask(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password:
-        return url.replace(f":{parts.password}@", ":***@")
-    return url
+    from dicom_node.redact import redact_secrets
+
+    return redact_secrets(url)
 
 
 def _split_list(value: Any) -> Any:
@@ -233,6 +234,13 @@ class NodeSettings(BaseSettings):
     )
     keep_skipped: bool = Field(False, description="keep spool files of instances that are not analysed")
     keep_delivered: bool = Field(False, description="keep spool files after all results were delivered")
+    retention_hours: float = Field(
+        168.0,
+        ge=0,
+        description="finished jobs (delivered, skipped, failed) are purged this long after their last change: "
+        "received instance, results, journal rows (0 = never); also `cxr-node purge`",
+    )
+    purge_interval_s: float = Field(3600.0, gt=0, description="how often the running node purges")
     chunked_receive: bool = Field(
         True,
         description="write each C-STORE data set straight into its spool file as it arrives (false: assemble it in memory first)",

@@ -227,7 +227,9 @@ def dataset_bytes(ds: Dataset) -> bytes:
 class Spool:
     """The spool folder: ``incoming/`` (as received) and ``outbox/<job id>/`` (results)."""
 
-    def __init__(self, root: Path, *, reserve_bytes: int = 0) -> None:
+    def __init__(self, root: Path, *, reserve_bytes: int = 0, clean_tmp: bool = True) -> None:
+        """``clean_tmp``: remove temporary files a crash left behind (only the node itself, at start:
+        a tool working next to a running node, e.g. ``cxr-node purge``, must not)."""
         if reserve_bytes < 0:
             raise ValueError(f"reserve_bytes must be >= 0, got {reserve_bytes!r}")
         self.root = Path(root)
@@ -236,7 +238,8 @@ class Spool:
         self.reserve_bytes = int(reserve_bytes)
         for d in (self.root, self.incoming, self.outbox):
             d.mkdir(parents=True, exist_ok=True)
-        self._clean_tmp()
+        if clean_tmp:
+            self._clean_tmp()
 
     def _clean_tmp(self) -> None:
         """Remove temporary files left by a crash mid-write (never acknowledged)."""

@@ -89,9 +89,28 @@ def code(value: Any) -> str:
     return text(value).upper()
 
 
+#: Values that may be quoted in a reason: defined terms (PS3.3 / PS3.16 Annex L) and what the policy
+#: itself lists. Anything else is "(other value)": a code-string-looking value can still be a name or
+#: an ID put in the wrong attribute, and reasons reach log lines.
+KNOWN_CODES = frozenset({
+    # Modality
+    "CR", "DX", "SC", "OT", "CT", "MR", "US", "NM", "PT", "XA", "RF", "MG", "IO", "PX", "RG", "ES", "XC", "OP",
+    "SR", "KO", "PR", "SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTIMAGE", "DOC", "REG", "BDUS", "BMD", "ECG", "OCT",
+    # ViewPosition
+    "AP", "PA", "LL", "RL", "RLD", "LLD", "RLO", "LLO", "RAO", "LAO", "RPO", "LPO", "LATERAL", "LAT", "LLAT",
+    "RLAT", "OBL", "OBLIQUE", "APS", "PAS", "AP SUPINE", "PA ERECT",
+    # BodyPartExamined (common defined terms)
+    "CHEST", "THORAX", "LUNG", "ABDOMEN", "PELVIS", "SKULL", "HEAD", "BRAIN", "NECK", "CSPINE", "TSPINE", "LSPINE",
+    "SSPINE", "SPINE", "WHOLESPINE", "HAND", "WRIST", "FOREARM", "ELBOW", "ARM", "HUMERUS", "SHOULDER", "CLAVICLE",
+    "SCAPULA", "RIB", "STERNUM", "HIP", "FEMUR", "LEG", "KNEE", "TIBIA", "FIBULA", "ANKLE", "FOOT", "HEEL", "TOE",
+    "FINGER", "THUMB", "BREAST", "HEART", "KIDNEY", "LIVER", "EXTREMITY", "SINUS", "JAW", "TMJ", "FACE", "ORBIT",
+    "SACRUM", "COCCYX", "WHOLEBODY", "BODY", "ABDOMENPELVIS", "CHESTABDOMEN", "CHESTABDPELVIS", "HEADNECK",
+})
+
+
 def quoted(value: str) -> str:
-    """``value`` if it looks like a code string (safe in a log line), else ``(invalid)``."""
-    return value if _CS_RE.match(value) else "(invalid)"
+    """``value`` if it is a known code (safe in a log line), else ``(other value)``."""
+    return value if value in KNOWN_CODES else "(other value)"
 
 
 def _uid(value: str) -> str:
@@ -208,7 +227,8 @@ class RoutingPolicy:
         body = code(tags.get("BodyPartExamined"))
         if not body or body in self.body_parts or _CHEST_WORDS.search(body):
             return None
-        return Decision(False, BODY_PART, f"not a chest image (BodyPartExamined={quoted(body)})")
+        shown = body if body in KNOWN_CODES or body in self.body_parts else quoted(body)
+        return Decision(False, BODY_PART, f"not a chest image (BodyPartExamined={shown})")
 
     def view_refusal(self, tags: Mapping[str, Any]) -> Decision | None:
         """Refusal when the view is not frontal. Evidence, strongest first: ViewPosition (a configured
@@ -221,7 +241,7 @@ class RoutingPolicy:
                                 (_DECUBITUS_VIEW_POSITIONS, "lateral decubitus view"),
                                 (_OBLIQUE_VIEW_POSITIONS, "oblique view")):  # fmt: skip
                 if view in kinds:
-                    return Decision(False, VIEW_POSITION, f"{what} (ViewPosition={view})")
+                    return Decision(False, VIEW_POSITION, f"{what} (ViewPosition={view})")  # a listed code
             return Decision(False, VIEW_POSITION, f"not a frontal view (ViewPosition={quoted(view)})")
         if not self.allow_empty_view_position:
             return Decision(False, VIEW_POSITION, "ViewPosition is empty")
@@ -239,8 +259,8 @@ class RoutingPolicy:
                 return Decision(False, VIEW_POSITION, f"lateral view ({keyword})")
         orientation = text(tags.get("PatientOrientation")).upper().split("\\")
         if len(orientation) == 2 and orientation[0][:1] in ("A", "P") and orientation[1][:1] in ("F", "H"):
-            return Decision(False, VIEW_POSITION, "lateral view (PatientOrientation=" +
-                            "\\".join(quoted(o) for o in orientation) + ")")  # fmt: skip
+            shown = "\\".join(o if re.fullmatch(r"[APLRHF]{1,3}", o) else "(other value)" for o in orientation)
+            return Decision(False, VIEW_POSITION, f"lateral view (PatientOrientation={shown})")
         return None
 
     def not_analysable_reason(self, tags: Mapping[str, Any]) -> str | None:
