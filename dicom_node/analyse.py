@@ -6,6 +6,11 @@ writes them to the spool outbox and, in one journal transaction, queues them for
 destination and marks the job analysed. ``ImageDecodeError`` marks the job failed (one log
 line, never a crash); other errors are retried up to ``analysis_max_attempts`` times.
 
+A job that fails for good still leaves a visible status in the study: a short "not evaluated"
+SR (``results_sr.build_not_evaluated_sr``: reason category from a fixed vocabulary, no header
+text) is queued for delivery in the same transaction that marks the job failed. When not even
+the source's header can be read there is nothing to reference: that is logged and skipped.
+
 Every analysis start is counted in the journal before the data set is even read
 (``Journal.start_attempt``), so a data set that kills the process (a native crash in a decoder, the
 OOM killer) cannot loop: a job started but never finished was in flight when the process died; after
@@ -44,6 +49,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from dicom_node.journal import Job, Journal, ResultFile
 from dicom_node.node_metrics import NodeMetrics, skip_reason_category
 from dicom_node.spool import Spool
+from dicom_node.sr_codes import NotEvaluatedReason
 from models.errors import ImageDecodeError
 from models.findings import Findings
 
@@ -335,7 +341,8 @@ class AnalysisWorker:
             starts = self.journal.start_attempt(job.id)
             if starts > self.max_attempts:
                 self._failed(job, RuntimeError(
-                    f"set aside: the process died during each of its {starts - 1} analysis attempts"), t0)  # fmt: skip
+                    f"set aside: the process died during each of its {starts - 1} analysis attempts"), t0,
+                    category=NotEvaluatedReason.ANALYSIS_FAILED, attempts=starts - 1)  # fmt: skip
                 continue
             if job.suspect:
                 self._isolated = job.id
@@ -350,7 +357,7 @@ class AnalysisWorker:
                 ds = pydicom.dcmread(job.path, defer_size=DEFER_SIZE) if job.path else None
                 if ds is None:
                     raise ImageDecodeError(job.sop_instance_uid, "spool file missing from the journal row")
-            except ImageDecodeError as exc:
+            except ImageDecodeError as exc:  # pragma: no cover - dcmread does not raise it
                 self._failed(job, exc, t0)
                 continue
             except FileNotFoundError as exc:
@@ -390,7 +397,7 @@ class AnalysisWorker:
         try:
             findings = entry.future.result()
         except ImageDecodeError as exc:
-            self._failed(job, exc, entry.t0)
+            self._failed(job, exc, entry.t0, ds=entry.ds)
             return
         except Exception as exc:
             self._retry_or_fail(job, exc, entry.t0)
@@ -528,9 +535,22 @@ class AnalysisWorker:
             files.append(ResultFile(str(res.SOPInstanceUID), str(res.SOPClassUID), ts, str(path)))
         return self.journal.mark_analysed(job.id, files, self.destinations)
 
-    def _failed(self, job: Job, exc: BaseException, t0: float) -> None:
+    def _failed(
+        self,
+        job: Job,
+        exc: BaseException,
+        t0: float,
+        *,
+        ds: Dataset | None = None,
+        category: NotEvaluatedReason = NotEvaluatedReason.PIXEL_DATA_UNDECODABLE,
+        attempts: int | None = None,
+    ) -> None:
+        """Mark the job failed for good and queue its "not evaluated" SR (when its header is readable)."""
         reason = str(exc)
-        self.journal.set_job_state(job.id, "failed", reason)
+        attempts = attempts if attempts is not None else job.attempts + 1
+        outbox_ids = self._queue_not_evaluated(job, reason, ds, category, max(1, attempts))
+        if outbox_ids is None:
+            self.journal.set_job_state(job.id, "failed", reason)
         if self.metrics is not None:
             self.metrics.failed("analyse")
         logger.error(
@@ -543,15 +563,48 @@ class AnalysisWorker:
                 "sop_instance_uid": job.sop_instance_uid,
                 "sop_class_uid": job.sop_class_uid,
                 "calling_aet": job.calling_aet,
+                "reason_category": category.value,
+                "not_evaluated_sr": outbox_ids is not None,
                 "ms": (time.perf_counter() - t0) * 1000,
             },
         )
+
+    def _queue_not_evaluated(
+        self, job: Job, reason: str, ds: Dataset | None, category: NotEvaluatedReason, attempts: int
+    ) -> list[int] | None:
+        """Build the job's "not evaluated" SR, store it and, with the failed state, queue it for delivery.
+
+        Returns the outbox ids, or None when no SR could be built (the header is unreadable, or
+        lacks what the SR must reference): then nothing is queued and the caller marks the job failed.
+        """
+        from dicom_node.results_sr import build_not_evaluated_sr
+
+        try:
+            header = ds if ds is not None else pydicom.dcmread(job.path, stop_before_pixels=True, defer_size=DEFER_SIZE)
+            sr = build_not_evaluated_sr(
+                header,
+                category,
+                models=tuple(getattr(self.analyser, "models", ()) or ()),
+                finding=getattr(self.analyser, "finding", None),
+                attempts=attempts,
+            )
+            path = self.spool.store_result(job.id, sr)
+        except Exception as exc:  # an unreadable header: nothing to reference (never header text in the log)
+            logger.warning(
+                "no 'not evaluated' SR for the failed job: %s",
+                type(exc).__name__,
+                extra={"event": "not_evaluated_skipped", "job_id": job.id, "sop_instance_uid": job.sop_instance_uid},
+            )
+            return None
+        result = ResultFile(str(sr.SOPInstanceUID), str(sr.SOPClassUID), ExplicitVRLittleEndian, str(path))
+        return self.journal.mark_failed(job.id, reason, [result], self.destinations)
 
     def _retry_or_fail(self, job: Job, exc: BaseException, t0: float) -> None:
         error = f"{type(exc).__name__}: {exc}"
         attempts = self.journal.count_attempt(job.id, error)
         if attempts >= self.max_attempts:
-            self._failed(job, RuntimeError(f"gave up after {attempts} attempts: {error}"), t0)
+            self._failed(job, RuntimeError(f"gave up after {attempts} attempts: {error}"), t0,
+                         category=NotEvaluatedReason.ANALYSIS_FAILED, attempts=attempts)  # fmt: skip
             return
         delay = self.poll_interval_s * (2**attempts)
         self._not_before[job.id] = time.monotonic() + delay

@@ -1,7 +1,8 @@
 """SQLite journal: the state of every received instance (job) and every result to deliver (outbox).
 
 Job states: ``received`` -> ``analysed`` -> ``delivered``; or ``skipped`` (not a CXR) or
-``failed`` (undecodable / gave up). Outbox rows (one per result dataset and destination):
+``failed`` (undecodable / gave up; its "not evaluated" SR, when one could be built, is queued in
+the outbox like any result and the job stays ``failed``). Outbox rows (one per result dataset and destination):
 ``pending`` -> ``delivered``, with ``attempts`` and ``next_attempt_at`` persisted so that the
 backoff survives a restart. The database runs in WAL mode with ``synchronous=FULL``: a row
 that was committed survives a crash. Together with the spool files it is the truth on restart.
@@ -282,6 +283,18 @@ class Journal:
 
         Returns the new outbox ids. With no destinations the job is still marked analysed.
         """
+        return self._queue_results(job_id, results, destinations, "analysed", None)
+
+    def mark_failed(
+        self, job_id: int, reason: str, results: Sequence[ResultFile], destinations: Sequence[str]
+    ) -> list[int]:
+        """In one transaction: mark the job failed (with ``reason``) and queue its status results
+        (the "not evaluated" SR) for every destination. Returns the new outbox ids."""
+        return self._queue_results(job_id, results, destinations, "failed", reason)
+
+    def _queue_results(
+        self, job_id: int, results: Sequence[ResultFile], destinations: Sequence[str], state: str, reason: str | None
+    ) -> list[int]:
         now = time.time()
         ids: list[int] = []
         with self._lock, self._conn:
@@ -303,7 +316,7 @@ class Journal:
                     )
                     ids.append(int(cur.lastrowid))
             self._conn.execute(
-                "UPDATE jobs SET state='analysed', reason=NULL, updated_at=? WHERE id=?", (now, job_id)
+                "UPDATE jobs SET state=?, reason=?, updated_at=? WHERE id=?", (state, reason, now, job_id)
             )
         return ids
 
@@ -333,7 +346,10 @@ class Journal:
         return None if row[0] is None else float(row[0])
 
     def mark_delivered(self, outbox_id: int) -> Job | None:
-        """Mark one outbox row delivered; if that completes its job, mark the job delivered and return it."""
+        """Mark one outbox row delivered; if that completes an analysed job, mark the job delivered and return it.
+
+        A ``failed`` job whose "not evaluated" SR was delivered stays ``failed`` (None is returned).
+        """
         now = time.time()
         with self._lock, self._conn:
             row = self._conn.execute("SELECT job_id FROM outbox WHERE id=?", (outbox_id,)).fetchone()
@@ -355,7 +371,8 @@ class Journal:
                 (now, job_id),
             )
             jrow = self._conn.execute(f"SELECT {_JOB_COLS} FROM jobs WHERE id=?", (job_id,)).fetchone()
-        return _job(jrow)
+        job = _job(jrow)
+        return job if job.state == "delivered" else None
 
     def mark_attempt_failed(
         self, outbox_id: int, error: str, next_attempt_at: float, *, permanent: bool

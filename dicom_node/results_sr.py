@@ -1,82 +1,72 @@
-"""TID 1500 Measurement Report (Comprehensive 3D SR) for one analysed (or refused) chest X-ray.
+"""TID 1500 Measurement Report (Comprehensive 3D SR) for one analysed, refused or failed chest X-ray.
 
-Content tree (IHE AI Results style)::
+Every measurement group is a TID 1410 planar ROI group with an Image Region, so that OHIF v3
+(which reads a region from every group, and crashes on a group without one) draws each of
+them; algorithm identification sits at the group level, never on a NUM (OHIF drops NUMs that
+carry their own content). Content tree (docs/SR_CONTENT.md has the codes and what viewers show)::
 
     Imaging Measurement Report (TID 1500)
       Language, Observation Context: the algorithm as a DEVICE observer (TID 1004)
       Procedure Reported: SCT 399208008 "Plain chest X-ray"
       Image Library (TID 1600): the source image, with its TID 1602/1603 descriptors
       Imaging Measurements
-        Measurement Group (TID 1501), image level, finding type SCT 233604007 "Pneumonia"
-          Algorithm Identification (classification bundle)
-          Probability (DCM 122157), unit UCUM "1"          + Algorithm Identification
-          Threshold Value (DCM 122411), unit UCUM "1"      + Algorithm Identification
-          Probability of <class> (99CXRAI), unit UCUM "1"  + Algorithm Identification, one per RSNA class
-          Pneumonia = Present (SCT 52101004) | Absent (SCT 272519000)
-            -- or, not analysed: Pneumonia = Not Evaluated (SCT 373121007) + Comment text with the reason
-        Measurement Group (TID 1410), one per box, finding type DCM 112001 "Opacity", site SCT 39607008 "Lung"
+        Measurement Group (TID 1410), image level: region = the whole image (what the classifier saw)
+          Tracking Identifier "<finding> (image level)", Tracking UID
+          Finding: what the classifier measures (e.g. SCT 233604007 "Pneumonia"), [Finding Site]
+          Algorithm Identification (TID 4019): classifier name, version, decision threshold
+          Image Region: closed POLYLINE around the whole image, SELECTED FROM the source
+          NUM "<finding> PRESENT|absent, probability" (99CXRAI, what OHIF shows first)
+          NUM Threshold Value (DCM 122411): the image-level decision threshold
+          NUM "Box score threshold" (99CXRAI): the detector's score threshold
+          NUM "Probability of <class>" (99CXRAI), one per classifier class
+          NUM Probability (DCM 122157): P(finding)
+          CODE "Box reporting rule" (99CXRAI) = boxes only when positive | all boxes
+          CODE <finding> = Present (SCT 52101004) | Absent (SCT 272519000)
+        Measurement Group (TID 1410), one per box, finding DCM 112001 "Opacity", site SCT 39607008 "Lung"
+          Tracking Identifier "Lung opacity <n>", Tracking UID, Algorithm Identification (detector)
           Image Region: closed POLYLINE, 5 points, source-image pixel coordinates (Box.polyline())
-          Algorithm Identification (detection bundle)
-          Probability (the box score)                      + Algorithm Identification
-          Area in mm2 (when the box has a mm size)         + Algorithm Identification
+          NUM "Lung opacity probability" (99CXRAI), NUM Area (mm2, when known), NUM Probability (DCM 122157)
 
-Codes: SNOMED CT 233604007 |Pneumonia (disorder)|, DCM 112001 "Opacity" (the Chest CAD
-SR code of CID 6102, used for the RSNA "Lung Opacity" class), SCT 52101004 / 272519000
-Present / Absent (CID 240), SCT 373121007 "Not Evaluated", DCM 122157 "Probability",
-DCM 122411 "Threshold Value", SCT 399208008 |Plain chest X-ray (procedure)|.
-
-The per-class probabilities have no standard code: they use the private coding scheme
-``99CXRAI`` (:data:`CLASS_PROBABILITY_CONCEPTS`, one concept per entry of
-``models.findings.RSNA_CLASSES``), declared in the Coding Scheme Identification Sequence
-of every SR that uses it (:func:`private_coding_scheme`).
+A "not evaluated" SR (:func:`build_not_evaluated_sr`: an image refused by the view gate, an
+undecodable image, an analysis that failed for good) has one image-level group: the finding
+is Not Evaluated (SCT 373121007) and a NUM "Not evaluated: <reason>" (a fixed vocabulary,
+:class:`~dicom_node.sr_codes.NotEvaluatedReason`) holds the number of analysis attempts.
 """
 
 from __future__ import annotations
 
 import logging
-import re
+from collections.abc import Mapping, Sequence
+from functools import lru_cache
 
 import numpy as np
-from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from highdicom.sr import (
     AlgorithmIdentification,
     CodeContentItem,
     CodedConcept,
     Comprehensive3DSR,
-    ContainerContentItem,
-    ContentSequence,
     DeviceObserverIdentifyingAttributes,
     FindingSite,
     GraphicTypeValues,
-    ImageContentItem,
     ImageRegion,
     Measurement,
     MeasurementReport,
-    MeasurementsAndQualitativeEvaluations,
-    NumContentItem,
     ObservationContext,
     ObserverContext,
     PlanarROIMeasurementsAndQualitativeEvaluations,
     QualitativeEvaluation,
     RelationshipTypeValues,
-    SourceImageForMeasurementGroup,
     SourceImageForRegion,
-    TextContentItem,
     TrackingIdentifier,
-    UIDRefContentItem,
 )
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
-from pydicom.uid import ExplicitVRLittleEndian
 
 from dicom_node import uids
 from dicom_node.results_common import (
     MANUFACTURER,
-    SR_SERIES_DESCRIPTION,
-    SR_SERIES_NUMBER,
     check_source_matches,
     classifier_model,
-    copy_patient_study,
     detector_model,
     instance_number,
     is_decided_positive,
@@ -84,59 +74,183 @@ from dicom_node.results_common import (
     models_label,
     software_versions,
 )
-from models.findings import RSNA_CLASSES, Box, Findings, ModelInfo
+from dicom_node.sr_codes import (
+    ABSENT,
+    AREA,
+    ATTEMPTS,
+    BOX_GATING,
+    BOX_GATING_CODES,
+    BOX_PROBABILITY,
+    BOX_SCORE_THRESHOLD,
+    CHEST_XRAY,
+    CLASS_PROBABILITY_CONCEPTS,
+    FINDING,
+    LUNG,
+    LUNG_OPACITY,
+    NO_UNITS,
+    NOT_EVALUATED,
+    OPACITY,
+    PNEUMONIA,
+    PRESENT,
+    PRIVATE_SCHEME,
+    PROBABILITY,
+    SQUARE_MM,
+    THRESHOLD_VALUE,
+    FindingDisplay,
+    NotEvaluatedReason,
+    class_probability_concept,
+    decision_concept,
+    finding_display,
+    private_coding_scheme,
+    reason_for_not_analysed,
+)
+from models.findings import Box, FindingCode, Findings, ModelInfo
 
 logger = logging.getLogger(__name__)
 
-PNEUMONIA = CodedConcept("233604007", "SCT", "Pneumonia")
-LUNG_OPACITY = CodedConcept("112001", "DCM", "Opacity")
-LUNG = CodedConcept("39607008", "SCT", "Lung")
-PRESENT = CodedConcept("52101004", "SCT", "Present")
-ABSENT = CodedConcept("272519000", "SCT", "Absent")
-NOT_EVALUATED = CodedConcept("373121007", "SCT", "Not Evaluated")
-PROBABILITY = CodedConcept("122157", "DCM", "Probability")
-THRESHOLD_VALUE = CodedConcept("122411", "DCM", "Threshold Value")
-AREA = CodedConcept("42798000", "SCT", "Area")
-COMMENT = CodedConcept("121106", "DCM", "Comment")
-CHEST_XRAY = CodedConcept("399208008", "SCT", "Plain chest X-ray")
-NO_UNITS = CodedConcept("1", "UCUM", "no units")
-SQUARE_MM = CodedConcept("mm2", "UCUM", "square millimeter")
-PIXELS = CodedConcept("{pixels}", "UCUM", "Pixels")
-
-#: Private coding scheme of the node's own codes (DICOM reserves the "99" prefix for private schemes).
-PRIVATE_SCHEME = "99CXRAI"
-#: Code value (SH, at most 16 characters) of the probability concept of each RSNA class.
-_CLASS_CODE_VALUES = {
-    "Normal": "P-NORMAL",
-    "No Lung Opacity / Not Normal": "P-NOT-NORMAL",
-    "Lung Opacity": "P-LUNG-OPACITY",
-}
-if set(_CLASS_CODE_VALUES) != set(RSNA_CLASSES):  # guards an edit of RSNA_CLASSES
-    raise RuntimeError(f"no private code for every RSNA class: {sorted(_CLASS_CODE_VALUES)} vs {RSNA_CLASSES}")
-#: "Probability of <class>" concept of each RSNA class, in RSNA_CLASSES order (other classes: see
-#: :func:`class_probability_concept`).
-CLASS_PROBABILITY_CONCEPTS: dict[str, CodedConcept] = {
-    name: CodedConcept(_CLASS_CODE_VALUES[name], PRIVATE_SCHEME, f"Probability of {name}") for name in RSNA_CLASSES
-}
-
-_MODALITY_CODES = {
-    "CR": CodedConcept("CR", "DCM", "Computed Radiography"),
-    "DX": CodedConcept("DX", "DCM", "Digital Radiography"),
-    "RG": CodedConcept("RG", "DCM", "Radiographic imaging"),
-    "OT": CodedConcept("OT", "DCM", "Other"),
-}
+#: The box finding: the detector finds lung opacities
+BOX_FINDING = finding_display(OPACITY.value, OPACITY.scheme_designator, OPACITY.meaning)
+#: What a "not evaluated" SR names when it does not know the classifier's finding
+DEFAULT_FINDING = finding_display(PNEUMONIA.value, PNEUMONIA.scheme_designator, PNEUMONIA.meaning)
 
 
 def build_sr(source: Dataset, findings: Findings) -> Comprehensive3DSR:
     """Build the TID 1500 Comprehensive 3D SR for ``findings`` on ``source``.
 
-    The image-level Present/Absent evaluation is the engine's decision (``findings.positive``);
-    its threshold is recorded in the report. Raises ValueError if the findings do not belong
-    to ``source``.
+    Analysed findings give the image-level result (the engine's decision, ``findings.positive``,
+    with its threshold) and one group per reported box; findings that were not analysed (a lateral
+    view, ...) give a "not evaluated" SR (:func:`build_not_evaluated_sr`). Raises ValueError if
+    the findings do not belong to ``source``.
     """
     check_source_matches(source, findings)
-    models = findings.models
+    if not findings.analysed:
+        return _not_evaluated_sr(source, findings, reason_for_not_analysed(findings.not_analysed_reason), 1)
+    groups = [_image_level_group(source, findings)]
+    groups += [_box_group(source, findings, i, box) for i, box in enumerate(findings.boxes)]
+    sr = _document(source, findings, groups, uids.ResultKind.SR)
+    logger.info(
+        "built SR",
+        extra={
+            "source_sop_instance_uid": findings.sop_instance_uid,
+            "sr_sop_instance_uid": str(sr.SOPInstanceUID),
+            "analysed": True,
+            "n_boxes": len(findings.boxes),
+        },
+    )
+    return sr
 
+
+def build_not_evaluated_sr(
+    source: Dataset,
+    reason_category: NotEvaluatedReason | str,
+    *,
+    models: Sequence[ModelInfo] = (),
+    finding: FindingCode | None = None,
+    attempts: int = 1,
+) -> Comprehensive3DSR:
+    """A short TID 1500 SR saying that ``source`` was not evaluated, and why (a fixed category).
+
+    Only the source's header is read (UIDs, Rows/Columns for the whole-image region, patient/study
+    attributes copied verbatim); nothing from the header goes into the reason. ``models`` are the
+    bundles that would have analysed it (they name the algorithm and enter the UIDs), ``finding``
+    what was not evaluated (default: pneumonia), ``attempts`` the analysis attempts made (>= 1).
+    Refusals (view gate) keep the SR's usual SOP Instance UID; failures get their own, so that a
+    later successful analysis is not shadowed by it. ValueError for a source without the needed
+    attributes.
+    """
+    reason = NotEvaluatedReason(reason_category)
+    if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+        raise ValueError(f"attempts must be an int >= 1, got {attempts!r}")
+    for keyword in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID", "Rows", "Columns"):
+        if not source.get(keyword):
+            raise ValueError(f"source dataset has no {keyword}; cannot build a 'not evaluated' SR for it")
+    status = Findings(
+        sop_instance_uid=str(source.SOPInstanceUID),
+        analysed=False,
+        rows=int(source.Rows),
+        columns=int(source.Columns),
+        finding=finding,
+        models=tuple(models),
+        not_analysed_reason=f"not evaluated: {reason.value}",
+    )
+    return _not_evaluated_sr(source, status, reason, attempts)
+
+
+def _not_evaluated_sr(source: Dataset, findings: Findings, reason: NotEvaluatedReason, attempts: int) -> Comprehensive3DSR:
+    finding = _finding(findings)
+    group = PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=TrackingIdentifier(
+            uid=uids.tracking_uid(findings, "not-evaluated"),
+            identifier=f"{finding.label} (image level): not evaluated",
+        ),
+        referenced_region=_whole_image_region(source),
+        finding_type=finding.code,
+        finding_sites=[FindingSite(anatomic_location=finding.site)] if finding.site is not None else None,
+        algorithm_id=_algorithm_id(classifier_model(findings)),
+        measurements=[Measurement(name=reason.concept, value=attempts, unit=ATTEMPTS)],
+        qualitative_evaluations=[_qualitative_evaluation(finding.code, NOT_EVALUATED)],
+    )
+    refused = reason in (NotEvaluatedReason.NOT_FRONTAL_VIEW, NotEvaluatedReason.NOT_CHEST,
+                         NotEvaluatedReason.NOT_ANALYSABLE)  # fmt: skip
+    kind = uids.ResultKind.SR if refused else uids.ResultKind.SR_NOT_EVALUATED
+    sr = _document(source, findings, [group], kind)
+    logger.info(
+        "built 'not evaluated' SR",
+        extra={
+            "source_sop_instance_uid": findings.sop_instance_uid,
+            "sr_sop_instance_uid": str(sr.SOPInstanceUID),
+            "reason_category": reason.value,
+            "attempts": attempts,
+        },
+    )
+    return sr
+
+
+# ------------------------------------------------------------------------------ what Findings carry
+def _finding(findings: Findings) -> FindingDisplay:
+    """What the classifier measures (``Findings.finding``, from its bundle), else :data:`DEFAULT_FINDING`."""
+    code = findings.finding
+    if code is None:
+        return DEFAULT_FINDING
+    return finding_display(code.value, code.scheme, code.meaning)
+
+
+def _analysed_values(findings: Findings) -> tuple[float, float, float]:
+    """(probability, decision threshold, detection threshold) of an analysed Findings."""
+    if findings.probability is None or findings.threshold is None or findings.detection_threshold is None:
+        raise ValueError(f"findings for {findings.sop_instance_uid} lack probability or thresholds")
+    return findings.probability, findings.threshold, findings.detection_threshold
+
+
+def _version_label(model: ModelInfo) -> str:
+    """Algorithm Version: ``ModelInfo.label``, the version and the digest of the exact weights."""
+    return model.label
+
+
+# ------------------------------------------------------------------------------------ content items
+# The constant content items below are built once and shared by every SR of the process: highdicom
+# content items are plain pydicom datasets, nothing mutates them after construction, and encoding
+# only reads them (tests/test_results_sr.py checks that a later SR leaves an earlier one unchanged).
+@lru_cache(maxsize=64)
+def _algorithm_id(model: ModelInfo | None, parameters: tuple[str, ...] = ()) -> AlgorithmIdentification | None:
+    if model is None:
+        return None
+    return AlgorithmIdentification(name=model.name, version=_version_label(model), parameters=list(parameters) or None,
+                                   manufacturer=MANUFACTURER)  # fmt: skip
+
+
+@lru_cache(maxsize=64)
+def _qualitative_evaluation(finding: CodedConcept, value: CodedConcept) -> QualitativeEvaluation:
+    return QualitativeEvaluation(finding, value)
+
+
+@lru_cache(maxsize=8)
+def _box_gating_item(gating: str) -> CodeContentItem:
+    return CodeContentItem(name=BOX_GATING, value=BOX_GATING_CODES[gating], relationship_type=RelationshipTypeValues.CONTAINS)
+
+
+@lru_cache(maxsize=64)
+def _observation_context(models: tuple[ModelInfo, ...]) -> ObservationContext:
     observer = ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=DeviceObserverIdentifyingAttributes(
@@ -147,238 +261,133 @@ def build_sr(source: Dataset, findings: Findings) -> Comprehensive3DSR:
             serial_number=models_label(models)[:64],
         ),
     )
-    groups: list[MeasurementsAndQualitativeEvaluations | PlanarROIMeasurementsAndQualitativeEvaluations]
-    groups = [_image_level_group(source, findings)]
-    groups += [_box_group(source, findings, i, box) for i, box in enumerate(findings.boxes)]
-    report = MeasurementReport(
-        observation_context=ObservationContext(observer_device_context=observer),
-        procedure_reported=CHEST_XRAY,
-        imaging_measurements=groups,
-    )
-    _insert_image_library(report, source)
-
-    sr = Comprehensive3DSR(
-        evidence=[_evidence_view(source)],
-        content=report[0],
-        series_instance_uid=uids.series_uid(source.StudyInstanceUID, findings, uids.ResultKind.SR),
-        series_number=SR_SERIES_NUMBER,
-        sop_instance_uid=uids.instance_uid(findings, uids.ResultKind.SR),
-        instance_number=instance_number(source),
-        manufacturer=MANUFACTURER,
-        is_complete=True,
-        is_final=False,
-        is_verified=False,
-        series_description=SR_SERIES_DESCRIPTION,
-        manufacturer_model_name=model_names(models),
-        software_versions=software_versions(models),
-        transfer_syntax_uid=ExplicitVRLittleEndian,
-        specific_character_set=None,
-        coding_schemes=[private_coding_scheme()] if findings.analysed else None,
-    )
-    copy_patient_study(source, sr)
-    logger.info(
-        "built SR",
-        extra={
-            "source_sop_instance_uid": findings.sop_instance_uid,
-            "sr_sop_instance_uid": str(sr.SOPInstanceUID),
-            "analysed": findings.analysed,
-            "n_boxes": len(findings.boxes),
-        },
-    )
-    return sr
+    return ObservationContext(observer_device_context=observer)
 
 
-def private_coding_scheme() -> CodingSchemeIdentificationItem:
-    """A new Coding Scheme Identification item declaring :data:`PRIVATE_SCHEME` (PS3.3 C.12.1.1.4)."""
-    return CodingSchemeIdentificationItem(
-        designator=PRIVATE_SCHEME,
-        name="cxr-ai-node private codes",
-        version="1",
-        responsible_organization=MANUFACTURER,
-    )
-
-
-def _algorithm_id(model: ModelInfo | None) -> AlgorithmIdentification | None:
-    if model is None:
-        return None
-    return AlgorithmIdentification(name=model.name, version=model.label, manufacturer=MANUFACTURER)
-
-
-def _finding_concept(findings: Findings) -> CodedConcept:
-    """What the classifier measures (from its bundle), or "Pneumonia" for a not-analysed image."""
-    code = findings.finding
-    return PNEUMONIA if code is None else CodedConcept(code.value, code.scheme, code.meaning)
-
-
-def _image_level_group(source: Dataset, findings: Findings) -> MeasurementsAndQualitativeEvaluations:
-    model = classifier_model(findings)
-    tracking = TrackingIdentifier(
-        uid=uids.tracking_uid(findings, "image"),
-        identifier="Pneumonia (image level)",
-    )
-    source_ref = SourceImageForMeasurementGroup(
-        referenced_sop_class_uid=source.SOPClassUID,
-        referenced_sop_instance_uid=source.SOPInstanceUID,
-    )
-    if not findings.analysed:
-        group = MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=tracking,
-            finding_type=PNEUMONIA,
-            algorithm_id=_algorithm_id(model),
-            qualitative_evaluations=[QualitativeEvaluation(PNEUMONIA, NOT_EVALUATED)],
-            source_images=[source_ref],
-        )
-        group[0].ContentSequence.append(
-            TextContentItem(
-                name=COMMENT,
-                value=f"not analysed: {findings.not_analysed_reason}"[:1024],
-                relationship_type=RelationshipTypeValues.CONTAINS,
-            )
-        )
-        return group
-
-    assert findings.probability is not None and findings.threshold is not None  # analysed Findings
-    positive = is_decided_positive(findings)
-    threshold = findings.threshold
-    finding = _finding_concept(findings)
-    measurements = [
-        Measurement(
-            name=PROBABILITY,
-            value=float(findings.probability),
-            unit=NO_UNITS,
-            algorithm_id=_algorithm_id(model),
-        ),
-        Measurement(name=THRESHOLD_VALUE, value=threshold, unit=NO_UNITS, algorithm_id=_algorithm_id(model)),
-    ]
-    measurements += _class_probability_measurements(findings, model)
-    return MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=tracking,
-        finding_type=finding,
-        algorithm_id=_algorithm_id(model),
-        measurements=measurements,
-        qualitative_evaluations=[QualitativeEvaluation(finding, PRESENT if positive else ABSENT)],
-        source_images=[source_ref],
-    )
-
-
-def class_probability_concept(class_name: str) -> CodedConcept:
-    """The private "Probability of <class>" concept of one classifier class (:data:`PRIVATE_SCHEME`)."""
-    value = _CLASS_CODE_VALUES.get(class_name)
-    if value is None:
-        value = ("P-" + re.sub(r"[^A-Z0-9]+", "-", class_name.upper()).strip("-"))[:16].rstrip("-")
-    return CodedConcept(value, PRIVATE_SCHEME, f"Probability of {class_name}"[:64])
-
-
-def _class_probability_measurements(findings: Findings, model: ModelInfo | None) -> list[Measurement]:
-    """One "Probability of <class>" measurement per classifier class, in the classifier's order."""
-    return [
-        Measurement(
-            name=class_probability_concept(name),
-            value=float(p),
-            unit=NO_UNITS,
-            algorithm_id=_algorithm_id(model),
-        )
-        for name, p in findings.class_probabilities.items()
-    ]
-
-
-def _box_group(
-    source: Dataset, findings: Findings, index: int, box: Box
-) -> PlanarROIMeasurementsAndQualitativeEvaluations:
-    model = detector_model(findings)
-    region = ImageRegion(
+def _region(source: Dataset, polyline: Sequence[tuple[float, float]]) -> ImageRegion:
+    return ImageRegion(
         graphic_type=GraphicTypeValues.POLYLINE,
-        graphic_data=np.asarray(box.polyline(), dtype=np.float64),
+        graphic_data=np.asarray(polyline, dtype=np.float64),
         source_image=SourceImageForRegion(
             referenced_sop_class_uid=source.SOPClassUID,
             referenced_sop_instance_uid=source.SOPInstanceUID,
         ),
     )
-    measurements = [Measurement(name=PROBABILITY, value=float(box.score), unit=NO_UNITS, algorithm_id=_algorithm_id(model))]
+
+
+def whole_image_polyline(rows: int, columns: int) -> tuple[tuple[float, float], ...]:
+    """Closed polyline along the outer edges of a ``rows`` x ``columns`` image (x = column, y = row)."""
+    c, r = float(columns), float(rows)
+    return ((0.0, 0.0), (c, 0.0), (c, r), (0.0, r), (0.0, 0.0))
+
+
+def _whole_image_region(source: Dataset) -> ImageRegion:
+    return _region(source, whole_image_polyline(int(source.Rows), int(source.Columns)))
+
+
+def _num(name: CodedConcept, value: float, unit: CodedConcept = NO_UNITS) -> Measurement:
+    return Measurement(name=name, value=float(value), unit=unit)
+
+
+def _class_probability_measurements(probabilities: Mapping[str, float]) -> list[Measurement]:
+    """One "Probability of <class>" measurement per classifier class, in the classifier's order."""
+    return [_num(class_probability_concept(name), p) for name, p in probabilities.items()]
+
+
+def _image_level_group(source: Dataset, findings: Findings) -> PlanarROIMeasurementsAndQualitativeEvaluations:
+    finding = _finding(findings)
+    probability, threshold, detection_threshold = _analysed_values(findings)
+    positive = is_decided_positive(findings)
+    gating = findings.box_gating
+    measurements = [
+        _num(decision_concept(finding, positive), probability),
+        _num(THRESHOLD_VALUE, threshold),
+        _num(BOX_SCORE_THRESHOLD, detection_threshold),
+        *_class_probability_measurements(findings.class_probabilities),
+        _num(PROBABILITY, probability),
+    ]
+    group = PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=TrackingIdentifier(
+            uid=uids.tracking_uid(findings, "image"),
+            identifier=f"{finding.label} (image level)",
+        ),
+        referenced_region=_whole_image_region(source),
+        finding_type=finding.code,
+        finding_sites=[FindingSite(anatomic_location=finding.site)] if finding.site is not None else None,
+        algorithm_id=_algorithm_id(classifier_model(findings), (f"decision threshold {threshold:g}",)),
+        measurements=measurements,
+        qualitative_evaluations=[_qualitative_evaluation(finding.code, PRESENT if positive else ABSENT)],
+    )
+    group[0].ContentSequence.append(_box_gating_item(gating))
+    return group
+
+
+def _box_group(
+    source: Dataset, findings: Findings, index: int, box: Box
+) -> PlanarROIMeasurementsAndQualitativeEvaluations:
+    measurements = [_num(BOX_PROBABILITY, box.score)]
     if box.mm is not None:
-        measurements.append(
-            Measurement(
-                name=AREA,
-                value=float(box.mm.width * box.mm.height),
-                unit=SQUARE_MM,
-                algorithm_id=_algorithm_id(model),
-            )
-        )
+        measurements.append(_num(AREA, box.mm.width * box.mm.height, SQUARE_MM))
+    measurements.append(_num(PROBABILITY, box.score))
+    _, _, detection_threshold = _analysed_values(findings)
+    parameters = (f"box score threshold {detection_threshold:g}", f"box reporting rule {findings.box_gating}")
     return PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=TrackingIdentifier(
             uid=uids.tracking_uid(findings, f"box-{index}"),
-            identifier=f"Lung opacity {index + 1}",
+            identifier=f"{BOX_FINDING.label} {index + 1}",
         ),
-        referenced_region=region,
-        finding_type=LUNG_OPACITY,
+        referenced_region=_region(source, box.polyline()),
+        finding_type=BOX_FINDING.code,
         finding_sites=[FindingSite(anatomic_location=LUNG)],
-        algorithm_id=_algorithm_id(model),
+        algorithm_id=_algorithm_id(detector_model(findings), parameters),
         measurements=measurements,
     )
 
 
-def _evidence_view(source: Dataset) -> Dataset:
-    """The identifying attributes highdicom needs from the source (no pixels, no patient data).
+def _document(
+    source: Dataset,
+    findings: Findings,
+    groups: Sequence[PlanarROIMeasurementsAndQualitativeEvaluations],
+    kind: uids.ResultKind,
+) -> Comprehensive3DSR:
+    from dicom_node.sr_document import insert_image_library, sr_document
 
-    Patient and study attributes are copied afterwards by :func:`copy_patient_study`,
-    verbatim, so highdicom's value checks never reject a source with unusual values.
-    """
-    view = Dataset()
-    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID", "SOPInstanceUID"):
-        setattr(view, keyword, source[keyword].value)
-    for keyword in ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID"):
-        setattr(view, keyword, None)
-    view.StudyDate = None
-    view.StudyTime = None
-    return view
-
-
-def _modality_code(source: Dataset) -> CodedConcept:
-    modality = str(source.get("Modality") or "OT")
-    return _MODALITY_CODES.get(modality, CodedConcept(modality, "DCM", modality))
-
-
-def _library_descriptors(source: Dataset) -> list:
-    acq = RelationshipTypeValues.HAS_ACQ_CONTEXT
-    items: list = [CodeContentItem(name=codes.DCM.Modality, value=_modality_code(source), relationship_type=acq)]
-    if source.get("FrameOfReferenceUID"):
-        items.append(UIDRefContentItem(name=codes.DCM.FrameOfReferenceUID, value=source.FrameOfReferenceUID, relationship_type=acq))
-    items.append(NumContentItem(name=codes.DCM.PixelDataRows, value=int(source.Rows), unit=PIXELS, relationship_type=acq))
-    items.append(NumContentItem(name=codes.DCM.PixelDataColumns, value=int(source.Columns), unit=PIXELS, relationship_type=acq))
-    orientation = source.get("PatientOrientation")
-    if orientation is not None and not isinstance(orientation, str) and len(orientation) == 2 and all(orientation):
-        items.append(TextContentItem(name=codes.DCM.PatientOrientationRow, value=str(orientation[0]), relationship_type=acq))
-        items.append(TextContentItem(name=codes.DCM.PatientOrientationColumn, value=str(orientation[1]), relationship_type=acq))
-    spacing = source.get("ImagerPixelSpacing") or source.get("PixelSpacing")
-    if spacing is not None and not isinstance(spacing, (str, float)) and len(spacing) == 2:
-        mm = codes.UCUM.Millimeter
-        items.append(NumContentItem(name=codes.DCM.HorizontalPixelSpacing, value=float(spacing[1]), unit=mm, relationship_type=acq))
-        items.append(NumContentItem(name=codes.DCM.VerticalPixelSpacing, value=float(spacing[0]), unit=mm, relationship_type=acq))
-    return items
-
-
-def _insert_image_library(report: MeasurementReport, source: Dataset) -> None:
-    """Add a TID 1600 Image Library for the source, just before the Imaging Measurements container.
-
-    Built here rather than with ``highdicom.sr.ImageLibrary`` because that class requires
-    Patient Orientation and Imager Pixel Spacing for every CR/DX image, which many CXRs lack.
-    """
-    image_item = ImageContentItem(
-        name=CodedConcept("260753009", "SCT", "Source"),
-        referenced_sop_class_uid=source.SOPClassUID,
-        referenced_sop_instance_uid=source.SOPInstanceUID,
-        relationship_type=RelationshipTypeValues.CONTAINS,
+    models = tuple(findings.models)
+    report = MeasurementReport(
+        observation_context=_observation_context(models),
+        procedure_reported=CHEST_XRAY,
+        imaging_measurements=list(groups),
     )
-    image_item.ContentSequence = ContentSequence(_library_descriptors(source))
-    group = ContainerContentItem(name=codes.DCM.ImageLibraryGroup, relationship_type=RelationshipTypeValues.CONTAINS)
-    group.ContentSequence = ContentSequence([image_item])
-    library = ContainerContentItem(name=codes.DCM.ImageLibrary, relationship_type=RelationshipTypeValues.CONTAINS)
-    library.ContentSequence = ContentSequence([group])
-    root_items = report[0].ContentSequence
-    position = next(
-        i for i, item in enumerate(root_items) if item.ConceptNameCodeSequence[0].CodeValue == "126010"
-    )  # DCM 126010 "Imaging Measurements"
-    root_items.insert(position, library)
+    root = report[0]
+    insert_image_library(root, source)
+    return sr_document(
+        source,
+        root,
+        series_instance_uid=uids.series_uid(source.StudyInstanceUID, findings, uids.ResultKind.SR),
+        sop_instance_uid=uids.instance_uid(findings, kind),
+        instance_number=instance_number(source),
+        model_name=model_names(models),
+        software_versions=software_versions(models),
+        coding_schemes=[private_coding_scheme()],
+    )
 
 
-__all__ = ["CLASS_PROBABILITY_CONCEPTS", "PRIVATE_SCHEME", "build_sr", "class_probability_concept", "private_coding_scheme"]
+__all__ = [
+    "ABSENT",
+    "CLASS_PROBABILITY_CONCEPTS",
+    "FINDING",
+    "LUNG",
+    "LUNG_OPACITY",
+    "NOT_EVALUATED",
+    "PNEUMONIA",
+    "PRESENT",
+    "PRIVATE_SCHEME",
+    "PROBABILITY",
+    "THRESHOLD_VALUE",
+    "NotEvaluatedReason",
+    "build_not_evaluated_sr",
+    "build_sr",
+    "class_probability_concept",
+    "private_coding_scheme",
+    "whole_image_polyline",
+]

@@ -42,6 +42,8 @@ class ResultKind(str, Enum):
 
     SR = "SR"
     SC = "SC"
+    #: the "not evaluated" SR of a job that failed for good: not the UID a later successful SR gets
+    SR_NOT_EVALUATED = "SR-NE"
 
 
 def models_key(models: Iterable[ModelInfo]) -> str:

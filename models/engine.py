@@ -54,7 +54,7 @@ from models.bundle_loader import (
     xyxy_to_monai_box,
 )
 from models.errors import ImageDecodeError, InferenceCoreError
-from models.findings import BOX_GATING_RULES, Box, Findings, Heatmap, ModelInfo
+from models.findings import BOX_GATING_RULES, Box, FindingCode, Findings, Heatmap, ModelInfo
 from models.heatmap import ActivationCapture, grad_cam
 
 logger = logging.getLogger(__name__)
@@ -266,6 +266,11 @@ class InferenceEngine:
         return self._models
 
     @property
+    def finding(self) -> FindingCode:
+        """What the classifier measures (its bundle's ``finding``): named by a "not evaluated" SR too."""
+        return self._classifier.finding
+
+    @property
     def detection_score_threshold(self) -> float:
         return self._score_threshold
 
@@ -400,6 +405,7 @@ class InferenceEngine:
                     rows=rows if rows > 0 else 1,
                     columns=columns if columns > 0 else 1,
                     not_analysed_reason=reason,
+                    finding=self._classifier.finding,  # what was not evaluated (named by the SR)
                     models=self._models,
                     timing_ms={"total": (time.perf_counter() - t0) * 1000.0},
                 )

@@ -162,26 +162,20 @@ def _results(orthanc: LocalOrthanc, study_uid: str) -> tuple[list[dict[str, Any]
 
 
 def _summary(orthanc: LocalOrthanc, sr_id: str) -> str:
-    """One line of findings read back from the SR (highdicom)."""
-    import io
-
-    import highdicom as hd
+    """One line of findings read back from the SR (``dicom_node.sr_read``, highdicom)."""
     import numpy as np
 
-    content: Any = hd.sr.srread(io.BytesIO(orthanc.file(sr_id))).content  # a MeasurementReport
-    parts = []
-    for group in content.get_image_measurement_groups():
-        for m in group.get_measurements():
-            if m.name.value == "122157":
-                parts.append(f"pneumonia probability {float(m.value):.3f}")
-        for e in group.get_qualitative_evaluations():
-            parts.append(f"{e.name.meaning}: {e.value.meaning}")
-    boxes = content.get_planar_roi_measurement_groups()
-    parts.append(f"{len(boxes)} opacity box(es)")
-    for g in boxes:
-        pts = g.roi.value
+    from dicom_node.sr_read import read_sr
+
+    sr = read_sr(orthanc.file(sr_id))
+    if sr.not_evaluated_reason is not None:
+        return f"{sr.finding}: not evaluated ({sr.not_evaluated_reason.concept.meaning})"
+    parts = [f"{sr.finding}: {sr.decision} (probability {sr.probability:.3f}, threshold {sr.threshold:g})",
+             f"{len(sr.boxes)} opacity box(es)"]  # fmt: skip
+    for box in sr.boxes:
+        pts = box.polyline
         parts.append(f"[x={pts[:, 0].min():.0f} y={pts[:, 1].min():.0f} "
-                     f"w={np.ptp(pts[:, 0]):.0f} h={np.ptp(pts[:, 1]):.0f}]")  # fmt: skip
+                     f"w={np.ptp(pts[:, 0]):.0f} h={np.ptp(pts[:, 1]):.0f} p={box.probability:.2f}]")  # fmt: skip
     return ", ".join(parts)
 
 

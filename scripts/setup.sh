@@ -3,7 +3,9 @@
 # virtualenv (.venv). Shared by scripts/demo.sh and .ci/run so that the two cannot drift.
 #
 #   bash scripts/setup.sh          # orthanc, orthanc-python, dcmtk, dicom3tools + .venv
-#   bash scripts/setup.sh --ci     # the same plus docker-compose and openssl (used by the tests)
+#   bash scripts/setup.sh --ci     # the same plus what the tests use: docker-compose, openssl, and for the
+#                                  # OHIF browser test orthanc-dicomweb, chromium, npm (when no npm is on
+#                                  # PATH) and the pinned OHIF build (scripts/fetch_ohif.sh, into .ohif/)
 #
 # Idempotent: packages already installed are not reinstalled, an existing .venv is reused, and
 # pip is skipped when pyproject.toml and constraints.txt have not changed since the last successful
@@ -16,8 +18,12 @@ PYTHON="${PYTHON:-python3}"
 # torch/torchvision are pinned and installed before the project (pyproject.toml admits exactly these).
 TORCH_PINS=(torch==2.14.1 torchvision==0.29.1)
 APT_PACKAGES=(orthanc orthanc-python dcmtk dicom3tools python3-venv)
+CI_MODE=0
 if [[ "${1:-}" == "--ci" ]]; then
-  APT_PACKAGES+=(docker-compose openssl)
+  CI_MODE=1
+  APT_PACKAGES+=(docker-compose openssl orthanc-dicomweb chromium)
+  # npm fetches OHIF (`npm pack`); a Node.js from elsewhere (e.g. NodeSource) brings its own npm
+  command -v npm >/dev/null || APT_PACKAGES+=(npm)
 fi
 
 log() { printf '[setup] %s\n' "$*" >&2; }
@@ -72,4 +78,7 @@ install_venv() {
 
 install_apt_packages
 install_venv
+if [[ "$CI_MODE" == "1" ]]; then
+  bash "$REPO/scripts/fetch_ohif.sh"
+fi
 log "done"

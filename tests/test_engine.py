@@ -164,6 +164,7 @@ def test_lateral_is_not_analysed_and_skips_the_models(
     assert not f.analysed
     assert f.not_analysed_reason and "lateral" in f.not_analysed_reason.lower()
     assert f.probability is None and not f.class_probabilities and not f.boxes
+    assert f.finding == engine.finding  # what was not evaluated: the "not evaluated" SR names it
     assert "classify" not in f.timing_ms and "detect" not in f.timing_ms
     assert engine.stats()["batches"] == batches_before
     assert engine.stats()["not_analysed"] >= 1

@@ -10,6 +10,9 @@ from typing import Any
 import pytest
 
 from dicom_node.orthanc.config import (
+    DEBIAN_DICOMWEB_PLUGIN,
+    DEBIAN_PYTHON_PLUGIN,
+    DICOMWEB_ROOT,
     PLUGIN_SCRIPT,
     SHIPPED_CONFIG,
     Modality,
@@ -185,6 +188,18 @@ def test_render_config_fills_every_deployment_value(tmp_path: Path) -> None:
     path = write_config(dep, tmp_path / "orthanc.json")
     assert json.loads(path.read_text()) == cfg
     assert path.stat().st_mode & 0o077 == 0  # holds a password
+    assert cfg["Plugins"] == [str(DEBIAN_PYTHON_PLUGIN)] and "DicomWeb" not in cfg  # DICOMweb only when asked
+
+
+def test_render_config_adds_dicomweb_when_asked(tmp_path: Path) -> None:
+    dep = OrthancDeployment(storage_dir=tmp_path / "db", users={"alice": "s3cret"},
+                            node=Modality("cxr-node", "AINODE", "127.0.0.1", 11113),
+                            dicomweb_plugin=DEBIAN_DICOMWEB_PLUGIN)  # fmt: skip
+    cfg = render_config(dep)
+    assert cfg["Plugins"] == [str(DEBIAN_PYTHON_PLUGIN), str(DEBIAN_DICOMWEB_PLUGIN)]
+    assert cfg["DicomWeb"]["Enable"] is True and cfg["DicomWeb"]["Root"] == DICOMWEB_ROOT == "/dicom-web/"
+    assert cfg["DicomWeb"]["StudiesMetadata"] == "Full"  # OHIF reads whole-study metadata
+    assert cfg["AuthenticationEnabled"] is True  # the plug-in answers behind the same HTTP auth
 
 
 @pytest.mark.parametrize(

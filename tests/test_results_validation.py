@@ -8,6 +8,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from _results_data import (
+    MODELS,
     NAMES_BY_CHARSET,
     charset_value,
     dciodvfy,
@@ -19,7 +20,8 @@ from _results_data import (
 )
 
 from dicom_node.results import build_results
-from dicom_node.results_sr import PRIVATE_SCHEME
+from dicom_node.results_sr import PRIVATE_SCHEME, build_not_evaluated_sr
+from dicom_node.sr_codes import NotEvaluatedReason
 
 pytestmark = [
     pytest.mark.integration,
@@ -77,7 +79,7 @@ def test_sr_and_sc_pass_dciodvfy(tmp_path: Path, kind: str, n_boxes: int) -> Non
     findings = findings_for(src, three_boxes(int(src.Rows), int(src.Columns))[:n_boxes])
     results = build_results(src, findings)
     assert [d.Modality for d in results] == ["SR", "OT"]
-    assert PRIVATE_SCHEME in _used_designators(results[0])  # the per-class probabilities
+    assert PRIVATE_SCHEME in _used_designators(results[0])  # the display concepts, per-class probabilities
     _check(results, tmp_path)
 
 
@@ -98,3 +100,11 @@ def test_non_ascii_charsets_pass_dciodvfy(tmp_path: Path, charset: str) -> None:
     src.PatientName = NAMES_BY_CHARSET[charset]
     results = build_results(src, findings_for(src, three_boxes(128, 128)[:1]))
     _check(results, tmp_path)
+
+
+@pytest.mark.parametrize("reason", list(NotEvaluatedReason))
+def test_not_evaluated_sr_passes_dciodvfy(tmp_path: Path, reason: NotEvaluatedReason) -> None:
+    src = dx_source(320, 256)
+    sr = build_not_evaluated_sr(src, reason, models=MODELS, attempts=2)
+    assert PRIVATE_SCHEME in _used_designators(sr)  # the reason category
+    _check([sr], tmp_path)

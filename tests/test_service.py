@@ -170,9 +170,18 @@ def test_decode_error_fails_job_and_retries_bounded(tmp_path: Path, dest: StoreS
         j = svc.journal
         assert _wait(lambda: j.counts().get("job.failed") == 2 and j.counts().get("job.delivered") == 1, 30)
         by_uid = {x.sop_instance_uid: x for x in j.jobs()}
+        # each job that failed for good queued one "not evaluated" SR (its reason category as code)
+        status = {u: j.outbox(job_id=by_uid[u].id) for u in (bad_uid, broken_uid)}
     assert calls[bad_uid] == 1 and "corrupt JPEG stream" in (by_uid[bad_uid].reason or "")
     assert calls[flaky_uid] == 3 and by_uid[flaky_uid].state == "delivered"
     assert calls[broken_uid] == 3 and "gave up after 3 attempts" in (by_uid[broken_uid].reason or "")
+    for uid, code in ((bad_uid, "NE-UNDECODABLE"), (broken_uid, "NE-FAILED")):
+        (row,) = status[uid]
+        assert row.sop_class_uid == SR_3D and row.destination == dest.destination
+        sr = pydicom.dcmread(row.path)
+        assert sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[
+            0].ReferencedSOPInstanceUID == uid  # fmt: skip
+        assert code in str(sr.ContentSequence)
 
 
 # --------------------------------------------------------------- real engine, real CLI
@@ -261,9 +270,15 @@ def test_cxr_node_serve_with_real_engine(tmp_path: Path, dest: StoreSCP) -> None
             proc.kill()
             proc.wait(10)
     results = dest.files()
-    assert sorted(str(r.SOPClassUID) for r in results) == [SC_STORAGE, SR_3D]
+    assert sorted(str(r.SOPClassUID) for r in results) == [SC_STORAGE, SR_3D, SR_3D]
+    # the corrupt CXR leaves a visible status: its "not evaluated" SR, in its study
+    (status,) = [r for r in results if r.StudyInstanceUID == bad.StudyInstanceUID]
+    assert str(status.SOPClassUID) == SR_3D and status.SOPInstanceUID != bad.SOPInstanceUID
+    assert "NE-UNDECODABLE" in str(status.ContentSequence)  # reason category "image could not be decoded"
+    good_results = [r for r in results if r.StudyInstanceUID == good.StudyInstanceUID]
+    assert len(good_results) == 2
     assert all(
-        str(r.PatientID) == "PID-987654321" for r in results
+        str(r.PatientID) == "PID-987654321" for r in good_results
     )  # results carry the patient, the log must not
     text = log_path.read_text()
     assert "Zyxwv" not in text and "Qtrsp" not in text and "987654321" not in text

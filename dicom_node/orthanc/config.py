@@ -34,6 +34,10 @@ SHIPPED_CONFIG = Path(__file__).with_name("orthanc.json")
 PLUGIN_SCRIPT = Path(__file__).resolve().parent.parent / "orthanc_plugin" / "cxr_router.py"
 #: Debian's Orthanc Python plug-in (package ``orthanc-python``).
 DEBIAN_PYTHON_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancPython.so")
+#: Debian's Orthanc DICOMweb plug-in (package ``orthanc-dicomweb``): QIDO-RS / WADO-RS for web viewers.
+DEBIAN_DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+#: URL path under which the DICOMweb plug-in answers (``DicomWeb.Root``).
+DICOMWEB_ROOT = "/dicom-web/"
 
 _AET_RE = re.compile(r"^[^\\\x00-\x1f]{1,16}$")
 _ENV_RE = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}")
@@ -110,7 +114,8 @@ class OrthancDeployment:
 
     ``users`` maps user name to password (HTTP basic auth; at least one). ``node`` is the AI node
     (symbolic name ``cxr-node`` unless ``node.name`` says otherwise); ``modalities`` are the peers
-    allowed to C-STORE into Orthanc besides the node.
+    allowed to C-STORE into Orthanc besides the node. ``dicomweb_plugin`` adds Orthanc's DICOMweb
+    plug-in (what OHIF and other web viewers read) with full study/series metadata.
     """
 
     storage_dir: Path
@@ -125,6 +130,8 @@ class OrthancDeployment:
     plugin_script: Path = PLUGIN_SCRIPT
     python_plugin: Path = DEBIAN_PYTHON_PLUGIN
     auto_forward: bool = True
+    #: the DICOMweb plug-in to load (None: no DICOMweb), answering under :data:`DICOMWEB_ROOT`
+    dicomweb_plugin: Path | None = None
     retry_delay_s: float = 10.0
     max_retries: int = 5
     verbose: bool = False
@@ -185,6 +192,17 @@ def render_config(deployment: OrthancDeployment, base: Mapping[str, Any] | None 
             "PythonScript": str(Path(deployment.plugin_script).resolve()),
         }
     )
+    if deployment.dicomweb_plugin is not None:
+        cfg["Plugins"].append(str(deployment.dicomweb_plugin))
+        cfg["DicomWeb"] = {
+            "Enable": True,
+            "Root": DICOMWEB_ROOT,
+            "EnableWado": False,
+            "Ssl": False,
+            # OHIF reads the whole study's metadata in one request: answer it from the stored files
+            "StudiesMetadata": "Full",
+            "SeriesMetadata": "Full",
+        }
     cfg["DicomModalities"] = {deployment.node.name: deployment.node.to_orthanc()}
     if deployment.dicom_tls is not None:
         cfg.update(deployment.dicom_tls.to_orthanc())

@@ -21,7 +21,14 @@ from typing import Any, TypeVar
 
 import httpx
 
-from dicom_node.orthanc.config import DicomTls, Modality, OrthancDeployment, write_config
+from dicom_node.orthanc.config import (
+    DEBIAN_DICOMWEB_PLUGIN,
+    DICOMWEB_ROOT,
+    DicomTls,
+    Modality,
+    OrthancDeployment,
+    write_config,
+)
 
 T = TypeVar("T")
 
@@ -119,6 +126,8 @@ class LocalOrthanc:
     stable_age_s: int = 1
     retry_delay_s: float = 2.0
     auto_forward: bool = True
+    #: load Debian's DICOMweb plug-in (``orthanc-dicomweb``), answering under :attr:`dicomweb_url`
+    dicomweb: bool = False
     extra_modalities: Sequence[Modality] = ()
     #: added to Orthanc's environment (after ``TCP_NODELAY=1``, which it may override)
     env_overrides: Mapping[str, str] = field(default_factory=dict)
@@ -132,6 +141,11 @@ class LocalOrthanc:
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def dicomweb_url(self) -> str:
+        """Root URL of the DICOMweb services (``dicomweb=True``), without the trailing slash."""
+        return self.base_url + DICOMWEB_ROOT.rstrip("/")
 
     @property
     def auth(self) -> tuple[str, str]:
@@ -157,6 +171,7 @@ class LocalOrthanc:
             stable_age_s=self.stable_age_s,
             retry_delay_s=self.retry_delay_s,
             auto_forward=self.auto_forward,
+            dicomweb_plugin=DEBIAN_DICOMWEB_PLUGIN if self.dicomweb else None,
             verbose=True,
             max_retry_delay_s=self.max_retry_delay_s,
             alert_after_s=self.alert_after_s,

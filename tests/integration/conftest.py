@@ -7,6 +7,7 @@ Orthanc binary or the dcmtk tools are absent; CI installs them (``.ci/run``), so
 from __future__ import annotations
 
 import shutil
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -14,6 +15,12 @@ import pytest
 from integration_helpers import NodeProcess, Ports, Stack, StoreSCP
 
 from dicom_node.orthanc.local import LocalOrthanc, free_port, orthanc_binary
+
+# tests/ holds helpers shared with the unit tests (e.g. sr_ohif_view); it is on sys.path when the
+# whole suite runs, not when only tests/integration/ is collected
+_TESTS = str(Path(__file__).resolve().parents[1])
+if _TESTS not in sys.path:
+    sys.path.append(_TESTS)
 
 
 def _distinct_free_ports(n: int) -> list[int]:

@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
@@ -19,6 +18,8 @@ from integration_helpers import REPO, Stack, dciodvfy_errors, make_image, write
 from pydicom.uid import generate_uid
 
 from dicom_node.orthanc.local import LocalOrthanc, storescu, wait_until
+from dicom_node.sr_codes import NotEvaluatedReason
+from dicom_node.sr_read import read_sr
 
 pytestmark = pytest.mark.integration
 
@@ -70,19 +71,13 @@ def engine() -> Iterator[Any]:
 
 
 def _sr_probability(sr_path: Path) -> float:
-    (group,) = hd.sr.srread(sr_path).content.get_image_measurement_groups()
-    (prob,) = [m for m in group.get_measurements() if m.name.value == "122157"]  # DCM Probability
-    return float(prob.value)
+    result = read_sr(sr_path)
+    assert result.probability is not None, f"no image-level probability in {sr_path}"
+    return result.probability
 
 
 def _sr_boxes(sr_path: Path) -> list[tuple[np.ndarray, float]]:
-    sr = hd.sr.srread(sr_path)
-    out = []
-    for group in sr.content.get_planar_roi_measurement_groups():
-        probs = [m for m in group.get_measurements() if m.name.value == "122157"]  # DCM Probability
-        assert len(probs) == 1, f"box group without exactly one probability in {sr_path}"
-        out.append((np.asarray(group.roi.value, dtype=float), float(probs[0].value)))
-    return out
+    return [(box.polyline, box.probability) for box in read_sr(sr_path).boxes]
 
 
 # ------------------------------------------------------------------------------------------- the main flow
@@ -221,6 +216,35 @@ def test_no_patient_name_or_id_in_the_node_log(stack: Stack, phantom_files: list
         for form in {value, json.dumps(value)[1:-1], *value.split("^")}:
             if len(form) >= 3:
                 assert form not in text, f"patient data {form!r} found in the node log"
+
+
+def test_undecodable_cxr_leaves_a_not_evaluated_sr_in_the_study(stack: Stack, tmp_path: Path) -> None:
+    """Issue 12 point 5: a CXR whose pixel data cannot be decoded is not silently dropped - the study
+    gets a short "not evaluated" SR (reason category, no header text) and no overlay."""
+    orthanc, node = stack.orthanc, stack.node
+    ds = make_image("CR", patient_name="Broken^Pixels", patient_id="BRK-5150", rows=128, columns=128, seed=31)
+    ds.PixelData = ds.PixelData[:1000]  # 1000 bytes for 128 x 128 x 2: the decoder refuses it
+    _remember_patient(ds)
+    _push(orthanc.dicom_port, [write(ds, tmp_path / "broken.dcm")])
+    study_uid, sop_uid = str(ds.StudyInstanceUID), str(ds.SOPInstanceUID)
+
+    def status_sr() -> list[dict[str, Any]]:
+        return _results(orthanc, study_uid)[0]
+
+    (tags,) = wait_until(status_sr, RESULT_TIMEOUT, interval=1.0, what=f"a 'not evaluated' SR in study {study_uid}")
+    assert _results(orthanc, study_uid)[1] == []  # no overlay of an image that cannot be decoded
+    path = tmp_path / "status.sr.dcm"
+    path.write_bytes(orthanc.file(tags["_orthanc_id"]))
+    assert dciodvfy_errors(path) == []
+    result = read_sr(path)
+    assert result.source_sop_instance_uid == sop_uid
+    assert (result.decision, result.not_evaluated_reason) == ("Not Evaluated", NotEvaluatedReason.PIXEL_DATA_UNDECODABLE)
+    sr = pydicom.dcmread(path)
+    assert str(sr.PatientID) == "BRK-5150" and sr.StudyInstanceUID == ds.StudyInstanceUID
+    (failed,) = _events(node, "failed", sop_uid)
+    assert failed["not_evaluated_sr"] is True and failed["reason_category"] == "pixel-data-undecodable"
+    # the delivery log line names the SR (result SOP Instance UID)
+    wait_until(lambda: _events(node, "delivered", str(sr.SOPInstanceUID)), 30, what="the status SR's delivery in the log")
 
 
 # ------------------------------------------------------------------------------------------- outages

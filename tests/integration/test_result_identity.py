@@ -40,7 +40,7 @@ def test_a_threshold_change_adds_new_results_beside_the_old_ones(
         try:
             # the modality pushes to Orthanc (first round) and the node (both rounds), as a re-analysis would
             if round_ == 0:
-                assert storescu([phantom_files[0]], orthanc.dicom_port, calling_aet="MODALITY").returncode == 0
+                assert storescu([phantom_files[0]], orthanc.dicom_port, calling_aet=PUSHER_AET).returncode == 0
             res = storescu([phantom_files[0]], node.port, calling_aet=PUSHER_AET, called_aet="AINODE")
             assert res.returncode == 0, res.stderr
             wait_until(lambda n=round_ + 1: len(_srs(orthanc, study)) >= n or None, RESULT_TIMEOUT, interval=1.0,
