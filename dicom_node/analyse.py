@@ -587,6 +587,10 @@ class AnalysisWorker:
                 models=tuple(getattr(self.analyser, "models", ()) or ()),
                 finding=getattr(self.analyser, "finding", None),
                 attempts=attempts,
+                # the analyser's decision settings: the SR joins the series of this configuration's results
+                threshold=getattr(self.analyser, "decision_threshold", None),
+                detection_threshold=getattr(self.analyser, "detection_score_threshold", None),
+                box_gating=getattr(self.analyser, "box_gating", "positive-only"),
             )
             path = self.spool.store_result(job.id, sr)
         except Exception as exc:  # an unreadable header: nothing to reference (never header text in the log)

@@ -120,6 +120,7 @@ def findings_to_dict(findings: Findings) -> dict[str, Any]:
             "height": heatmap.height,
             "values": heatmap.values.tolist(),
         },
+        "classifier_region": None if findings.classifier_region is None else list(findings.classifier_region),
         "models": [m.to_json() for m in findings.models],
         "timing_ms": dict(findings.timing_ms),
     }
@@ -174,6 +175,9 @@ def findings_from_json(data: Mapping[str, Any]) -> Findings:
         detection_threshold=_optional_float(data.get("detection_threshold")),
         box_gating=str(data.get("box_gating") or "positive-only"),
         heatmap=None if heatmap is None else Heatmap.from_json(heatmap),
+        classifier_region=None
+        if data.get("classifier_region") is None
+        else tuple(float(v) for v in data["classifier_region"]),  # type: ignore[arg-type]
         models=tuple(
             ModelInfo(str(m["name"]), str(m["version"]), str(m.get("digest") or "unknown"))
             for m in data.get("models") or ()

@@ -147,13 +147,18 @@ def build_not_evaluated_sr(
     models: Sequence[ModelInfo] = (),
     finding: FindingCode | None = None,
     attempts: int = 1,
+    threshold: float | None = None,
+    detection_threshold: float | None = None,
+    box_gating: str = "positive-only",
 ) -> Comprehensive3DSR:
     """A short TID 1500 SR saying that ``source`` was not evaluated, and why (a fixed category).
 
     Only the source's header is read (UIDs, Rows/Columns for the whole-image region, patient/study
     attributes copied verbatim); nothing from the header goes into the reason. ``models`` are the
     bundles that would have analysed it (they name the algorithm and enter the UIDs), ``finding``
-    what was not evaluated (default: pneumonia), ``attempts`` the analysis attempts made (>= 1).
+    what was not evaluated (default: pneumonia), ``attempts`` the analysis attempts made (>= 1);
+    ``threshold``, ``detection_threshold`` and ``box_gating`` are the node's decision settings, so
+    that the SR lands in the same series as the results made with them (see ``dicom_node.uids``).
     Refusals (view gate) keep the SR's usual SOP Instance UID; failures get their own, so that a
     later successful analysis is not shadowed by it. ValueError for a source without the needed
     attributes.
@@ -170,6 +175,9 @@ def build_not_evaluated_sr(
         rows=int(source.Rows),
         columns=int(source.Columns),
         finding=finding,
+        threshold=threshold,
+        detection_threshold=detection_threshold,
+        box_gating=box_gating,
         models=tuple(models),
         not_analysed_reason=f"not evaluated: {reason.value}",
     )
@@ -285,6 +293,20 @@ def _whole_image_region(source: Dataset) -> ImageRegion:
     return _region(source, whole_image_polyline(int(source.Rows), int(source.Columns)))
 
 
+def _classifier_region(source: Dataset, findings: Findings) -> ImageRegion:
+    """The image-level result's region: what the classifier looked at (its centre crop of the image;
+    the whole image for a letterboxing classifier or when the findings do not say), clipped to the image."""
+    if findings.classifier_region is None:
+        return _whole_image_region(source)
+    x, y, w, h = findings.classifier_region
+    rows, columns = float(source.Rows), float(source.Columns)
+    x0, y0 = max(0.0, x), max(0.0, y)
+    x1, y1 = min(columns, x + w), min(rows, y + h)
+    if not (x1 > x0 and y1 > y0):
+        return _whole_image_region(source)
+    return _region(source, ((x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0)))
+
+
 def _num(name: CodedConcept, value: float, unit: CodedConcept = NO_UNITS) -> Measurement:
     return Measurement(name=name, value=float(value), unit=unit)
 
@@ -311,7 +333,7 @@ def _image_level_group(source: Dataset, findings: Findings) -> PlanarROIMeasurem
             uid=uids.tracking_uid(findings, "image"),
             identifier=f"{finding.label} (image level)",
         ),
-        referenced_region=_whole_image_region(source),
+        referenced_region=_classifier_region(source, findings),
         finding_type=finding.code,
         finding_sites=[FindingSite(anatomic_location=finding.site)] if finding.site is not None else None,
         algorithm_id=_algorithm_id(classifier_model(findings), (f"decision threshold {threshold:g}",)),

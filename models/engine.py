@@ -406,6 +406,10 @@ class InferenceEngine:
                     columns=columns if columns > 0 else 1,
                     not_analysed_reason=reason,
                     finding=self._classifier.finding,  # what was not evaluated (named by the SR)
+                    # the decision settings too: a "not evaluated" SR goes to the configuration's series
+                    threshold=self._decision_threshold,
+                    detection_threshold=self._score_threshold,
+                    box_gating=self._box_gating,
                     models=self._models,
                     timing_ms={"total": (time.perf_counter() - t0) * 1000.0},
                 )
@@ -602,6 +606,7 @@ class InferenceEngine:
                     detection_threshold=self._score_threshold,
                     box_gating=self._box_gating,
                     heatmap=self._heatmap_for(item, cams.get(i)),
+                    classifier_region=self._classifier_region(item),
                     models=self._models,
                     timing_ms={
                         "decode": item.decode_ms,
@@ -616,6 +621,13 @@ class InferenceEngine:
             self._count("analysed")
             if not item.future.done():
                 item.future.set_result(findings)
+
+    def _classifier_region(self, item: _Item) -> tuple[float, float, float, float]:
+        """The source pixels the classifier saw: its centre crop, or (letterbox) the whole image."""
+        geometry = item.prepared[self._cls_input][1]
+        if hasattr(geometry, "region"):
+            return geometry.region()  # type: ignore[no-any-return]
+        return 0.0, 0.0, float(item.columns), float(item.rows)
 
     def _heatmap_for(self, item: _Item, cam: np.ndarray | None) -> Heatmap | None:
         """The heatmap of one image, placed over the source pixels its classifier input shows."""

@@ -241,6 +241,9 @@ class Findings:
     detection_threshold: float | None = None
     box_gating: str = "positive-only"
     heatmap: Heatmap | None = None
+    #: the source-pixel rectangle ``(x, y, width, height)`` the classifier looked at (its centre crop,
+    #: or the whole image); None when unknown (not analysed)
+    classifier_region: tuple[float, float, float, float] | None = None
     models: tuple[ModelInfo, ...] = ()
     not_analysed_reason: str | None = None
     #: Wall-clock milliseconds per stage, e.g. {"decode": 12.1, "classify": 30.2, "detect": 41.0}.
@@ -269,6 +272,11 @@ class Findings:
                 raise TypeError(f"boxes must be Box instances, got {type(b).__name__}")
         if self.heatmap is not None and not isinstance(self.heatmap, Heatmap):
             raise TypeError(f"heatmap must be a Heatmap, got {type(self.heatmap).__name__}")
+        if self.classifier_region is not None:
+            region = tuple(float(v) for v in self.classifier_region)
+            if len(region) != 4 or not all(math.isfinite(v) for v in region) or region[2] <= 0 or region[3] <= 0:
+                raise ValueError(f"classifier_region must be (x, y, width > 0, height > 0), got {self.classifier_region!r}")
+            object.__setattr__(self, "classifier_region", region)
 
     def _check_analysed(self) -> None:
         if self.not_analysed_reason is not None:
@@ -325,6 +333,9 @@ class Findings:
             "box_gating": self.box_gating,
             "boxes": [b.to_json() for b in self.boxes],
             "heatmap": None if self.heatmap is None else self.heatmap.to_json(),
+            "classifier_region": None
+            if self.classifier_region is None
+            else [round(v, 3) for v in self.classifier_region],
             "models": [m.to_json() for m in self.models],
             "timing_ms": {k: round(v, 2) for k, v in self.timing_ms.items()},
         }

@@ -496,3 +496,30 @@ def test_read_sr_gives_back_what_was_built(tmp_path: Path) -> None:
         "Not Evaluated", NotEvaluatedReason.NOT_CHEST, None, ())
     with pytest.raises(ValueError, match="not an SR|ContentSequence|SR document"):
         read_sr(src)
+
+
+def test_image_level_region_is_what_the_classifier_looked_at(tmp_path: Path) -> None:
+    """A centre-crop classifier saw the central square of a non-square image: the SR's image-level
+    region says so (a letterboxing classifier, or unknown, gives the whole image)."""
+    src = dx_source(320, 256)
+    findings = dataclasses.replace(findings_for(src), classifier_region=(0.0, 32.0, 256.0, 256.0))
+    image, _ = _groups(hd.sr.srread(_write_read(build_sr(src, findings), tmp_path)))
+    expected = [(0.0, 32.0), (256.0, 32.0), (256.0, 288.0), (0.0, 288.0), (0.0, 32.0)]
+    np.testing.assert_allclose(image.roi.value, np.asarray(expected))
+    # a region reaching past the image is clipped to it
+    wide = dataclasses.replace(findings, classifier_region=(-10.0, -10.0, 400.0, 400.0))
+    image, _ = _groups(hd.sr.srread(_write_read(build_sr(src, wide), tmp_path, "wide.dcm")))
+    np.testing.assert_allclose(image.roi.value, np.asarray(whole_image_polyline(320, 256)))
+
+
+def test_not_evaluated_sr_joins_the_series_of_its_configuration() -> None:
+    """A failed job's SR carries the node's decision settings: it lands in the same series as the
+    results analysed with them, not in a series of its own."""
+    from dicom_node.results_sr import build_not_evaluated_sr
+
+    src = dx_source(320, 256)
+    analysed = build_sr(src, findings_for(src, threshold=0.5, detection_threshold=0.5))
+    failed = build_not_evaluated_sr(src, "pixel-data-undecodable", models=MODELS, threshold=0.5,
+                                    detection_threshold=0.5, box_gating="positive-only")
+    assert failed.SeriesInstanceUID == analysed.SeriesInstanceUID
+    assert failed.SOPInstanceUID != analysed.SOPInstanceUID
