@@ -39,7 +39,10 @@ def test_node_outage_never_gives_up_and_resumes_everything_when_the_node_answers
     s.schedule("b", 0.5, 0.5)
     assert s.job_failed("a", "connection refused", node_reachable=False, now=1.0, backoff=B, max_attempts=2) is False
     assert s.summary(1.0)["NodeReachable"] is False
-    assert s.due_studies(1000.0) == []  # nothing is submitted while the node is down
+    assert s.due_studies(1.0) == ["a", "b"]  # looked at (a study with nothing to send is done) ...
+    s.hold("a", 1.0)
+    s.hold("b", 1.0)
+    assert s.due_studies(1000.0) == []  # ... but what has something to send waits for the node
     # hours of failed probes: the studies stay, no attempt is counted
     t = 1.0
     for _ in range(5000):

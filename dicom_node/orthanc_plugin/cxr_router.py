@@ -216,7 +216,9 @@ class Router:
             for iid, reason in selection.skipped:
                 _info(f"study {study_id}: instance {iid} not forwarded: {reason}")
             job_id = None
-            if selection.forward:
+            if selection.forward and not force and self.state.node_down_since is not None:
+                self.state.hold(study_id, time.time())  # sent when the node answers again
+            elif selection.forward:
                 job_id = self._submit(study_id, list(selection.forward))
             elif study_id in self.state.waiting and self.state.waiting[study_id].job is None:
                 self.state.nothing_to_send(study_id)

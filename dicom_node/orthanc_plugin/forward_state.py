@@ -36,6 +36,8 @@ from typing import Any
 STATE_VERSION = 1
 #: At most this many set-aside studies are remembered (oldest dropped first).
 MAX_SET_ASIDE = 1000
+#: "Until the node is back": :meth:`ForwardState.node_up` makes every held study due again.
+HOLD_S = 10 * 365 * 86400.0
 
 
 @dataclass
@@ -138,11 +140,16 @@ class ForwardState:
             entry.due = due if due <= now else max(entry.due, due)
 
     def due_studies(self, now: float) -> list[str]:
-        """Studies to route now: due, no job running, and the node not known to be down (oldest first)."""
-        if self.node_down_since is not None:
-            return []
+        """Studies to look at now: due and no job running (oldest first). While the node is down they
+        are still looked at (a study with nothing to forward is done), but not sent: see :meth:`hold`."""
         due = [(e.since, e.due, s) for s, e in self.waiting.items() if e.job is None and e.due <= now]
         return [s for _, _, s in sorted(due)]
+
+    def hold(self, study_id: str, now: float) -> None:
+        """The study has instances to forward but the node is down: wait for :meth:`node_up`."""
+        entry = self.waiting.get(study_id)
+        if entry is not None:
+            entry.due = now + HOLD_S
 
     def nothing_to_send(self, study_id: str) -> None:
         """Routing found nothing (left) to forward: the study is done."""
