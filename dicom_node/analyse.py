@@ -11,6 +11,13 @@ SR (``results_sr.build_not_evaluated_sr``: reason category from a fixed vocabula
 text) is queued for delivery in the same transaction that marks the job failed. When not even
 the source's header can be read there is nothing to reference: that is logged and skipped.
 
+Every analysis start is counted in the journal before the data set is even read
+(``Journal.start_attempt``), so a data set that kills the process (a native crash in a decoder, the
+OOM killer) cannot loop: a job started but never finished was in flight when the process died; after
+a restart it runs alone (nothing else in flight is charged with the crash), and once it has been
+started ``analysis_max_attempts`` times it is set aside as failed. The spool file is read with
+``defer_size``: large elements the analysis does not use (a private blob of hundreds of MiB) stay on disk.
+
 The engine hands back the image it decoded (``submit(ds, keep_image=True)``), so the SC overlay
 does not decode the source a second time. SR + SC are built in a ``ProcessPoolExecutor``
 (``result_workers`` processes, spawn context) so that this CPU-heavy Python does not compete
@@ -47,6 +54,9 @@ from models.errors import ImageDecodeError
 from models.findings import Findings
 
 logger = logging.getLogger(__name__)
+
+#: Elements larger than this are read from the spool file only when used (pydicom ``defer_size``).
+DEFER_SIZE = 1 << 20
 
 
 class Analyser(Protocol):
@@ -134,6 +144,10 @@ def _pool_init(parent_pid: int) -> None:
     from dicom_node.logging_setup import quiet_highdicom
 
     quiet_highdicom()
+    # warnings (pydicom quotes header values in them) become log records: shipped back with a build and
+    # written by the node's scrubbing formatter, never printed raw to the shared stderr
+    logging.captureWarnings(True)
+    logging.getLogger().addHandler(logging.NullHandler())
 
     def watch() -> None:
         while True:
@@ -203,6 +217,7 @@ class AnalysisWorker:
         self._inflight: dict[int, _InFlight] = {}
         self._not_before: dict[int, float] = {}
         self._stop = threading.Event()
+        self._isolated: int | None = None
         self._drain_deadline = 0.0
         self._thread: threading.Thread | None = None
 
@@ -236,6 +251,11 @@ class AnalysisWorker:
                 )
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
+        for job_id in [*self._inflight, *self._building]:  # a graceful stop is not a crash
+            try:
+                self.journal.undo_start(job_id)
+            except Exception:  # pragma: no cover - journal closed: the count stays one too high
+                logger.warning("could not take back an analysis start", extra={"job_id": job_id})
 
     def _new_pool(self) -> ProcessPoolExecutor:
         pool = ProcessPoolExecutor(
@@ -302,6 +322,9 @@ class AnalysisWorker:
                     break
 
     def _fill(self) -> None:
+        if self._isolated is not None and (self._isolated in self._inflight or self._isolated in self._building):
+            return  # a suspect runs alone
+        self._isolated = None
         room = self.max_inflight - len(self._inflight) - len(self._building)
         if room <= 0:
             return
@@ -311,8 +334,27 @@ class AnalysisWorker:
         for job in self.journal.next_received(room, exclude=busy | waiting):
             self._not_before.pop(job.id, None)
             t0 = time.perf_counter()
+            if job.suspect and (self._inflight or self._building):
+                break  # let the others finish: a suspect runs alone
+            # counted (and committed) before anything risky: a data set that kills the process is set
+            # aside after max_attempts starts instead of crashing the node after every restart
+            starts = self.journal.start_attempt(job.id)
+            if starts > self.max_attempts:
+                self._failed(job, RuntimeError(
+                    f"set aside: the process died during each of its {starts - 1} analysis attempts"), t0,
+                    category=NotEvaluatedReason.ANALYSIS_FAILED, attempts=starts - 1)  # fmt: skip
+                continue
+            if job.suspect:
+                self._isolated = job.id
+                logger.warning(
+                    "analysing alone a job whose last analysis did not finish (the process died)",
+                    extra={"event": "suspect_isolated", "job_id": job.id, "sop_instance_uid": job.sop_instance_uid,
+                           "starts": starts},
+                )  # fmt: skip
             try:
-                ds = pydicom.dcmread(job.path) if job.path else None
+                # large elements (e.g. a 400 MiB private blob) stay on disk until read: memory per instance
+                # is its pixel data plus a small header, whatever else the file carries
+                ds = pydicom.dcmread(job.path, defer_size=DEFER_SIZE) if job.path else None
                 if ds is None:
                     raise ImageDecodeError(job.sop_instance_uid, "spool file missing from the journal row")
             except ImageDecodeError as exc:  # pragma: no cover - dcmread does not raise it
@@ -345,6 +387,8 @@ class AnalysisWorker:
                 continue
             self._inflight[job.id] = entry
             entry.future.add_done_callback(lambda _f, e=entry: self._events.put(e))
+            if self._isolated == job.id:
+                break
 
     def _finish(self, entry: _InFlight) -> None:
         job = entry.job
@@ -536,7 +580,7 @@ class AnalysisWorker:
         from dicom_node.results_sr import build_not_evaluated_sr
 
         try:
-            header = ds if ds is not None else pydicom.dcmread(job.path, stop_before_pixels=True)
+            header = ds if ds is not None else pydicom.dcmread(job.path, stop_before_pixels=True, defer_size=DEFER_SIZE)
             sr = build_not_evaluated_sr(
                 header,
                 category,

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 #: sub-command -> (module path, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("dicom_node.cli_serve", "run the DICOM node (SCP + analysis + delivery)"),
+    "purge": ("dicom_node.cli_purge", "delete finished jobs older than the retention period (files and journal rows)"),
     "synth": ("models.cli_synth", "write synthetic CXR phantoms in RSNA layout"),
     "infer": ("models.cli_infer", "run the inference engine offline on DICOM files"),
     "train": ("models.cli_train", "train a bundle (classification|detection) on RSNA-format data"),

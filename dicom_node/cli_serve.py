@@ -26,6 +26,25 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def settings_error_text(exc: BaseException) -> str:
+    """A settings error as text without secrets: pydantic's own text repeats the input values (the whole
+    settings input for a cross-field error, REST destination passwords included), so only each error's
+    location and message are kept, with URL credentials redacted."""
+    from pydantic import ValidationError
+
+    from dicom_node.redact import redact_secrets
+
+    if isinstance(exc, ValidationError):
+        parts = []
+        for err in exc.errors(include_url=False, include_input=False, include_context=False):
+            loc = ".".join(str(p) for p in err.get("loc", ())) or "settings"
+            parts.append(f"{loc}: {err.get('msg', '')}")
+        text = f"{len(parts)} error(s): " + "; ".join(parts)
+    else:
+        text = str(exc)
+    return redact_secrets(text)
+
+
 def main(args: argparse.Namespace) -> int:
     """Load settings, configure logging, run ``NodeService`` until SIGTERM/SIGINT. Returns the exit code."""
     from pydantic import ValidationError
@@ -36,7 +55,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(getattr(args, "config", None))
     except (ValidationError, ValueError, FileNotFoundError) as exc:
-        print(f"cxr-node serve: invalid settings: {exc}", file=sys.stderr)
+        print(f"cxr-node serve: invalid settings: {settings_error_text(exc)}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format, pynetdicom_level=settings.pynetdicom_log_level)
 

@@ -32,7 +32,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     reason TEXT,
     attempts INTEGER NOT NULL DEFAULT 0,
     received_at REAL NOT NULL,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    starts INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, id);
 CREATE INDEX IF NOT EXISTS jobs_uid ON jobs(sop_instance_uid);
@@ -71,10 +72,17 @@ class Job:
     reason: str | None
     attempts: int
     received_at: float
+    #: analyses started (counted before the risky step: a start without an end means the process died)
+    starts: int = 0
 
     def __post_init__(self) -> None:
         if self.state not in JOB_STATES:
             raise ValueError(f"unknown job state {self.state!r}")
+
+    @property
+    def suspect(self) -> bool:
+        """Started more often than it ended (success or counted failure): the process died during it."""
+        return self.state == "received" and self.starts > self.attempts
 
 
 @dataclass(frozen=True)
@@ -113,7 +121,9 @@ class OutboxItem:
             raise ValueError(f"unknown outbox state {self.state!r}")
 
 
-_JOB_COLS = "id, sop_instance_uid, sop_class_uid, transfer_syntax, calling_aet, path, state, reason, attempts, received_at"
+_JOB_COLS = (
+    "id, sop_instance_uid, sop_class_uid, transfer_syntax, calling_aet, path, state, reason, attempts, received_at, starts"
+)
 _OUT_COLS = (
     "id, job_id, sop_instance_uid, sop_class_uid, transfer_syntax, path, destination, state, attempts, "
     "next_attempt_at, last_error, permanent"
@@ -149,6 +159,9 @@ class Journal:
         self._conn.execute("PRAGMA foreign_keys=ON")
         with self._conn:
             self._conn.executescript(_SCHEMA)
+            columns = {row[1] for row in self._conn.execute("PRAGMA table_info(jobs)")}
+            if "starts" not in columns:  # journals written before the crash-safe attempt count
+                self._conn.execute("ALTER TABLE jobs ADD COLUMN starts INTEGER NOT NULL DEFAULT 0")
 
     def close(self) -> None:
         """Close the connection (idempotent)."""
@@ -238,6 +251,21 @@ class Journal:
                 "UPDATE jobs SET state=?, reason=?, updated_at=? WHERE id=?",
                 (state, reason, time.time(), job_id),
             )
+
+    def start_attempt(self, job_id: int) -> int:
+        """Count (and commit) one analysis start, before anything risky is done with the data set;
+        returns the number of starts so far, this one included."""
+        with self._lock, self._conn:
+            self._conn.execute("UPDATE jobs SET starts=starts+1, updated_at=? WHERE id=?", (time.time(), job_id))
+            row = self._conn.execute("SELECT starts FROM jobs WHERE id=?", (job_id,)).fetchone()
+        if row is None:
+            raise KeyError(f"no job with id {job_id!r}")
+        return int(row[0])
+
+    def undo_start(self, job_id: int) -> None:
+        """Take back a start that ended without a verdict for a harmless reason (graceful stop)."""
+        with self._lock, self._conn:
+            self._conn.execute("UPDATE jobs SET starts=MAX(0, starts-1) WHERE id=? AND state='received'", (job_id,))
 
     def count_attempt(self, job_id: int, error: str) -> int:
         """Record one failed analysis attempt; returns the number of attempts so far."""
@@ -381,6 +409,34 @@ class Journal:
                 "SELECT path FROM jobs WHERE path IS NOT NULL UNION SELECT path FROM outbox"
             ).fetchall()
         return {r[0] for r in rows}
+
+    def finished_before(
+        self, before: float, states: Sequence[str], limit: int
+    ) -> list[tuple[int, list[str], int]]:
+        """Jobs in one of ``states`` last changed before ``before`` with no result still pending:
+        ``(job id, its spool paths (received file and results), number of outbox rows)``, oldest first."""
+        for state in states:
+            if state not in JOB_STATES:
+                raise ValueError(f"unknown job state {state!r}")
+        marks = ",".join("?" for _ in states)
+        with self._lock:
+            jobs = self._conn.execute(
+                f"SELECT id, path FROM jobs WHERE state IN ({marks}) AND updated_at < ? AND NOT EXISTS "
+                "(SELECT 1 FROM outbox o WHERE o.job_id=jobs.id AND o.state='pending') ORDER BY id LIMIT ?",
+                (*states, before, limit),
+            ).fetchall()
+            out = []
+            for job_id, path in jobs:
+                results = [r[0] for r in self._conn.execute("SELECT path FROM outbox WHERE job_id=?", (job_id,))]
+                out.append((int(job_id), ([path] if path else []) + sorted(set(results)), len(results)))
+        return out
+
+    def delete_jobs(self, job_ids: Sequence[int]) -> None:
+        """Delete jobs and their outbox rows, in one transaction (retention)."""
+        with self._lock, self._conn:
+            for job_id in job_ids:
+                self._conn.execute("DELETE FROM outbox WHERE job_id=?", (job_id,))
+                self._conn.execute("DELETE FROM jobs WHERE id=?", (job_id,))
 
     def counts(self) -> dict[str, int]:
         """Number of jobs per state and of outbox rows per state (keys ``job.<state>``, ``outbox.<state>``)."""

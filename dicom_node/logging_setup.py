@@ -1,4 +1,7 @@
-"""Structured logging for the node: text or JSON lines, never patient name or ID.
+"""Structured logging for the node: text or JSON lines, never patient name or ID, never a secret.
+
+Every message, exception text and string field goes through ``dicom_node.redact.scrub``: URL
+credentials and quoted values (what third-party messages quote from a data set header) are redacted.
 
 Log records carry their structured fields through ``extra={...}`` (``event``,
 ``sop_instance_uid``, ``sop_class_uid``, ``calling_aet``, ``ms``, ...). The formatters
@@ -14,6 +17,8 @@ import json
 import logging
 import sys
 from typing import Any, TextIO
+
+from dicom_node.redact import redact_secrets, scrub
 
 #: Attributes every LogRecord has; anything else came from ``extra=``.
 _STANDARD_ATTRS = frozenset(
@@ -36,7 +41,9 @@ def _extra_fields(record: logging.LogRecord) -> dict[str, Any]:
 def _jsonable(value: Any, key: str = "") -> Any:
     if isinstance(value, float) and (key == "ms" or key.endswith("_ms")):
         return round(value, 2)
-    if isinstance(value, (str, int, float, bool)) or value is None:
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, (int, float, bool)) or value is None:
         return value
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
@@ -55,12 +62,14 @@ class JsonFormatter(logging.Formatter):
             ),
             "level": record.levelname,
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": scrub(record.getMessage()),
         }
         for k, v in _extra_fields(record).items():
             out.setdefault(k, _jsonable(v, k))
         if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
+            out["exc"] = scrub(self.formatException(record.exc_info))
+        elif record.exc_text:
+            out["exc"] = scrub(record.exc_text)
         # ASCII-only: U+2028/U+0085 and friends in a logged value must not split a JSON line
         return json.dumps(out, ensure_ascii=True)
 
@@ -73,18 +82,20 @@ class TextFormatter(logging.Formatter):
             :-3
         ]
         fields = " ".join(f"{k}={_text_value(v)}" for k, v in _extra_fields(record).items())
-        line = f"{ts}Z {record.levelname} {record.name}: {record.getMessage()}"
+        line = f"{ts}Z {record.levelname} {record.name}: {scrub(record.getMessage())}"
         if fields:
             line += " " + fields
         if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
+            line += "\n" + scrub(self.formatException(record.exc_info))
+        elif record.exc_text:
+            line += "\n" + scrub(record.exc_text)
         return line
 
 
 def _text_value(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.1f}"
-    text = str(value)
+    text = scrub(value) if isinstance(value, str) else redact_secrets(str(value))
     return json.dumps(text) if (" " in text or not text) else text
 
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import pydicom
 import pynetdicom.dimse_messages as _dimse_messages
+from pydicom.dataset import Dataset
 from pydicom.uid import (
     JPEG2000,
     DeflatedExplicitVRLittleEndian,
@@ -51,9 +52,10 @@ from pynetdicom.transport import ThreadedAssociationServer
 from dicom_node.deflate_guard import bytes_inflate_beyond, file_inflates_beyond
 from dicom_node.journal import Journal
 from dicom_node.node_metrics import NodeMetrics, skip_reason_category
+from dicom_node.peer_access import PeerPolicy
 from dicom_node.routing import RoutingRules
 from dicom_node.settings import NodeSettings
-from dicom_node.spool import Spool, StagedFile, is_out_of_space
+from dicom_node.spool import InstanceTooLargeError, Spool, StagedFile, is_out_of_space
 from dicom_node.tcp_options import NODELAY_HANDLERS
 
 logger = logging.getLogger(__name__)
@@ -164,13 +166,102 @@ def _install_chunked_switch() -> bool:
         return True
 
 
+class ScpAE(AE):
+    """The node's SCP application entity: a connection that has not sent its A-ASSOCIATE request yet
+    (an idle or slow TCP client, a TLS handshake in progress) does not count against
+    ``maximum_associations``; it is closed after ``association_request_timeout_s``."""
+
+    @property
+    def active_associations(self) -> list[Any]:
+        return [a for a in super().active_associations if not (a.is_acceptor and a.requestor.primitive is None)]
+
+    @property
+    def pending_connections(self) -> int:
+        """Connections whose A-ASSOCIATE request has not arrived yet."""
+        return sum(1 for a in AE.active_associations.fget(self) if a.is_acceptor and a.requestor.primitive is None)  # type: ignore[attr-defined]
+
+
+class ScpServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server, hardened against stalled clients.
+
+    * TLS: pynetdicom wraps the accepted socket (and so runs the TLS handshake) in the accept loop:
+      one client that connects and sends nothing blocked every other association. Here the handshake
+      runs in the connection's own thread, bounded by ``handshake_timeout_s``;
+    * at most ``max_pending`` connections may wait for their A-ASSOCIATE request or handshake at once;
+      beyond it a new connection is closed at once (a flood of idle sockets cannot exhaust threads;
+      it can delay genuine peers only while it keeps more than ``max_pending`` sockets open, each of
+      which the node closes after ``association_request_timeout_s``).
+    """
+
+    handshake_timeout_s: float = 10.0
+    #: per-read timeout of a connection until its A-ASSOCIATE request is complete (a client that sends
+    #: half a PDU and stalls, "slow loris", is dropped); the Receiver raises it to idle_timeout_s then
+    request_timeout_s: float = 10.0
+    max_pending: int = 64
+    #: listen backlog (socketserver's default of 5 makes the kernel drop the SYNs of a burst of clients)
+    request_queue_size = 128
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._handshakes = 0
+        self._handshake_lock = threading.Lock()
+        super().__init__(*args, **kwargs)
+
+    def get_request(self) -> tuple[Any, tuple[str, int]]:
+        sock = self.socket
+        assert sock is not None
+        client, address = sock.accept()  # no TLS wrap here: see process_request_thread
+        return client, address
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        pending = getattr(self.ae, "pending_connections", 0) + self._handshakes
+        if pending >= self.max_pending:
+            logger.warning(
+                "connection refused: %d connections already wait for their association request",
+                pending,
+                extra={"event": "connection_refused", "peer": _peer_text(client_address), "pending": pending},
+            )
+            return False
+        return True
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        if self.ssl_context is not None:
+            with self._handshake_lock:
+                self._handshakes += 1
+            try:
+                request.settimeout(self.handshake_timeout_s)
+                request = self.ssl_context.wrap_socket(request, server_side=True)
+            except (OSError, ValueError) as exc:  # ssl.SSLError and socket.timeout are OSErrors
+                logger.warning(
+                    "TLS handshake failed: %s",
+                    clip_text(type(exc).__name__ + ": " + str(exc)),
+                    extra={"event": "tls_handshake_failed", "peer": _peer_text(client_address)},
+                )
+                self.shutdown_request(request)
+                return
+            finally:
+                with self._handshake_lock:
+                    self._handshakes -= 1
+        try:
+            request.settimeout(self.request_timeout_s)
+        except OSError:
+            pass
+        super().process_request_thread(request, client_address)
+
+
+def _peer_text(address: Any) -> str:
+    try:
+        return f"{address[0]}:{address[1]}"
+    except (TypeError, IndexError):
+        return str(address)
+
+
 def build_ae(settings: NodeSettings) -> AE:
-    """An ``AE`` configured as the node's SCP (contexts, allow-list, limits, timeouts)."""
-    ae = AE(ae_title=settings.ae_title)
+    """An ``AE`` configured as the node's SCP (contexts, limits, timeouts; the allow-list is checked
+    by :class:`Receiver` when an association is requested, with the peer's address)."""
+    ae = ScpAE(ae_title=settings.ae_title)
     ae.maximum_associations = settings.max_associations
-    ae.require_calling_aet = list(settings.allowed_aets)
-    ae.network_timeout = max(settings.network_timeout_s, 60.0)
-    ae.acse_timeout = settings.network_timeout_s
+    ae.network_timeout = settings.idle_timeout_s
+    ae.acse_timeout = settings.association_request_timeout_s
     ae.dimse_timeout = settings.network_timeout_s
     ae.add_supported_context(Verification)
     for cx in AllStoragePresentationContexts:
@@ -220,6 +311,7 @@ class Receiver:
         self.rules = rules or RoutingRules.from_settings(settings)
         self.on_received = on_received
         self.ae = build_ae(settings)
+        self.peers = PeerPolicy.build(settings.allowed_aets, settings.allowed_peers)
         self._server: ThreadedAssociationServer | None = None
         self._stopping = False
         self._inflight = 0
@@ -257,9 +349,7 @@ class Receiver:
                 _CHUNKED[id(self.ae)] = self
         s = self.settings
         ssl_context = scp_ssl_context(s)
-        self._server = self.ae.start_server(
-            (s.bind, s.port), block=False, evt_handlers=handlers, ssl_context=ssl_context
-        )
+        self._server = self._start_server((s.bind, s.port), handlers, ssl_context)
         logger.info(
             "SCP listening",
             extra={
@@ -272,6 +362,19 @@ class Receiver:
             },
         )
         return self.port
+
+    def _start_server(
+        self, address: tuple[str, int], handlers: list[Any], ssl_context: ssl.SSLContext | None
+    ) -> ScpServer:
+        """``AE.start_server(block=False)`` with :class:`ScpServer` (TLS handshake off the accept loop)."""
+        server = self.ae.make_server(address, evt_handlers=handlers, ssl_context=ssl_context, server_class=ScpServer)
+        server.handshake_timeout_s = self.settings.tls_handshake_timeout_s
+        server.request_timeout_s = self.settings.association_request_timeout_s
+        server.max_pending = max(64, 8 * self.settings.max_associations)
+        thread = threading.Thread(target=server.serve_forever, name=f"cxr-scp-{address[1]}", daemon=True)
+        thread.start()
+        self.ae._servers.append(server)
+        return server
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop accepting associations, let in-flight C-STORE writes finish (up to ``timeout``), then abort."""
@@ -291,7 +394,10 @@ class Receiver:
                 "C-STORE writes still running at shutdown", extra={"event": "stop", "inflight": left}
             )
         for assoc in list(server.active_associations):
-            assoc.abort()
+            if assoc.is_acceptor and assoc.requestor.primitive is None:
+                assoc.kill()  # still waiting for its A-ASSOCIATE request: nothing to abort
+            else:
+                assoc.abort()
         self.ae.shutdown()
         with _CHUNKED_LOCK:
             if _CHUNKED.get(id(self.ae)) is self:
@@ -305,7 +411,7 @@ class Receiver:
     # ----------------------------------------------------------- staged files
     def _stage(self) -> StagedFile:
         """A new staged file for the association whose DUL thread calls (pynetdicom's temp-file hook)."""
-        staged = self.spool.stage_incoming()
+        staged = self.spool.stage_incoming(max_bytes=self.settings.max_instance_mb * 2**20)
         thread = threading.current_thread()
         staged.owner = getattr(thread, "assoc", None) or thread
         with self._cv:
@@ -335,23 +441,29 @@ class Receiver:
 
     # ---------------------------------------------------------------- handlers
     def _on_requested(self, event: Any) -> None:
-        """Log (once, clearly) a caller that pynetdicom is about to reject for its AE title."""
-        allowed = self.settings.allowed_aets
+        """Check the caller against the allow-list (AE title and, with ``allowed_peers``, its address);
+        reject it (A-ASSOCIATE-RJ permanent, "calling AE title not recognised") and log once if refused."""
         # at EVT_REQUESTED the requestor's AE title is only in the A-ASSOCIATE-RQ primitive
-        primitive = event.assoc.requestor.primitive
-        calling = str(getattr(primitive, "calling_ae_title", "") or "").strip()
-        if allowed and calling not in allowed:
-            logger.warning(
-                "association rejected: calling AE title %s not recognised (from %s:%s)",
-                calling,
-                event.assoc.requestor.address,
-                event.assoc.requestor.port,
-                extra={
-                    "event": "association_rejected",
-                    "calling_aet": calling,
-                    "peer": f"{event.assoc.requestor.address}:{event.assoc.requestor.port}",
-                },
-            )
+        assoc = event.assoc
+        primitive = assoc.requestor.primitive
+        calling = clip_text(str(getattr(primitive, "calling_ae_title", "") or "").strip(), 16)
+        address = str(assoc.requestor.address)
+        if self.peers.allows(calling, address):
+            try:  # the request is complete: from now on a read may wait as long as the idle timeout
+                assoc.dul.socket.socket.settimeout(self.settings.idle_timeout_s)
+            except (AttributeError, OSError):
+                pass
+            return
+        logger.warning(
+            "association rejected: calling AE title %s not allowed from %s",
+            calling,
+            address,
+            extra={"event": "association_rejected", "calling_aet": calling,
+                   "peer": f"{address}:{assoc.requestor.port}"},
+        )  # fmt: skip
+        assoc.acse.send_reject(0x01, 0x01, 0x03)
+        evt.trigger(assoc, evt.EVT_REJECTED, {})
+        assoc.kill()
 
     def _on_echo(self, event: Any) -> int:
         logger.debug(
@@ -359,7 +471,7 @@ class Receiver:
         )
         return STATUS_SUCCESS
 
-    def _on_store(self, event: Any) -> int:
+    def _on_store(self, event: Any) -> int | Dataset:
         with self._cv:
             if self._stopping:
                 return STATUS_OUT_OF_RESOURCES
@@ -381,7 +493,7 @@ class Receiver:
         except (OSError, ValueError, AttributeError):
             return False  # unreadable: the routing read below reports it
 
-    def _store(self, event: Any) -> int:
+    def _store(self, event: Any) -> int | Dataset:
         t0 = time.perf_counter()
         calling = str(event.assoc.requestor.ae_title).strip()
         sop_uid = str(event.request.AffectedSOPInstanceUID)
@@ -405,6 +517,9 @@ class Receiver:
             return STATUS_STORAGE_FAILURE
         if staged is not None:
             staged.finish_writing()
+            if isinstance(staged.error, InstanceTooLargeError):
+                staged.discard()
+                return self._too_large(fields, t0)
             if staged.error is not None:  # e.g. ENOSPC while receiving: the partial file is gone already
                 staged.discard()
                 ms = (time.perf_counter() - t0) * 1000
@@ -429,8 +544,10 @@ class Receiver:
                     f"the deflated data set inflates to more than max_inflated_mb = {self.settings.max_inflated_mb} MiB"
                 )
             # routing needs the header only: never read the pixel data back from the staged file
-            ds = (
-                pydicom.dcmread(staged.name, stop_before_pixels=True) if staged is not None else event.dataset
+            ds = (  # large elements (private blobs) are not loaded: routing reads a few small attributes
+                pydicom.dcmread(staged.name, stop_before_pixels=True, defer_size=1 << 20)
+                if staged is not None
+                else event.dataset
             )
             decision = self.rules.decide(ds, sop_class)
         except Exception as exc:
@@ -452,6 +569,8 @@ class Receiver:
             else:
                 data = event.encoded_dataset(include_meta=True)
                 nbytes = len(data)
+                if nbytes > self.settings.max_instance_mb * 2**20:  # in-memory receive: checked after the fact
+                    return self._too_large(fields, t0)
                 path = self.spool.store_incoming(sop_uid, data)
             reason = None if decision.analyse else clip_text(decision.reason)
             state = "received" if decision.analyse else "skipped"
@@ -490,7 +609,7 @@ class Receiver:
             if decision.analyse:
                 self.metrics.received()
             else:
-                self.metrics.skipped(skip_reason_category(decision.reason))
+                self.metrics.skipped(getattr(decision, "category", None) or skip_reason_category(decision.reason))
         if decision.analyse:
             logger.info(
                 "received",
@@ -517,6 +636,21 @@ class Receiver:
                 extra={"event": "skipped", "job_id": job_id, "reason": reason, "ms": ms, **fields},
             )
         return STATUS_SUCCESS
+
+    def _too_large(self, fields: dict[str, str], t0: float) -> Dataset:
+        """C-STORE answer for a data set beyond ``max_instance_mb``: 0xA700 with an Error Comment."""
+        self._count_failed()
+        comment = f"data set larger than max_instance_mb = {self.settings.max_instance_mb} MiB; not stored"
+        logger.error(
+            "C-STORE refused: %s",
+            comment,
+            extra={"event": "failed", "stage": "receive", "status": "0xA700", "reason": "too_large",
+                   "ms": (time.perf_counter() - t0) * 1000, **fields},
+        )  # fmt: skip
+        status = Dataset()
+        status.Status = STATUS_OUT_OF_RESOURCES
+        status.ErrorComment = comment[:64]
+        return status
 
     def _count_failed(self) -> None:
         if self.metrics is not None:

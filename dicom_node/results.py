@@ -215,6 +215,7 @@ def build_encoded_results(
     overlay then decodes the source itself).
     """
     # with the decoded image at hand only the header is needed (a 2500x2048 DX is 10 MB of pixels)
-    source = pydicom.dcmread(source_path, stop_before_pixels=image is not None)
+    # large elements (private blobs) stay on disk unless a builder reads them
+    source = pydicom.dcmread(source_path, stop_before_pixels=image is not None, defer_size=1 << 20)
     findings = findings_from_json(findings_json)
     return encode_results(build_results(source, findings, image=image))

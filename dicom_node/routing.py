@@ -1,9 +1,13 @@
-"""Which received instances are analysed (settings-driven rules).
+"""Which received instances are analysed: the project's one routing policy, configured by the settings.
 
-The default rules pass frontal chest radiographs: Modality CR or DX, a CXR-capable SOP class
-(CR, DX for presentation/processing, Secondary Capture - the RSNA images are SC with Modality
-CR), BodyPartExamined CHEST or absent, ViewPosition PA/AP or absent. Objects created by the node
-itself (Manufacturer ``cxr-ai-node``, or any SR) are never analysed.
+The policy itself is :mod:`dicom_node.orthanc_plugin.routing_policy` (stdlib only, shared with the
+Orthanc plug-in and the engine's view gate); this module builds it from the ``route_*`` settings and
+applies it to a received data set's header (``models.view_gate.header_tags``). Defaults: Modality
+CR or DX (BodyPartExamined chest or absent), or SC / OT with a chest BodyPartExamined; a CXR-capable
+SOP class (CR, DX for presentation/processing, Secondary Capture - the RSNA images are SC with
+Modality CR); a frontal view (ViewPosition PA/AP or absent, and no lateral evidence elsewhere in
+the header). Objects created by the node itself (Manufacturer ``cxr-ai-node``) and SRs are never
+analysed. The outcome of every header combination is in ``docs/ROUTING.md``.
 """
 
 from __future__ import annotations
@@ -12,94 +16,56 @@ from dataclasses import dataclass
 
 from pydicom import Dataset
 
+from dicom_node.orthanc_plugin import routing_policy
+from dicom_node.orthanc_plugin.routing_policy import RoutingPolicy
 from dicom_node.settings import NodeSettings
+from models.view_gate import header_tags
 
-try:  # the results writers own the marker; fall back to the same literal if they are absent
-    from dicom_node.results_common import MANUFACTURER as OWN_MANUFACTURER
-except ImportError:  # pragma: no cover
-    OWN_MANUFACTURER = "cxr-ai-node"
-
-#: Structured Report storage SOP classes start with this root (1.2.840.10008.5.1.4.1.1.88.x).
-SR_CLASS_ROOT = "1.2.840.10008.5.1.4.1.1.88."
+OWN_MANUFACTURER = routing_policy.NODE_MANUFACTURER
+SR_CLASS_ROOT = routing_policy.SR_CLASS_ROOT
 
 
 @dataclass(frozen=True)
 class RouteDecision:
-    """Whether to analyse an instance, and if not, why."""
+    """Whether to analyse an instance, and if not, why (``category``: a fixed vocabulary, for metrics)."""
 
     analyse: bool
     reason: str | None = None
+    category: str | None = None
 
     def __post_init__(self) -> None:
         if self.analyse == (self.reason is not None):
             raise ValueError(f"a decision to skip needs a reason and vice versa, got {self!r}")
 
 
-def _text(ds: Dataset, keyword: str) -> str:
-    value = ds.get(keyword, "")
-    if value is None:
-        return ""
-    if not isinstance(value, str) and hasattr(value, "__iter__"):
-        value = "\\".join(str(v) for v in value)
-    return str(value).strip()
-
-
-@dataclass(frozen=True)
 class RoutingRules:
-    """The rules; build from settings with :meth:`from_settings`."""
+    """The routing policy as the node applies it; build from settings with :meth:`from_settings`."""
 
-    modalities: frozenset[str]
-    sop_classes: frozenset[str]
-    body_parts: frozenset[str]
-    allow_empty_body_part: bool
-    view_positions: frozenset[str]
-    allow_empty_view_position: bool
-
-    def __post_init__(self) -> None:
-        for name in ("modalities", "sop_classes", "body_parts", "view_positions"):
-            value = getattr(self, name)
-            if not isinstance(value, frozenset):
-                object.__setattr__(self, name, frozenset(value))
-        if not self.modalities or not self.sop_classes:
-            raise ValueError(
-                f"routing needs at least one modality and SOP class, got {sorted(self.modalities)!r} "
-                f"and {sorted(self.sop_classes)!r}"
-            )
+    def __init__(self, policy: RoutingPolicy) -> None:
+        self.policy = policy
 
     @classmethod
     def from_settings(cls, settings: NodeSettings) -> RoutingRules:
         """Rules from the ``route_*`` settings."""
         return cls(
-            modalities=frozenset(settings.route_modalities),
-            sop_classes=frozenset(settings.route_sop_classes),
-            body_parts=frozenset(settings.route_body_parts),
-            allow_empty_body_part=settings.route_allow_empty_body_part,
-            view_positions=frozenset(settings.route_view_positions),
-            allow_empty_view_position=settings.route_allow_empty_view_position,
+            RoutingPolicy(
+                modalities=frozenset(settings.route_modalities),
+                secondary_capture_modalities=frozenset(settings.route_secondary_capture_modalities),
+                sop_classes=frozenset(settings.route_sop_classes),
+                body_parts=frozenset(settings.route_body_parts),
+                allow_empty_body_part=settings.route_allow_empty_body_part,
+                view_positions=frozenset(settings.route_view_positions),
+                allow_empty_view_position=settings.route_allow_empty_view_position,
+            )
         )
 
     def decide(self, ds: Dataset, sop_class_uid: str | None = None) -> RouteDecision:
-        """Decide on one dataset (only header attributes are read, never pixel data)."""
-        sop_class = str(sop_class_uid or ds.get("SOPClassUID", "") or "")
-        if sop_class.startswith(SR_CLASS_ROOT):
-            return RouteDecision(False, f"structured report ({sop_class})")
-        if _text(ds, "Manufacturer").lower() == OWN_MANUFACTURER.lower():
-            return RouteDecision(False, f"created by this node (Manufacturer {OWN_MANUFACTURER})")
-        if sop_class not in self.sop_classes:
-            return RouteDecision(False, f"SOP class {sop_class or '(none)'} is not routed for analysis")
-        modality = _text(ds, "Modality").upper()
-        if modality not in self.modalities:
-            return RouteDecision(False, f"Modality {modality or '(none)'} is not routed for analysis")
-        body = _text(ds, "BodyPartExamined").upper()
-        if body:
-            if body not in self.body_parts:
-                return RouteDecision(False, f"BodyPartExamined {body} is not routed for analysis")
-        elif not self.allow_empty_body_part:
-            return RouteDecision(False, "BodyPartExamined is empty")
-        view = _text(ds, "ViewPosition").upper()
-        if view:
-            if view not in self.view_positions:
-                return RouteDecision(False, f"ViewPosition {view} is not a routed (frontal) view")
-        elif not self.allow_empty_view_position:
-            return RouteDecision(False, "ViewPosition is empty")
-        return RouteDecision(True)
+        """Decide on one dataset (only header attributes are read, never pixel data).
+
+        An unreadable Modality / SOP Class UID / BodyPartExamined / ViewPosition / Manufacturer raises
+        (the SCP refuses the data set with 0xC000); unreadable free-text hints count as absent."""
+        tags = header_tags(ds, strict=True)
+        if sop_class_uid:
+            tags["SOPClassUID"] = str(sop_class_uid)
+        d = self.policy.decide(tags)
+        return RouteDecision(True) if d.analyse else RouteDecision(False, d.reason, d.category)

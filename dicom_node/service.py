@@ -27,6 +27,7 @@ from dicom_node.health_http import HealthServer, start_health_server
 from dicom_node.journal import Journal
 from dicom_node.node_metrics import NodeMetrics
 from dicom_node.receive import Receiver, scp_ssl_context
+from dicom_node.retention import Purger
 from dicom_node.routing import RoutingRules
 from dicom_node.settings import ENV_PREFIX, NodeSettings
 from dicom_node.spool import Spool
@@ -113,6 +114,7 @@ class NodeService:
         self.receiver: Receiver | None = None
         self.worker: AnalysisWorker | None = None
         self.deliverer: Deliverer | None = None
+        self.purger: Purger | None = None
         self._started = False
         self._stop_requested = threading.Event()
 
@@ -216,6 +218,9 @@ class NodeService:
             self.deliverer.start()
             self.worker.start()
             self.receiver.start()
+            if s.retention_hours > 0:
+                self.purger = Purger(self.journal, self.spool, s.retention_hours * 3600, s.purge_interval_s)
+                self.purger.start()
         except BaseException:
             self._shutdown_parts()
             raise
@@ -248,6 +253,9 @@ class NodeService:
         logger.info("stopped", extra={"event": "stopped"})
 
     def _shutdown_parts(self, timeout: float = 30.0) -> None:
+        if self.purger is not None:
+            self.purger.stop()
+            self.purger = None
         if self.receiver is not None:
             self.receiver.stop(timeout)
         if self.worker is not None:

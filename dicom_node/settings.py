@@ -31,15 +31,17 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from dicom_node.orthanc_plugin import routing_policy
+
 ENV_PREFIX = "CXR_NODE_"
 CONFIG_ENV = "CXR_NODE_CONFIG"
 
-#: SOP classes a frontal chest radiograph normally arrives as.
-CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
-DX_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
-DX_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.1.1"
-SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
-DEFAULT_CXR_SOP_CLASSES = (CR_IMAGE_STORAGE, DX_FOR_PRESENTATION, DX_FOR_PROCESSING, SECONDARY_CAPTURE)
+#: SOP classes a frontal chest radiograph normally arrives as (the routing policy's defaults).
+CR_IMAGE_STORAGE = routing_policy.CR_IMAGE_STORAGE
+DX_FOR_PRESENTATION = routing_policy.DX_FOR_PRESENTATION
+DX_FOR_PROCESSING = routing_policy.DX_FOR_PROCESSING
+SECONDARY_CAPTURE = routing_policy.SECONDARY_CAPTURE
+DEFAULT_CXR_SOP_CLASSES = routing_policy.DEFAULT_SOP_CLASSES
 
 _AET_BAD = re.compile(r"[\\\x00-\x1f]")
 _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
@@ -117,6 +119,8 @@ def parse_destination(text: str) -> Destination:
         user = unquote(parts.username) if parts.username else None
         pwd = unquote(parts.password) if parts.password else None
         return Destination(kind="rest", url=url, username=user, password=pwd)
+    if "://" in s:
+        raise ValueError(f"destination URL scheme must be http or https, got {_mask(s)!r}")
     m = _DICOM_DEST_RE.match(s)
     if not m:
         raise ValueError(f"destination must look like AET@host:port or http(s)://host:port, got {text!r}")
@@ -132,10 +136,9 @@ def parse_destination(text: str) -> Destination:
 
 
 def _mask(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password:
-        return url.replace(f":{parts.password}@", ":***@")
-    return url
+    from dicom_node.redact import redact_secrets
+
+    return redact_secrets(url)
 
 
 def _split_list(value: Any) -> Any:
@@ -176,10 +179,47 @@ class NodeSettings(BaseSettings):
     port: int = Field(11112, ge=0, le=65535, description="TCP port of the SCP (0 = pick a free port)")
     max_associations: int = Field(10, ge=1, le=1000, description="maximum simultaneous associations")
     allowed_aets: CommaList = Field(
-        default_factory=list, description="calling AE titles allowed to associate; empty = any"
+        default_factory=list,
+        description="calling AE titles allowed to associate from any host (spoofable: prefer allowed_peers); "
+        "empty = any",
+    )
+    allowed_peers: CommaList = Field(
+        default_factory=list,
+        description="calling AE titles bound to where they may call from: AET@host-or-CIDR (ORTHANC@10.0.0.5, "
+        "ORTHANC@orthanc, CR1@10.1.2.0/24, *@127.0.0.1); a title listed here is refused from anywhere else",
+    )
+    allow_any_peer: bool = Field(
+        False,
+        description="let any AE title from any host associate although bind is not a loopback address "
+        "(without it, such a bind needs allowed_peers or allowed_aets)",
+    )
+    association_request_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="how long a new connection may take to send its A-ASSOCIATE request (idle sockets are closed "
+        "after it and never count against max_associations)",
+    )
+    idle_timeout_s: float = Field(
+        60.0, gt=0, le=3600, description="an association that sends nothing for this long is aborted"
+    )
+    tls_handshake_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="with tls_scp: how long a client may take to complete the TLS handshake (done in the "
+        "association's thread: a stalled client never blocks the others)",
     )
     disk_reserve_mb: float = Field(
         200.0, ge=0, description="C-STORE answers 0xA700 when the spool's free space would drop below this"
+    )
+    max_instance_mb: int = Field(
+        256,
+        ge=1,
+        le=65536,
+        description="largest data set the SCP stores: beyond it the partial file is deleted while the rest is "
+        "received and discarded, and C-STORE answers 0xA700 with an Error Comment (with chunked_receive off, "
+        "checked after the data set was assembled in memory)",
     )
     max_inflated_mb: int = Field(
         256,
@@ -194,6 +234,13 @@ class NodeSettings(BaseSettings):
     )
     keep_skipped: bool = Field(False, description="keep spool files of instances that are not analysed")
     keep_delivered: bool = Field(False, description="keep spool files after all results were delivered")
+    retention_hours: float = Field(
+        168.0,
+        ge=0,
+        description="finished jobs (delivered, skipped, failed) are purged this long after their last change: "
+        "received instance, results, journal rows (0 = never); also `cxr-node purge`",
+    )
+    purge_interval_s: float = Field(3600.0, gt=0, description="how often the running node purges")
     chunked_receive: bool = Field(
         True,
         description="write each C-STORE data set straight into its spool file as it arrives (false: assemble it in memory first)",
@@ -203,18 +250,26 @@ class NodeSettings(BaseSettings):
     route_modalities: CommaList = Field(
         default_factory=lambda: ["CR", "DX"], description="Modality values that are analysed"
     )
+    route_secondary_capture_modalities: CommaList = Field(
+        default_factory=lambda: ["SC", "OT"],
+        description="Modality values of secondary captures that are analysed when BodyPartExamined says chest",
+    )
     route_sop_classes: CommaList = Field(
         default_factory=lambda: list(DEFAULT_CXR_SOP_CLASSES),
         description="SOP Class UIDs that are analysed (CR, DX presentation/processing, SC)",
     )
     route_body_parts: CommaList = Field(
-        default_factory=lambda: ["CHEST"], description="BodyPartExamined values that are analysed"
+        default_factory=lambda: ["CHEST", "THORAX"],
+        description="BodyPartExamined values that are analysed, besides any containing CHEST, THORA, LUNG, "
+        "TORAX, TORACE, POUMON or BRUST (docs/ROUTING.md)",
     )
     route_allow_empty_body_part: bool = Field(True, description="analyse instances without BodyPartExamined")
     route_view_positions: CommaList = Field(
         default_factory=lambda: ["PA", "AP"], description="ViewPosition values that are analysed"
     )
-    route_allow_empty_view_position: bool = Field(True, description="analyse instances without ViewPosition")
+    route_allow_empty_view_position: bool = Field(
+        True, description="analyse instances without ViewPosition (unless the header shows a lateral view)"
+    )
 
     # --- inference ---
     bundles_dir: Path = Field(Path("monai_bundles"), description="folder holding the MONAI bundles")
@@ -294,6 +349,11 @@ class NodeSettings(BaseSettings):
         None,
         description="PEM CA certificate(s) that issued the peers' certificates (file or c_rehash folder)",
     )
+    tls: bool = Field(
+        False,
+        description="DICOM TLS on both hops, one switch: sets tls_scp and tls_scu (needs cert, key and CA; "
+        "Orthanc's side: docs/DEPLOY.md)",
+    )
     tls_scp: bool = Field(False, description="the SCP accepts TLS associations only (needs cert and key)")
     tls_require_client_cert: bool = Field(
         True, description="with tls_scp: refuse clients without a certificate issued by tls_ca_file"
@@ -315,7 +375,9 @@ class NodeSettings(BaseSettings):
     # ----------------------------------------------------------------- validators
     @field_validator(
         "allowed_aets",
+        "allowed_peers",
         "route_modalities",
+        "route_secondary_capture_modalities",
         "route_sop_classes",
         "route_body_parts",
         "route_view_positions",
@@ -343,7 +405,15 @@ class NodeSettings(BaseSettings):
     def _aets(cls, value: list[str]) -> list[str]:
         return [validate_ae_title(v, "allowed calling AE title") for v in value]
 
-    @field_validator("route_modalities", "route_body_parts", "route_view_positions")
+    @field_validator("allowed_peers")
+    @classmethod
+    def _peers(cls, value: list[str]) -> list[str]:
+        from dicom_node.peer_access import parse_peer
+
+        return [str(parse_peer(v)) for v in value]
+
+    @field_validator("route_modalities", "route_secondary_capture_modalities", "route_body_parts",
+                     "route_view_positions")  # fmt: skip
     @classmethod
     def _upper(cls, value: list[str]) -> list[str]:
         return [v.strip().upper() for v in value]
@@ -393,12 +463,45 @@ class NodeSettings(BaseSettings):
         return value.strip().lower() if isinstance(value, str) else value
 
     @model_validator(mode="after")
+    def _open_scp(self) -> NodeSettings:
+        from dicom_node.peer_access import is_loopback_bind
+
+        if not is_loopback_bind(self.bind) and not (self.allowed_peers or self.allowed_aets or self.allow_any_peer):
+            raise ValueError(
+                f"bind={self.bind!r} listens beyond loopback but no allow-list is set: set allowed_peers "
+                "(AET@host-or-CIDR, e.g. ORTHANC@10.0.0.5), or allowed_aets, or allow_any_peer=true"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _routing(self) -> NodeSettings:
+        routing_policy.RoutingPolicy(  # raises ValueError naming the offending value
+            modalities=frozenset(self.route_modalities),
+            secondary_capture_modalities=frozenset(self.route_secondary_capture_modalities),
+            sop_classes=frozenset(self.route_sop_classes),
+            body_parts=frozenset(self.route_body_parts),
+            view_positions=frozenset(self.route_view_positions),
+        )
+        return self
+
+    @model_validator(mode="after")
     def _backoff(self) -> NodeSettings:
         if self.retry_max_s < self.retry_base_s:
             raise ValueError(
                 f"retry_max_s ({self.retry_max_s!r}) must be >= retry_base_s ({self.retry_base_s!r})"
             )
         return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tls_switch(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            on = data.get("tls")
+            if isinstance(on, str):
+                on = on.strip().lower() in ("1", "true", "yes", "on")
+            if on is True:
+                data = {**data, "tls_scp": True, "tls_scu": True}
+        return data
 
     @model_validator(mode="after")
     def _tls(self) -> NodeSettings:

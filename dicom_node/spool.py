@@ -42,6 +42,14 @@ class SpoolFullError(OSError):
         self.reserve_bytes = reserve_bytes
 
 
+class InstanceTooLargeError(OSError):
+    """A received data set is larger than the configured maximum (``max_instance_mb``)."""
+
+    def __init__(self, limit_bytes: int) -> None:
+        super().__init__(errno.EFBIG, f"the data set is larger than max_instance_mb ({limit_bytes // 2**20} MiB)")
+        self.limit_bytes = limit_bytes
+
+
 def is_out_of_space(exc: BaseException) -> bool:
     """True for ENOSPC/EDQUOT ``OSError``s, ``SpoolFullError`` and SQLite's "disk is full"."""
     if isinstance(exc, OSError) and exc.errno in NO_SPACE_ERRNOS:
@@ -74,9 +82,15 @@ class StagedFile:
     the disk (used when free space is already below the reserve).
     """
 
-    def __init__(self, folder: Path, *, error: OSError | None = None, buffer_size: int = 1 << 20) -> None:
+    def __init__(
+        self, folder: Path, *, error: OSError | None = None, buffer_size: int = 1 << 20, max_bytes: int | None = None
+    ) -> None:
         if buffer_size <= 0:
             raise ValueError(f"buffer_size must be > 0, got {buffer_size!r}")
+        if max_bytes is not None and max_bytes <= 0:
+            raise ValueError(f"max_bytes must be > 0 or None, got {max_bytes!r}")
+        #: beyond this many bytes the file is deleted and the rest discarded (``InstanceTooLargeError``)
+        self.max_bytes = max_bytes
         self.path = Path(folder) / f".rcv-{uuid.uuid4().hex}.tmp"
         self.name = str(self.path)
         self.error: OSError | None = error
@@ -106,6 +120,8 @@ class StagedFile:
     def write(self, data: bytes) -> int:
         """Append ``data``; never raises (a failure is kept in ``error``)."""
         n = len(data)
+        if self.error is None and self.max_bytes is not None and self.size + n > self.max_bytes:
+            self._fail(InstanceTooLargeError(self.max_bytes))  # never spooled whole: the file goes now
         if self.error is None and self._fh is not None:
             try:
                 self._fh.write(data)
@@ -211,7 +227,9 @@ def dataset_bytes(ds: Dataset) -> bytes:
 class Spool:
     """The spool folder: ``incoming/`` (as received) and ``outbox/<job id>/`` (results)."""
 
-    def __init__(self, root: Path, *, reserve_bytes: int = 0) -> None:
+    def __init__(self, root: Path, *, reserve_bytes: int = 0, clean_tmp: bool = True) -> None:
+        """``clean_tmp``: remove temporary files a crash left behind (only the node itself, at start:
+        a tool working next to a running node, e.g. ``cxr-node purge``, must not)."""
         if reserve_bytes < 0:
             raise ValueError(f"reserve_bytes must be >= 0, got {reserve_bytes!r}")
         self.root = Path(root)
@@ -220,7 +238,8 @@ class Spool:
         self.reserve_bytes = int(reserve_bytes)
         for d in (self.root, self.incoming, self.outbox):
             d.mkdir(parents=True, exist_ok=True)
-        self._clean_tmp()
+        if clean_tmp:
+            self._clean_tmp()
 
     def _clean_tmp(self) -> None:
         """Remove temporary files left by a crash mid-write (never acknowledged)."""
@@ -244,14 +263,14 @@ class Spool:
         if free - needed_bytes < self.reserve_bytes:
             raise SpoolFullError(free, needed_bytes, self.reserve_bytes, self.root)
 
-    def stage_incoming(self) -> StagedFile:
-        """A :class:`StagedFile` in ``incoming/`` to receive one instance into. If free space is
-        already below the reserve it is returned failed (``SpoolFullError``), without a file."""
+    def stage_incoming(self, max_bytes: int | None = None) -> StagedFile:
+        """A :class:`StagedFile` in ``incoming/`` to receive one instance into (at most ``max_bytes``).
+        If free space is already below the reserve it is returned failed (``SpoolFullError``), without a file."""
         try:
             self.check_space(0)
         except SpoolFullError as exc:
             return StagedFile(self.incoming, error=exc)
-        return StagedFile(self.incoming)
+        return StagedFile(self.incoming, max_bytes=max_bytes)
 
     def store_incoming(self, sop_instance_uid: str, data: bytes | StagedFile) -> Path:
         """Durably store a received instance (encoded as received); returns its path.

@@ -167,7 +167,7 @@ def reason_for_not_analysed(reason: str | None) -> NotEvaluatedReason:
     text = (reason or "").lower()
     if "not a chest" in text:
         return NotEvaluatedReason.NOT_CHEST
-    if any(word in text for word in ("lateral", "oblique", "decubitus")):
+    if any(word in text for word in ("lateral", "oblique", "decubitus", "not a frontal view")):
         return NotEvaluatedReason.NOT_FRONTAL_VIEW
     return NotEvaluatedReason.NOT_ANALYSABLE
 

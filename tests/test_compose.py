@@ -81,7 +81,7 @@ def test_services_and_named_volumes(compose: dict[str, Any]) -> None:
 def test_node_publishes_nothing_and_sits_on_the_internal_network(compose: dict[str, Any], node: dict[str, Any]) -> None:
     assert "ports" not in node and "expose" not in node
     assert node.get("network_mode") is None
-    assert node["networks"] == ["backend"]
+    assert list(node["networks"]) == ["backend"]
     assert compose["networks"]["backend"]["internal"] is True
     assert node["environment"]["CXR_NODE_HTTP_BIND"] == "127.0.0.1"
 
@@ -116,7 +116,7 @@ def test_node_service_settings(node: dict[str, Any]) -> None:
         assert name in fields, f"{key} is not a NodeSettings field"
         known[name] = interpolate(str(value), {})
     settings = NodeSettings.model_validate(known)  # the defaults of the compose file are valid settings
-    assert settings.allowed_aets, "the calling-AE allow-list must be on"
+    assert settings.allowed_peers, "the calling-AE allow-list, bound to Orthanc's host, must be on"
 
 
 def test_node_and_orthanc_agree_with_the_shipped_orthanc_config(node: dict[str, Any], orthanc: dict[str, Any]) -> None:
@@ -124,11 +124,18 @@ def test_node_and_orthanc_agree_with_the_shipped_orthanc_config(node: dict[str, 
     env = node["environment"]
     modality = cfg["DicomModalities"][cfg["CxrAiNode"]["NodeModality"]]
     # Orthanc -> node
-    assert orthanc["environment"][modality["Host"].strip("${}")] == "cxr-node"
+    # Orthanc checks the node's address (DicomCheckModalityHost): the node's fixed IP on the backend network
+    assert cfg["DicomCheckModalityHost"] is True
+    node_ip = interpolate(orthanc["environment"][modality["Host"].strip("${}")], {})
+    assert node_ip == interpolate(node["networks"]["backend"]["ipv4_address"], {}) == "172.29.113.10"
     assert env["CXR_NODE_AE_TITLE"] == modality["AET"]
     assert int(env["CXR_NODE_PORT"]) == modality["Port"]
-    # node accepts Orthanc's calling AE title, and only it
-    assert env["CXR_NODE_ALLOWED_AETS"].split(",") == [cfg["DicomAet"]]
+    # node accepts Orthanc's calling AE title, only it, and only from the orthanc container
+    assert "CXR_NODE_ALLOWED_AETS" not in env
+    assert env["CXR_NODE_ALLOWED_PEERS"].split(",") == [f"{cfg['DicomAet']}@orthanc"]
+    # the pushing modality's address is required
+    with pytest.raises(ValueError, match="CXR_MODALITY_HOST"):
+        interpolate(orthanc["environment"]["CXR_MODALITY_HOST"], {})
     # node -> Orthanc
     (dest,) = [parse_destination(d) for d in env["CXR_NODE_DESTINATIONS"].split(",")]
     assert (dest.ae_title, dest.host, dest.port) == (cfg["DicomAet"], "orthanc", cfg["DicomPort"])
@@ -243,7 +250,8 @@ def _run_config(env_file: Path) -> subprocess.CompletedProcess[str]:
 @pytest.mark.skipif(COMPOSE_CMD is None, reason="docker-compose not installed")
 def test_docker_compose_config_validates(tmp_path: Path) -> None:
     env_file = tmp_path / "test.env"
-    env_file.write_text("ORTHANC_USER=radiology\nORTHANC_PASSWORD=s3cret-for-the-test\nORTHANC_HTTP_PORT=18042\n")
+    env_file.write_text("ORTHANC_USER=radiology\nORTHANC_PASSWORD=s3cret-for-the-test\nORTHANC_HTTP_PORT=18042\n"
+                        "CXR_MODALITY_HOST=192.0.2.20\n")  # fmt: skip
     proc = _run_config(env_file)
     assert proc.returncode == 0, proc.stderr
     cfg = yaml.safe_load(proc.stdout)

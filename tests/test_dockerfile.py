@@ -205,9 +205,12 @@ def test_env_names_are_settings(final: Stage) -> None:
         if key.startswith("CXR_NODE_"):
             name = key[len("CXR_NODE_"):].lower()
             assert name in fields, f"{key} is not a NodeSettings field"
-    # and their values validate
+    # and their values validate, once the deployment says who may call (secure default, issue 13 point 3):
+    # the image listens on 0.0.0.0, so without an allow-list the node refuses to start
     known = {k[len("CXR_NODE_"):].lower(): v for k, v in final.env().items() if k.startswith("CXR_NODE_")}
-    NodeSettings.model_validate(known)
+    with pytest.raises(ValueError, match="no allow-list"):
+        NodeSettings.model_validate(known)
+    NodeSettings.model_validate({**known, "allowed_peers": "ORTHANC@orthanc"})
 
 
 def _glob_regex(pattern: str) -> str:

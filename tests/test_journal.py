@@ -96,3 +96,37 @@ def test_concurrent_inserts(tmp_path: Path) -> None:
         t.join()
     assert j.counts()["job.received"] == 80
     assert len({x.id for x in j.jobs()}) == 80
+
+
+def test_analysis_starts_are_counted_before_and_survive_a_reopen(tmp_path: Path) -> None:
+    """A start without an end (the process died) makes the job a suspect after a restart (issue 13 point 5)."""
+    j = Journal(tmp_path / "j.sqlite3")
+    job_id = j.add_job(sop_instance_uid="1.2", sop_class_uid="1.2.3", transfer_syntax="1.2.840.10008.1.2.1",
+                       calling_aet="A", path="/x")  # fmt: skip
+    assert j.start_attempt(job_id) == 1
+    j.close()
+    j = Journal(tmp_path / "j.sqlite3")  # "restart"
+    job = j.get_job(job_id)
+    assert job.starts == 1 and job.attempts == 0 and job.suspect
+    j.count_attempt(job_id, "ValueError: x")  # a counted failure ends the start: not a suspect
+    assert not j.get_job(job_id).suspect
+    j.start_attempt(job_id)
+    j.undo_start(job_id)  # graceful stop
+    assert j.get_job(job_id).starts == 1
+    j.close()
+
+
+def test_old_journals_get_the_starts_column(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.executescript(
+            "CREATE TABLE jobs (id INTEGER PRIMARY KEY AUTOINCREMENT, sop_instance_uid TEXT NOT NULL, sop_class_uid TEXT "
+            "NOT NULL, transfer_syntax TEXT NOT NULL, calling_aet TEXT NOT NULL, path TEXT, state TEXT NOT NULL, reason "
+            "TEXT, attempts INTEGER NOT NULL DEFAULT 0, received_at REAL NOT NULL, updated_at REAL NOT NULL);"
+            "INSERT INTO jobs VALUES (1, '1.2', '1.2.3', '1.2.840.10008.1.2.1', 'A', NULL, 'received', NULL, 0, 1, 1);"
+        )
+    j = Journal(path)
+    assert j.get_job(1).starts == 0 and j.start_attempt(1) == 1
+    j.close()

@@ -157,7 +157,7 @@ def test_metrics_count_what_was_pushed(tmp_path: Path, dest: StoreSCP) -> None:
         assert _wait(lambda: svc.journal.counts().get("outbox.delivered") == 6, 30), svc.journal.counts()  # type: ignore[union-attr]
         m = scrape(svc.health)
     assert value(m, "cxr_node_received_total") == 3.0
-    assert labelled(m, "cxr_node_skipped_total") == {frozenset({("reason", "sop_class")}): 1.0}
+    assert labelled(m, "cxr_node_skipped_total") == {frozenset({("reason", "modality")}): 1.0}  # the routing policy checks Modality before the SOP class (docs/ROUTING.md)
     assert value(m, "cxr_node_analysed_total") == 3.0
     assert value(m, "cxr_node_inference_latency_seconds_count") == 3.0
     assert 0 < value(m, "cxr_node_inference_latency_seconds_sum") < 30  # type: ignore[operator]

@@ -54,24 +54,25 @@ def test_chest_radiographs_are_forwarded(instance_tags: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize(
-    ("instance_tags", "reason_part"),
+    ("instance_tags", "category"),
     [
-        (tags(Manufacturer="cxr-ai-node"), "manufacturer"),
-        (tags(Manufacturer="CXR-AI-NODE", Modality="SC"), "manufacturer"),
-        (tags(Modality="SR"), "result"),
-        (tags(Modality="PR"), "result"),
-        (tags(Modality="CT"), "not a chest radiograph modality"),
-        (tags(Modality=None), "not a chest radiograph modality"),
-        (tags(BodyPartExamined="ABDOMEN"), "not a chest"),
-        (tags(Modality="SC", BodyPartExamined=None), "secondary capture"),
-        (tags(ViewPosition="LL"), "not frontal"),
-        (tags(ViewPosition="LATERAL"), "not frontal"),
+        (tags(Manufacturer="cxr-ai-node"), "own_result"),
+        (tags(Manufacturer="CXR-AI-NODE", Modality="SC"), "own_result"),
+        (tags(Modality="SR"), "structured_report"),
+        (tags(Modality="PR"), "structured_report"),
+        (tags(Modality="CT"), "modality"),
+        (tags(Modality=None), "modality"),
+        (tags(BodyPartExamined="ABDOMEN"), "body_part"),
+        (tags(Modality="SC", BodyPartExamined=None), "body_part"),
+        (tags(ViewPosition="LL"), "view_position"),
+        (tags(ViewPosition="LATERAL"), "view_position"),
+        (tags(SOPClassUID="1.2.840.10008.5.1.4.1.1.2"), "sop_class"),
     ],
 )
-def test_non_cxr_and_node_output_are_not_forwarded(instance_tags: dict[str, Any], reason_part: str) -> None:
+def test_non_cxr_and_node_output_are_not_forwarded(instance_tags: dict[str, Any], category: str) -> None:
     d = rr.RoutingRules().decide(instance_tags)
     assert not d.forward
-    assert reason_part in d.reason
+    assert d.category == category, d.reason
 
 
 def test_reasons_carry_no_patient_data() -> None:
@@ -104,12 +105,16 @@ def test_config_section_defaults_and_overrides() -> None:
     [
         ({"Modalitys": ["CR"]}, "unknown keys"),
         ({"Modalities": "CR"}, "must be a list of strings"),
-        ({"Modalities": ["SR"]}, "can never be forwarded"),
+        ({"Modalities": ["SR"]}, "can never be"),
         ({"Modalities": [""]}, "empty string"),
-        ({"SecondaryCaptureBodyParts": [""]}, "empty string"),
+        ({"SecondaryCaptureModalities": [""]}, "empty string"),
+        ({"SecondaryCaptureBodyParts": ["CHEST"]}, "unknown keys"),  # one body-part list now (routing policy)
+        ({"SopClasses": ["not-a-uid"]}, "SOP Class UID"),
         ({"ExcludedManufacturers": ["someone"]}, "loop guard"),
         ({"MaxRetries": -1}, "MaxRetries"),
         ({"RetryDelaySeconds": 0}, "RetryDelaySeconds"),
+        ({"RetryDelaySeconds": 60, "MaxRetryDelaySeconds": 30}, "MaxRetryDelaySeconds"),
+        ({"AlertAfterSeconds": 0}, "AlertAfterSeconds"),
         ({"AutoForward": "yes"}, "AutoForward"),
         ({"NodeModality": ""}, "NodeModality"),
         ({"BodyParts": ["CHEST\\ABDOMEN"]}, "invalid DICOM code string"),
@@ -143,6 +148,7 @@ def test_shipped_config_is_consistent_with_the_plugin() -> None:
     assert cfg["UserMetadata"][rr.FORWARDED_METADATA] >= 1024  # user metadata range
     assert cfg["AuthenticationEnabled"] is True and cfg["DicomCheckCalledAet"] is True
     assert cfg["DicomAlwaysAllowStore"] is False
+    assert cfg["DicomCheckModalityHost"] is True  # a peer must call from its declared address (issue 13 point 3)
     assert cfg["DicomModalities"]["cxr-node"]["AllowStore"] is True
 
 
@@ -151,7 +157,7 @@ def test_shipped_config_uses_env_placeholders_only_in_strings() -> None:
     cfg = load_shipped_config()
     text = SHIPPED_CONFIG.read_text()
     found = set(re.findall(r"\$\{([A-Za-z_0-9]+)\}", text))
-    assert found == {"ORTHANC_USER", "ORTHANC_PASSWORD", "CXR_NODE_HOST", "CXR_MODALITY_AET",
+    assert found == {"ORTHANC_USER", "ORTHANC_PASSWORD", "CXR_NODE_HOST", "CXR_MODALITY_AET", "CXR_MODALITY_HOST",
                      "CXR_ORTHANC_PLUGIN_SCRIPT"}  # fmt: skip
     for key in ("HttpPort", "DicomPort", "StableAge"):
         assert isinstance(cfg[key], int), key
@@ -216,6 +222,12 @@ def test_bad_deployments_are_rejected(tmp_path: Path, kw: dict[str, Any], messag
     base.update(kw)
     with pytest.raises(ValueError, match=message):
         OrthancDeployment(**base)
+
+
+def test_render_config_refuses_a_host_name_while_orthanc_checks_addresses(tmp_path: Path) -> None:
+    dep = OrthancDeployment(storage_dir=tmp_path, users={"u": "p"}, node=Modality("cxr-node", "AINODE", "cxr-node", 11112))
+    with pytest.raises(ValueError, match="must be an IP address, got 'cxr-node'"):
+        render_config(dep)
 
 
 def test_bad_modality_is_rejected() -> None:

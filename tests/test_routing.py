@@ -40,8 +40,9 @@ def test_analysed(sop_class: str, attrs: dict[str, str]) -> None:
 @pytest.mark.parametrize(
     ("sop_class", "attrs", "needle"),
     [
-        (CT, {"Modality": "CT"}, CT),
-        (SECONDARY_CAPTURE, {"Modality": "OT"}, "Modality OT"),
+        (CT, {"Modality": "CT"}, "Modality CT"),
+        (CT, {"Modality": "DX"}, CT),
+        (SECONDARY_CAPTURE, {"Modality": "OT"}, "BodyPartExamined is empty (required for Modality OT)"),
         (DX_FOR_PRESENTATION, {"BodyPartExamined": "KNEE"}, "KNEE"),
         (DX_FOR_PRESENTATION, {"ViewPosition": "LL"}, "LL"),
         (SR, {"Modality": "SR"}, "structured report"),

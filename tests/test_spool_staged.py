@@ -87,3 +87,15 @@ def test_crash_leftovers_of_staged_files_cleaned_on_open(tmp_path: Path) -> None
     assert staged.path.is_file()
     Spool(tmp_path / "spool")
     assert not staged.path.exists()
+
+
+def test_staged_file_beyond_max_bytes_is_deleted_at_once_and_the_rest_discarded(tmp_path: Path) -> None:
+    """Issue 13 point 5: an instance larger than max_instance_mb is never spooled whole."""
+    from dicom_node.spool import InstanceTooLargeError, StagedFile
+
+    staged = StagedFile(tmp_path, max_bytes=1000)
+    assert staged.write(b"x" * 600) == 600 and staged.path.exists()
+    assert staged.write(b"x" * 600) == 600  # pynetdicom keeps feeding: never raises
+    assert isinstance(staged.error, InstanceTooLargeError) and not staged.path.exists()
+    staged.write(b"x" * 10_000)
+    assert not staged.path.exists() and staged.size == 600

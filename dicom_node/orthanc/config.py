@@ -4,7 +4,8 @@
 docker-compose mounts it as is: Orthanc 1.10 substitutes ``${VAR}`` environment variables in
 **string** values only (it rejects ``"HttpPort": "${PORT}"`` with "must be an integer"), so
 the file uses variables for the credentials (``ORTHANC_USER``, ``ORTHANC_PASSWORD``), the node's
-host (``CXR_NODE_HOST``), the AE title of the pushing modality (``CXR_MODALITY_AET``) and the
+host (``CXR_NODE_HOST``), the AE title and IP address of the pushing modality (``CXR_MODALITY_AET``,
+``CXR_MODALITY_HOST``; Orthanc checks the caller's IP address, ``DicomCheckModalityHost``) and the
 plug-in script path (``CXR_ORTHANC_PLUGIN_SCRIPT``), and fixed container ports (HTTP 8042,
 DICOM 4242, node 11112).
 
@@ -84,6 +85,30 @@ class Modality:
 
 
 @dataclass(frozen=True)
+class DicomTls:
+    """Orthanc's half of "DICOM TLS on both hops" (the node's half is ``CXR_NODE_TLS=true``).
+
+    ``certificate``/``private_key``: Orthanc's PEM certificate, presented both as TLS server (the
+    node's deliveries) and as TLS client (forwarding to the node), so it needs serverAuth and
+    clientAuth; ``trusted``: the CA certificate(s) the node's certificate is checked against. Orthanc's
+    DICOM port then accepts TLS only, and the node modality is called with TLS (``UseDicomTls``).
+    """
+
+    certificate: Path
+    private_key: Path
+    trusted: Path
+
+    def to_orthanc(self) -> dict[str, Any]:
+        return {
+            "DicomTlsEnabled": True,
+            "DicomTlsCertificate": str(Path(self.certificate).resolve()),
+            "DicomTlsPrivateKey": str(Path(self.private_key).resolve()),
+            "DicomTlsTrustedCertificates": str(Path(self.trusted).resolve()),
+            "DicomTlsRemoteCertificateRequired": True,
+        }
+
+
+@dataclass(frozen=True)
 class OrthancDeployment:
     """What differs between deployments of the shipped configuration.
 
@@ -112,6 +137,11 @@ class OrthancDeployment:
     verbose: bool = False
     name: str = "cxr-orthanc"
     extra: Mapping[str, Any] = field(default_factory=dict)
+    #: the plug-in's backoff cap (``MaxRetryDelaySeconds``) and when it reports waiting studies (``AlertAfterSeconds``)
+    max_retry_delay_s: float = 300.0
+    alert_after_s: float = 600.0
+    #: DICOM TLS on Orthanc's side (None: plain DICOM)
+    dicom_tls: DicomTls | None = None
 
     def __post_init__(self) -> None:
         _check_port("http_port", self.http_port)
@@ -174,6 +204,9 @@ def render_config(deployment: OrthancDeployment, base: Mapping[str, Any] | None 
             "SeriesMetadata": "Full",
         }
     cfg["DicomModalities"] = {deployment.node.name: deployment.node.to_orthanc()}
+    if deployment.dicom_tls is not None:
+        cfg.update(deployment.dicom_tls.to_orthanc())
+        cfg["DicomModalities"][deployment.node.name]["UseDicomTls"] = True
     for m in deployment.modalities:
         cfg["DicomModalities"][m.name] = m.to_orthanc()
     section = dict(cfg.get("CxrAiNode") or {})
@@ -183,15 +216,34 @@ def render_config(deployment: OrthancDeployment, base: Mapping[str, Any] | None 
             "AutoForward": deployment.auto_forward,
             "RetryDelaySeconds": deployment.retry_delay_s,
             "MaxRetries": deployment.max_retries,
+            "MaxRetryDelaySeconds": deployment.max_retry_delay_s,
+            "AlertAfterSeconds": deployment.alert_after_s,
             "Verbose": deployment.verbose,
         }
     )
     cfg["CxrAiNode"] = section
     cfg.update(copy.deepcopy(dict(deployment.extra)))
+    if cfg.get("DicomCheckModalityHost"):
+        for name, m in cfg["DicomModalities"].items():
+            if not _is_ip(str(m.get("Host", ""))):
+                raise ValueError(
+                    f"DicomCheckModalityHost is on and Orthanc compares the caller's IP address with the "
+                    f"modality's Host as a string: Host of modality {name!r} must be an IP address, got {m.get('Host')!r}"
+                )
     leftover = _ENV_RE.findall(json.dumps(cfg))
     if leftover:
         raise ValueError(f"rendered Orthanc configuration still has environment placeholders: {sorted(set(leftover))}")
     return cfg
+
+
+def _is_ip(host: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
 
 
 def write_config(deployment: OrthancDeployment, path: Path) -> Path:
@@ -228,6 +280,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="a peer allowed to store into Orthanc, name=AET@host:port (repeatable)")  # fmt: skip
     p.add_argument("--stable-age", type=int, default=10)
     p.add_argument("--remote-access", action="store_true", help="listen on all interfaces (default: loopback)")
+    p.add_argument("--dicom-tls", nargs=3, type=Path, metavar=("CERT", "KEY", "CA"), default=None,
+                   help="DICOM TLS on Orthanc's side (TLS-only DICOM port, node called with TLS); "
+                        "the node's side: CXR_NODE_TLS=true")  # fmt: skip
     args = p.parse_args(argv)
     dep = OrthancDeployment(
         storage_dir=args.storage_dir,
@@ -238,6 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         modalities=tuple(args.modality),
         stable_age_s=args.stable_age,
         remote_access=args.remote_access,
+        dicom_tls=DicomTls(*args.dicom_tls) if args.dicom_tls else None,
     )
     write_config(dep, args.output)
     print(args.output)

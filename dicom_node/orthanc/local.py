@@ -24,6 +24,7 @@ import httpx
 from dicom_node.orthanc.config import (
     DEBIAN_DICOMWEB_PLUGIN,
     DICOMWEB_ROOT,
+    DicomTls,
     Modality,
     OrthancDeployment,
     write_config,
@@ -130,6 +131,11 @@ class LocalOrthanc:
     extra_modalities: Sequence[Modality] = ()
     #: added to Orthanc's environment (after ``TCP_NODELAY=1``, which it may override)
     env_overrides: Mapping[str, str] = field(default_factory=dict)
+    #: the routing plug-in's backoff cap and alert period (``MaxRetryDelaySeconds``, ``AlertAfterSeconds``)
+    max_retry_delay_s: float = 4.0
+    alert_after_s: float = 600.0
+    #: DICOM TLS on Orthanc's side (its DICOM port then accepts TLS only; the node is called with TLS)
+    dicom_tls: DicomTls | None = None
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -167,6 +173,9 @@ class LocalOrthanc:
             auto_forward=self.auto_forward,
             dicomweb_plugin=DEBIAN_DICOMWEB_PLUGIN if self.dicomweb else None,
             verbose=True,
+            max_retry_delay_s=self.max_retry_delay_s,
+            alert_after_s=self.alert_after_s,
+            dicom_tls=self.dicom_tls,
         )
         return write_config(dep, self.config_path)
 

@@ -16,106 +16,37 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+try:  # imported as dicom_node.orthanc_plugin.routing_rules (node, tests)
+    from . import routing_policy as rp
+except ImportError:  # inside Orthanc: the plug-in's folder is on sys.path
+    import routing_policy as rp  # type: ignore[no-redef]
+
 #: Name of the Orthanc configuration section read by the plug-in.
 CONFIG_SECTION = "CxrAiNode"
 #: Name of the Orthanc user metadata that marks an instance as delivered to the node.
 FORWARDED_METADATA = "CxrAiForwarded"
 #: Manufacturer written by the node into its own SR / SC (loop guard).
-NODE_MANUFACTURER = "cxr-ai-node"
+NODE_MANUFACTURER = rp.NODE_MANUFACTURER
 #: Modalities that are never forwarded, whatever the configuration says (results, not images).
-NEVER_FORWARDED_MODALITIES = frozenset({"SR", "KO", "PR", "SEG", "RTSTRUCT", "DOC"})
+NEVER_FORWARDED_MODALITIES = rp.NEVER_ANALYSED_MODALITIES
 
 _CODE_RE = re.compile(r"^[A-Z0-9 _]{0,16}$")
 
-
-def _norm(value: Any) -> str:
-    """A DICOM code string from Orthanc's simplified tags, stripped and upper-cased ('' if absent)."""
-    if value is None:
-        return ""
-    if isinstance(value, (list, tuple)):  # multi-valued tags come back as lists in some Orthanc answers
-        value = value[0] if value else ""
-    if not isinstance(value, str):
-        return ""
-    return value.strip().upper()
+#: The plug-in's rules are the project's one routing policy (``routing_policy``, shared with the node).
+RoutingRules = rp.RoutingPolicy
+Decision = rp.Decision
 
 
 def _code_set(name: str, value: Any, *, allow_empty_code: bool) -> frozenset[str]:
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
         raise ValueError(f"{CONFIG_SECTION}.{name} must be a list of strings, got {value!r}")
     codes = frozenset(v.strip().upper() for v in value)
-    for code in codes:
-        if not _CODE_RE.match(code):
-            raise ValueError(f"{CONFIG_SECTION}.{name} has an invalid DICOM code string {code!r}")
-        if code == "" and not allow_empty_code:
+    for c in codes:
+        if not _CODE_RE.match(c):
+            raise ValueError(f"{CONFIG_SECTION}.{name} has an invalid DICOM code string {c!r}")
+        if c == "" and not allow_empty_code:
             raise ValueError(f"{CONFIG_SECTION}.{name} may not contain the empty string, got {value!r}")
     return codes
-
-
-@dataclass(frozen=True)
-class Decision:
-    """Whether one instance is forwarded, and why (the reason is safe to log: no patient data)."""
-
-    forward: bool
-    reason: str
-
-
-@dataclass(frozen=True)
-class RoutingRules:
-    """The CXR filter: modality, body part and view position, plus the loop guard.
-
-    An instance is forwarded when
-
-    * its Manufacturer is not one of ``excluded_manufacturers`` (the node's own SR/SC) and its
-      Modality is not a result modality (SR, KO, PR, SEG, ...), and
-    * its Modality is in ``modalities`` and its BodyPartExamined in ``body_parts`` (``""`` = absent), or
-      its Modality is ``OT``/``SC``-like in ``secondary_capture_modalities`` and its BodyPartExamined is
-      in ``secondary_capture_body_parts`` (never empty: a Secondary Capture must say it is a chest), and
-    * its ViewPosition is in ``view_positions`` (``""`` = absent; frontal AP/PA by default).
-    """
-
-    modalities: frozenset[str] = frozenset({"CR", "DX"})
-    body_parts: frozenset[str] = frozenset({"CHEST", ""})
-    secondary_capture_modalities: frozenset[str] = frozenset({"SC", "OT"})
-    secondary_capture_body_parts: frozenset[str] = frozenset({"CHEST"})
-    view_positions: frozenset[str] = frozenset({"AP", "PA", ""})
-    excluded_manufacturers: frozenset[str] = frozenset({NODE_MANUFACTURER.upper()})
-
-    def __post_init__(self) -> None:
-        for name in ("modalities", "secondary_capture_modalities"):
-            bad = getattr(self, name) & NEVER_FORWARDED_MODALITIES
-            if bad:
-                raise ValueError(f"{CONFIG_SECTION}: modalities {sorted(bad)} can never be forwarded ({name})")
-            if "" in getattr(self, name):
-                raise ValueError(f"{CONFIG_SECTION}: {name} may not contain the empty string")
-        if "" in self.secondary_capture_body_parts:
-            raise ValueError(f"{CONFIG_SECTION}: secondary_capture_body_parts may not contain the empty string")
-        if NODE_MANUFACTURER.upper() not in self.excluded_manufacturers:
-            raise ValueError(
-                f"{CONFIG_SECTION}.ExcludedManufacturers must contain {NODE_MANUFACTURER!r} (loop guard), "
-                f"got {sorted(self.excluded_manufacturers)!r}"
-            )
-
-    def decide(self, tags: Mapping[str, Any]) -> Decision:
-        """Decide for one instance from its Orthanc ``simplified-tags`` (keyword → value)."""
-        manufacturer = _norm(tags.get("Manufacturer"))
-        modality = _norm(tags.get("Modality"))
-        body_part = _norm(tags.get("BodyPartExamined"))
-        view = _norm(tags.get("ViewPosition"))
-        if manufacturer in self.excluded_manufacturers:
-            return Decision(False, f"manufacturer {manufacturer!r} is excluded (node output)")
-        if modality in NEVER_FORWARDED_MODALITIES:
-            return Decision(False, f"modality {modality!r} is a result, not an image")
-        if modality in self.modalities:
-            if body_part not in self.body_parts:
-                return Decision(False, f"body part {body_part!r} is not a chest")
-        elif modality in self.secondary_capture_modalities:
-            if body_part not in self.secondary_capture_body_parts:
-                return Decision(False, f"secondary capture with body part {body_part!r} is not a chest")
-        else:
-            return Decision(False, f"modality {modality!r} is not a chest radiograph modality")
-        if view not in self.view_positions:
-            return Decision(False, f"view position {view!r} is not frontal")
-        return Decision(True, f"{modality} {body_part or '-'} {view or '-'}")
 
 
 @dataclass(frozen=True)
@@ -128,14 +59,20 @@ class PluginConfig:
     auto_forward: bool = True
     #: Orthanc job priority of the C-STORE jobs.
     job_priority: int = 0
-    #: How often a failed C-STORE job to the node is retried (node down), and the delay between tries.
+    #: Retries of a study whose C-STORE job fails while the node answers C-ECHO (a problem with the
+    #: study itself); after them the study is set aside (ERROR log line, status route). A node that
+    #: does not answer never uses them up: forwarding waits for it, however long it is down.
     max_retries: int = 5
+    #: First delay after a failed job or a failed C-ECHO probe of a down node; doubles up to ``max_retry_delay_s``.
     retry_delay_s: float = 10.0
+    max_retry_delay_s: float = 300.0
+    #: A study waiting longer than this for the node is reported (ERROR line, at most once per period).
+    alert_after_s: float = 600.0
     #: How often the worker checks its pending jobs.
     poll_interval_s: float = 1.0
     #: Log every skipped instance at warning level (else at info level).
     verbose: bool = False
-    rules: RoutingRules = field(default_factory=RoutingRules)
+    rules: rp.RoutingPolicy = field(default_factory=rp.RoutingPolicy)
 
     def __post_init__(self) -> None:
         if not isinstance(self.node_modality, str) or not self.node_modality.strip():
@@ -148,9 +85,16 @@ class PluginConfig:
             raise ValueError(f"{CONFIG_SECTION}.JobPriority must be an integer, got {self.job_priority!r}")
         if not isinstance(self.max_retries, int) or isinstance(self.max_retries, bool) or self.max_retries < 0:
             raise ValueError(f"{CONFIG_SECTION}.MaxRetries must be an integer >= 0, got {self.max_retries!r}")
-        for name, value in (("RetryDelaySeconds", self.retry_delay_s), ("PollIntervalSeconds", self.poll_interval_s)):
+        for name, value in (("RetryDelaySeconds", self.retry_delay_s), ("PollIntervalSeconds", self.poll_interval_s),
+                            ("MaxRetryDelaySeconds", self.max_retry_delay_s)):  # fmt: skip
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value <= 3600:
                 raise ValueError(f"{CONFIG_SECTION}.{name} must be a number in (0, 3600], got {value!r}")
+        if self.max_retry_delay_s < self.retry_delay_s:
+            raise ValueError(f"{CONFIG_SECTION}.MaxRetryDelaySeconds ({self.max_retry_delay_s!r}) must be >= "
+                             f"RetryDelaySeconds ({self.retry_delay_s!r})")  # fmt: skip
+        a = self.alert_after_s
+        if not isinstance(a, (int, float)) or isinstance(a, bool) or not 0 < a <= 7 * 86400:
+            raise ValueError(f"{CONFIG_SECTION}.AlertAfterSeconds must be a number in (0, 604800], got {a!r}")
 
     @classmethod
     def from_section(cls, section: Mapping[str, Any] | None) -> PluginConfig:
@@ -158,33 +102,39 @@ class PluginConfig:
         section = dict(section or {})
         known = {
             "NodeModality", "AutoForward", "JobPriority", "MaxRetries", "RetryDelaySeconds",
-            "PollIntervalSeconds", "Verbose", "Modalities", "BodyParts", "SecondaryCaptureModalities",
-            "SecondaryCaptureBodyParts", "ViewPositions", "ExcludedManufacturers",
+            "MaxRetryDelaySeconds", "AlertAfterSeconds", "PollIntervalSeconds", "Verbose", "Modalities",
+            "BodyParts", "SecondaryCaptureModalities", "SopClasses", "ViewPositions", "ExcludedManufacturers",
         }  # fmt: skip
         unknown = sorted(set(section) - known)
         if unknown:
             raise ValueError(f"unknown keys in the {CONFIG_SECTION} configuration section: {unknown}")
-        d = RoutingRules()
-        rules = RoutingRules(
-            modalities=_code_set("Modalities", section.get("Modalities", sorted(d.modalities)), allow_empty_code=False),
-            body_parts=_code_set("BodyParts", section.get("BodyParts", sorted(d.body_parts)), allow_empty_code=True),
-            secondary_capture_modalities=_code_set(
-                "SecondaryCaptureModalities",
-                section.get("SecondaryCaptureModalities", sorted(d.secondary_capture_modalities)),
-                allow_empty_code=False,
-            ),
-            secondary_capture_body_parts=_code_set(
-                "SecondaryCaptureBodyParts",
-                section.get("SecondaryCaptureBodyParts", sorted(d.secondary_capture_body_parts)),
-                allow_empty_code=False,
-            ),
-            view_positions=_code_set(
-                "ViewPositions", section.get("ViewPositions", sorted(d.view_positions)), allow_empty_code=True
-            ),
-            excluded_manufacturers=frozenset(
-                _code_set_any("ExcludedManufacturers", section.get("ExcludedManufacturers", [NODE_MANUFACTURER]))
-            ),
-        )
+        d = rp.DEFAULT_POLICY
+        body_parts = _code_set("BodyParts", section.get("BodyParts", [*sorted(d.body_parts), ""]), allow_empty_code=True)
+        views = _code_set("ViewPositions", section.get("ViewPositions", [*sorted(d.view_positions), ""]),
+                          allow_empty_code=True)  # fmt: skip
+        sops = section.get("SopClasses", sorted(d.sop_classes))
+        if not isinstance(sops, (list, tuple)) or not all(isinstance(v, str) for v in sops):
+            raise ValueError(f"{CONFIG_SECTION}.SopClasses must be a list of UID strings, got {sops!r}")
+        try:
+            rules = rp.RoutingPolicy(
+                modalities=_code_set("Modalities", section.get("Modalities", sorted(d.modalities)),
+                                     allow_empty_code=False),
+                secondary_capture_modalities=_code_set(
+                    "SecondaryCaptureModalities",
+                    section.get("SecondaryCaptureModalities", sorted(d.secondary_capture_modalities)),
+                    allow_empty_code=False,
+                ),
+                sop_classes=frozenset(sops),
+                body_parts=body_parts - {""},
+                allow_empty_body_part="" in body_parts,
+                view_positions=views - {""},
+                allow_empty_view_position="" in views,
+                excluded_manufacturers=_code_set_any(
+                    "ExcludedManufacturers", section.get("ExcludedManufacturers", [NODE_MANUFACTURER])
+                ),
+            )  # fmt: skip
+        except ValueError as exc:
+            raise ValueError(f"{CONFIG_SECTION}: {exc}") from None
         defaults = cls()
         return cls(
             node_modality=section.get("NodeModality", defaults.node_modality),
@@ -192,6 +142,8 @@ class PluginConfig:
             job_priority=section.get("JobPriority", defaults.job_priority),
             max_retries=section.get("MaxRetries", defaults.max_retries),
             retry_delay_s=section.get("RetryDelaySeconds", defaults.retry_delay_s),
+            max_retry_delay_s=section.get("MaxRetryDelaySeconds", defaults.max_retry_delay_s),
+            alert_after_s=section.get("AlertAfterSeconds", defaults.alert_after_s),
             poll_interval_s=section.get("PollIntervalSeconds", defaults.poll_interval_s),
             verbose=section.get("Verbose", defaults.verbose),
             rules=rules,
@@ -272,6 +224,8 @@ ANALYZE_ROUTE = "/cxr-ai/studies/([0-9a-f-]+)/analyze"
 ANALYZE_ROUTE_RE = re.compile("^" + ANALYZE_ROUTE + "$")
 #: Status route: configuration and counters of the plug-in.
 STATUS_ROUTE = "/cxr-ai/status"
+#: The status figures as Prometheus text (waiting studies, oldest wait, node reachable, counters).
+METRICS_ROUTE = "/cxr-ai/metrics"
 
 #: Label of the Orthanc Explorer button that sends the open study to the node.
 EXPLORER_BUTTON_LABEL = "Analyze with cxr-ai-node"

@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,6 +83,10 @@ class NodeProcess:
     env_overrides: Mapping[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
+    #: how to tell the node is up (default: dcmtk C-ECHO as ORTHANC, plain DICOM)
+    ready_check: Callable[[], bool] | None = None
+    #: the command line (default: ``python -m dicom_node.cli serve``); fault tests wrap it
+    command: Sequence[str] | None = None
 
     @property
     def log_path(self) -> Path:
@@ -128,7 +132,8 @@ class NodeProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115
         try:
-            self.proc = subprocess.Popen([sys.executable, "-m", "dicom_node.cli", "serve"], cwd=self.workdir,
+            self.proc = subprocess.Popen(list(self.command or [sys.executable, "-m", "dicom_node.cli", "serve"]),
+                                         cwd=self.workdir,
                                          env=self.env(), stdout=log, stderr=subprocess.STDOUT,
                                          start_new_session=True)  # fmt: skip
         finally:
@@ -138,6 +143,8 @@ class NodeProcess:
         def ready() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
                 raise ProcessExited(f"node exited with {self.proc.returncode}; log:\n{self.log_tail()}")
+            if self.ready_check is not None:
+                return port_open(self.port) and self.ready_check()
             return port_open(self.port) and echoscu(self.port, calling_aet=ORTHANC_AET)
 
         try:

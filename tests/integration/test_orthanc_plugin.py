@@ -99,7 +99,7 @@ def test_analyze_route_sends_one_study_on_demand(
     answer = orthanc.post(f"/cxr-ai/studies/{sid}/analyze")
     assert answer["StudyID"] == sid and answer["NodeModality"] == "cxr-node"
     assert len(answer["Forwarded"]) == 1 and answer["Job"]
-    assert [s["Reason"] for s in answer["Skipped"]] == ["modality 'CT' is not a chest radiograph modality"]
+    assert [s["Reason"] for s in answer["Skipped"]] == ["Modality CT is not routed for analysis"]
     wait_until(lambda: len(fake_node.received()) == 1, 20, what="the CXR at the fake node")
     assert _received_uids(fake_node) == {str(cr.SOPInstanceUID)}
 
@@ -139,8 +139,9 @@ def test_shipped_config_runs_with_environment_variables(binaries, ports, tmp_pat
     cfg.update({"HttpPort": ports.http, "DicomPort": ports.dicom, "StorageDirectory": str(tmp_path / "db"),
                 "IndexDirectory": str(tmp_path / "db"), "RemoteAccessAllowed": False})  # fmt: skip
     (tmp_path / "orthanc.json").write_text(json.dumps(cfg))
-    env = dict(os.environ, ORTHANC_USER="envuser", ORTHANC_PASSWORD="envpass", CXR_NODE_HOST="node.example",
-               CXR_MODALITY_AET="CR1", CXR_ORTHANC_PLUGIN_SCRIPT=str(PLUGIN_SCRIPT))  # fmt: skip
+    env = dict(os.environ, ORTHANC_USER="envuser", ORTHANC_PASSWORD="envpass", CXR_NODE_HOST="192.0.2.10",
+               CXR_MODALITY_AET="CR1", CXR_MODALITY_HOST="192.0.2.20",
+               CXR_ORTHANC_PLUGIN_SCRIPT=str(PLUGIN_SCRIPT))  # fmt: skip
     log = open(tmp_path / "orthanc.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen([orthanc_binary(), str(tmp_path / "orthanc.json")], cwd=tmp_path, env=env,
                             stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
@@ -152,7 +153,7 @@ def test_shipped_config_runs_with_environment_variables(binaries, ports, tmp_pat
         assert httpx.get(f"{base}/system", auth=("envuser", "wrong"), timeout=5).status_code == 401
         node = httpx.get(f"{base}/modalities/cxr-node/configuration", auth=("envuser", "envpass"), timeout=5)
         assert node.status_code == 200, node.text
-        assert node.json()["Host"] == "node.example" and node.json()["Port"] == 11112
+        assert node.json()["Host"] == "192.0.2.10" and node.json()["Port"] == 11112
         status = httpx.get(f"{base}/cxr-ai/status", auth=("envuser", "envpass"), timeout=5).json()
         assert status["NodeModality"] == "cxr-node" and status["AutoForward"] is True
     finally:
@@ -174,3 +175,72 @@ def test_orthanc_explorer_gets_the_analyze_button(orthanc_factory) -> None:  # t
     assert "'../cxr-ai/studies/' + $.mobile.pageData.uuid + '/analyze'" in text
     # the URL the button builds is the route the plug-in serves
     assert rules.ANALYZE_ROUTE_RE.match("/cxr-ai/studies/" + "0123abcd-" * 4 + "0123abcd/analyze")
+
+
+def test_forwarding_survives_a_node_outage_and_an_orthanc_restart(
+    orthanc_factory, ports, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """Issue 13 gap 1: the plug-in kept its retries in memory and gave up after MaxRetries x
+    RetryDelaySeconds; an Orthanc restart forgot them. Now the state lives in Orthanc: a study waits
+    for the node however long it is down, across a restart, and is sent exactly once afterwards."""
+    # StableAge 3 s: study B is pushed and Orthanc stopped before B ever becomes stable
+    orthanc = orthanc_factory(retry_delay_s=0.5, max_retry_delay_s=1.0, alert_after_s=3.0, stable_age_s=3).start()
+    a = make_image("CR", seed=21)
+    _push(orthanc, [write(a, tmp_path / "a.dcm")])
+    wait_until(lambda: orthanc.router_status()["NodeReachable"] is False, 30, what="the node seen as down")
+    # far longer than the old give-up time (MaxRetries 5 x RetryDelaySeconds 0.5 s)
+    wait_until(lambda: "ALERT 1 study(ies) waiting" in orthanc.log_path.read_text(errors="replace"), 30,
+               what="the alert line in Orthanc's log")  # fmt: skip
+    st = orthanc.router_status()
+    assert st["WaitingStudies"] == 1 and st["OldestWaitingSeconds"] >= 3, st
+    metrics = orthanc.request("GET", "/cxr-ai/metrics").text
+    assert "cxr_ai_router_waiting_studies 1" in metrics and "cxr_ai_router_node_reachable 0" in metrics
+
+    b = make_image("DX", seed=22)
+    _push(orthanc, [write(b, tmp_path / "b.dcm")])
+    orthanc.stop()  # B never became stable in this process
+    orthanc.start()
+    wait_until(lambda: orthanc.router_status()["WaitingStudies"] == 2, 30,
+               what="both studies waiting after the restart")  # fmt: skip
+    assert orthanc.router_status()["NodeReachable"] is False  # persisted too
+
+    scp = StoreSCP(port=ports.node, outdir=tmp_path / "node" / "in").start()
+    try:
+        wait_until(lambda: len(scp.received()) >= 2, 60, what="both CXRs at the node once it is back")
+        wait_until(lambda: orthanc.router_status()["WaitingStudies"] == 0, 30, what="nothing left waiting")
+        assert _received_uids(scp) == {str(a.SOPInstanceUID), str(b.SOPInstanceUID)}
+        # a further restart sends nothing again (the marks and the checkpoint are stored in Orthanc)
+        orthanc.stop()
+        orthanc.start()
+        st = _wait_routed(orthanc, studies=0)
+        import time
+
+        time.sleep(4)  # > StableAge + a poll: anything wrongly rescheduled would have gone out
+        assert len(scp.received()) == 2, [p.name for p in scp.received()]
+        assert orthanc.router_status()["WaitingStudies"] == 0
+    finally:
+        scp.stop()
+
+
+def test_the_shared_routing_policy_runs_inside_orthanc(
+    orthanc: LocalOrthanc, fake_node: StoreSCP, tmp_path: Path
+) -> None:
+    """Rows of docs/ROUTING.md in a real Orthanc: the plug-in imports the shared routing_policy."""
+    study = pydicom.uid.generate_uid()
+    ot = make_image("CR", study_uid=study, seed=31)  # rule 7: SC/OT with CHEST is analysed (was skipped by the node)
+    ot.Modality = "OT"
+    ot.SOPClassUID = ot.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    thorax = make_image("CR", study_uid=study, body_part="THORAX", seed=32)  # rule 7 (was dropped by both)
+    sd_lateral = make_image("DX", study_uid=study, view_position=None, seed=33)  # rule 8 (was forwarded)
+    sd_lateral.SeriesDescription = "CHEST LAT"
+    ll = make_image("DX", study_uid=study, view_position="LL", seed=34)  # rule 6
+    ot_no_body = make_image("CR", study_uid=study, body_part=None, seed=35)  # rule 4
+    ot_no_body.Modality = "OT"
+    ot_no_body.SOPClassUID = ot_no_body.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    images = [ot, thorax, sd_lateral, ll, ot_no_body]
+    _push(orthanc, [write(ds, tmp_path / f"{i}.dcm") for i, ds in enumerate(images)])
+    _wait_routed(orthanc, studies=1)
+    wait_until(lambda: len(fake_node.received()) >= 2, 20, what="the two routed images at the fake node")
+    assert _received_uids(fake_node) == {str(ot.SOPInstanceUID), str(thorax.SOPInstanceUID)}
+    log = orthanc.log_path.read_text(errors="replace")
+    assert "lateral view (SeriesDescription)" in log and "CHEST LAT" not in log  # no free text in the log

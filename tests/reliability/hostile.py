@@ -282,7 +282,7 @@ def bad_lengths(rng: random.Random) -> tuple[str, bytes, str]:
 def non_cxr(rng: random.Random) -> tuple[str, bytes, str]:
     """Well-formed but not for analysis (control group: must be skipped cleanly)."""
     ds = base_dataset(rng)
-    ds.Modality = rng.choice(["CT", "MR", "", "OT"])
+    ds.Modality = rng.choice(["CT", "MR", "", "US"])  # (OT with CHEST is analysed: docs/ROUTING.md rule 7)
     return ds.SOPInstanceUID, encode(ds), EXPLICIT_LE
 
 

@@ -1,6 +1,7 @@
 """Fixtures and helpers of the fault suite (``tests/reliability``): real Orthanc, the node as a
-subprocess (H6's ``NodeProcess``), the receive-only SCP (``bench/receive_only.py``), a pynetdicom
-SCU that records the status of every instance, and the scale knob.
+subprocess (``cxr-node serve`` via ``NodeProcess``; every scenario runs the real node), a pynetdicom
+SCU that records the status of every instance, the scale knob, and ``report()`` (the counted figures
+``scripts/reliability_report.py`` renders into RELIABILITY.md).
 
 Tests import the helpers from here (``from reliability_helpers import ...``); ``conftest.py`` only re-exports
 the fixtures. A module named ``conftest`` would be shadowed by ``tests/integration/conftest.py`` depending
@@ -16,7 +17,6 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-for _p in (REPO / "tests" / "integration", REPO / "bench"):
+for _p in (REPO / "tests" / "integration", REPO / "bench", REPO / "tests"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
@@ -83,6 +83,13 @@ def make_node(tmp_path: Path, orthanc: LocalOrthanc, **env: str) -> NodeProcess:
     """``cxr-node serve`` (not started) delivering to ``orthanc``; ``env``: extra ``CXR_NODE_*``."""
     return NodeProcess(workdir=tmp_path / "node", port=free_port(), orthanc_dicom_port=orthanc.dicom_port,
                        env_overrides={"CXR_NODE_DECODE_WORKERS": "2", "CXR_NODE_HTTP_PORT": "0", **env})  # fmt: skip
+
+
+def receiving_node(workdir: Path, **env: str) -> NodeProcess:
+    """``cxr-node serve`` (not started) for the receive scenarios: results would go to a closed port,
+    and skipped instances keep their spool files, so every acknowledged instance stays checkable."""
+    return NodeProcess(workdir=workdir, port=free_port(), orthanc_dicom_port=free_port(),
+                       env_overrides={"CXR_NODE_HTTP_PORT": "0", "CXR_NODE_KEEP_SKIPPED": "true", **env})  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------ phantoms
@@ -212,62 +219,6 @@ def rss_kb(pid: int) -> int:
     raise KeyError(f"VmRSS missing for pid {pid}")
 
 
-# ------------------------------------------------------------------------------------ receive-only SCP
-@dataclass
-class ReceiveOnly:
-    """``bench/receive_only.py`` as a subprocess: the node's SCP + spool + journal, no analysis."""
-
-    spool: Path
-    max_associations: int = 10
-    reserve_mb: float = 0.0
-    proc: subprocess.Popen[bytes] | None = None
-    port: int = 0
-
-    def start(self, timeout: float = 60.0) -> ReceiveOnly:
-        self.spool.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        log = open(self.spool.parent / f"receive-only-{self.spool.name}.log", "ab")  # noqa: SIM115
-        try:
-            self.proc = subprocess.Popen([sys.executable, str(REPO / "bench" / "receive_only.py"), "--spool",
-                                          str(self.spool), "--port", str(self.port), "--max-associations",
-                                          str(self.max_associations), "--reserve-mb", str(self.reserve_mb)],
-                                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-        finally:
-            log.close()
-        wait_until(lambda: self.proc.poll() is None and echo_ok(self.port), timeout, interval=0.3,
-                   what="receive-only SCP")  # fmt: skip
-        return self
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.proc = None
-
-    @property
-    def log_text(self) -> str:
-        p = self.spool.parent / f"receive-only-{self.spool.name}.log"
-        return p.read_text(errors="replace") if p.exists() else ""
-
-
-@pytest.fixture
-def receive_only(dcmtk: None, tmp_path: Path) -> Iterator[Callable[..., ReceiveOnly]]:
-    made: list[ReceiveOnly] = []
-
-    def make(spool: Path | None = None, **kw: Any) -> ReceiveOnly:
-        r = ReceiveOnly(spool=spool or tmp_path / "spool", **kw)
-        made.append(r)
-        return r.start()
-
-    yield make
-    for r in made:
-        r.stop()
-
-
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
     """``wait_until`` re-exported (bounded polling)."""
     return wait_until(predicate, timeout, interval=interval, what=what)
@@ -278,11 +229,17 @@ def elapsed(t0: float) -> float:
 
 
 def report(scenario: str, **fields: Any) -> None:
-    """Append one JSON line with the scenario's figures to ``$CXR_RELIABILITY_REPORT`` (if set)."""
+    """Append one JSON line with the scenario's figures to ``$CXR_RELIABILITY_REPORT`` (if set).
+
+    The figures must be what the test counted (never a literal); ``scripts/reliability_report.py``
+    renders RELIABILITY.md's results from these lines. The test's id and the time are added."""
+    import datetime as dt
     import json
 
     path = os.environ.get("CXR_RELIABILITY_REPORT")
     if not path:
         return
+    test = os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0]
+    ts = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
     with open(path, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps({"scenario": scenario, "scale": SCALE, **fields}) + "\n")
+        fh.write(json.dumps({"scenario": scenario, "scale": SCALE, "test": test, "ts": ts, **fields}) + "\n")

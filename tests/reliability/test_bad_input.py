@@ -23,6 +23,7 @@ from reliability_helpers import (
     echo_ok,
     journal_rows,
     make_node,
+    orthanc_sop_uids,
     phantoms,
     report,
     rss_kb,
@@ -129,8 +130,24 @@ def test_hostile_datasets_are_refused_or_failed_cleanly(
     assert send_files(node.port, ok).acknowledged
     wait_for(lambda: journal_rows(node.spool_dir, "SELECT COUNT(*) FROM jobs WHERE state='delivered'")[0][0] >= 3,
              180, "a valid image delivered after the bad input")  # fmt: skip
+    # counted, not assumed: every acknowledged data set that was analysed (or failed with a "not evaluated"
+    # SR) has each of its results in Orthanc; none is left without an outcome
+    wait_for(lambda: journal_rows(node.spool_dir, "SELECT COUNT(*) FROM outbox WHERE state='pending'")[0][0] == 0,
+             180, "every result delivered", interval=1.0)  # fmt: skip
     node.stop()
+    stored = set(orthanc_sop_uids(orthanc))
+    results_of: dict[str, set[str]] = collections.defaultdict(set)
+    for src, res in journal_rows(node.spool_dir, "SELECT j.sop_instance_uid, o.sop_instance_uid FROM jobs j "
+                                 "JOIN outbox o ON o.job_id=j.id"):  # fmt: skip
+        results_of[src].add(res)
+    acknowledged = {u for u, s in log.statuses.items() if s == 0}
+    lost = sorted(u for u in acknowledged
+                  if not jobs.get(u) or jobs[u][-1] == "received" or not results_of[u] <= stored
+                  or (jobs[u][-1] == "delivered" and len(results_of[u]) != 2))  # fmt: skip
+    assert not lost, f"{len(lost)} acknowledged data sets without their outcome in Orthanc: {lost[:5]}"
     summary = {cat: dict(c) for cat, c in sorted(per_category.items())}
-    report("bad input (hostile data sets)", tried=n, lost=0, refused=sum(s == 0xC000 for s in log.statuses.values()),
+    report("bad input (hostile data sets)", tried=n, lost=len(lost),
+           results_in_orthanc=sum(len(results_of[u] & stored) for u in acknowledged),
+           refused=sum(s == 0xC000 for s in log.statuses.values()),
            acknowledged=sum(s == 0 for s in log.statuses.values()), rss_before_mb=round(rss_before / 1024),
            rss_after_mb=round(rss_after / 1024), seconds=round(duration, 1), per_category=summary)  # fmt: skip

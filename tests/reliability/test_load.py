@@ -1,8 +1,9 @@
 """Load: 50 concurrent associations, then a flood of twice the association limit.
 
-Runs against the node's SCP with analysis paused (``bench/receive_only.py``: the same
-``Receiver``, ``Spool`` and ``Journal`` as ``cxr-node serve``), so every acknowledged instance
-must still be in the journal and the spool afterwards. Associations beyond the limit must be
+Runs against the real node (``cxr-node serve``, ``max_associations`` 50). The instances are CT
+images, skipped by routing and kept in the spool (``keep_skipped``), so that the scenario measures
+the SCP and persistence rather than the analysis: every acknowledged instance must be in the journal
+and the spool afterwards. Associations beyond the limit must be
 refused cleanly (A-ASSOCIATE-RJ) or aborted, never half-served: every instance is either
 acknowledged (and persisted) or reported to its sender as not stored.
 """
@@ -15,7 +16,16 @@ from pathlib import Path
 
 import pytest
 from integration_helpers import make_image, write
-from reliability_helpers import SCALE, SendLog, echo_ok, journal_rows, report, scaled, send_files
+from reliability_helpers import (
+    SCALE,
+    SendLog,
+    echo_ok,
+    journal_rows,
+    receiving_node,
+    report,
+    scaled,
+    send_files,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -24,7 +34,8 @@ CONCURRENT = 50
 
 def _files(folder: Path, n: int, seed: int) -> list[Path]:
     return [
-        write(make_image("CR", rows=64, columns=64, seed=seed + i), folder / f"{seed + i}.dcm")
+        write(make_image("CT", rows=64, columns=64, body_part="CHEST", view_position=None, seed=seed + i),
+              folder / f"{seed + i}.dcm")
         for i in range(n)
     ]
 
@@ -47,9 +58,10 @@ def _storm(port: int, groups: list[list[Path]]) -> tuple[list[SendLog], float]:
     return logs, time.monotonic() - t0
 
 
-def test_concurrent_associations_and_flood(receive_only, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_concurrent_associations_and_flood(dcmtk: None, tmp_path: Path) -> None:
     per_assoc = scaled(20, 4)
-    scp = receive_only(max_associations=CONCURRENT)
+    scp = receiving_node(tmp_path / "node", CXR_NODE_MAX_ASSOCIATIONS=str(CONCURRENT))
+    scp.start()
     files = _files(tmp_path / "in", 3 * CONCURRENT * per_assoc, seed=1000)
 
     # 1) exactly the limit: every association served, every instance acknowledged
@@ -75,7 +87,7 @@ def test_concurrent_associations_and_flood(receive_only, tmp_path: Path) -> None
     scp.stop()
 
     # no instance acknowledged and then lost: journal row + spool file for each
-    rows = journal_rows(scp.spool, "SELECT sop_instance_uid, path FROM jobs")
+    rows = journal_rows(scp.spool_dir, "SELECT sop_instance_uid, path FROM jobs")
     in_journal = {u: p for u, p in rows}
     all_acked = acked | flood_acked
     lost = [u for u in all_acked if u not in in_journal or not Path(in_journal[u]).is_file()]

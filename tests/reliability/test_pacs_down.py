@@ -81,9 +81,16 @@ def test_orthanc_outage_all_delivered_once_without_hot_loop(
     node.stop()
 
     rows = journal_rows(node.spool_dir, "SELECT sop_instance_uid, state, attempts FROM outbox")
-    assert len(rows) == 2 * m and all(state == "delivered" for _, state, _ in rows)
     results = {u for u, _, _ in rows}
     stored = orthanc_sop_uids(orthanc)
+    by_source = collections.defaultdict(set)
+    for src, res in journal_rows(node.spool_dir, "SELECT j.sop_instance_uid, o.sop_instance_uid FROM jobs j "
+                                 "JOIN outbox o ON o.job_id=j.id"):  # fmt: skip
+        by_source[src].add(res)
+    acknowledged = set(sent.acknowledged)
+    lost = sorted(u for u in acknowledged if len(by_source[u]) != 2 or not by_source[u] <= set(stored))
+    assert not lost, f"{len(lost)} images without SR + SC in Orthanc"
+    assert len(rows) == 2 * m and all(state == "delivered" for _, state, _ in rows)
     assert sorted(stored) == sorted(results), "Orthanc does not hold exactly one copy of every result"
 
     records = node.log_records()
@@ -105,6 +112,6 @@ def test_orthanc_outage_all_delivered_once_without_hot_loop(
                 over[uid] = (len(fails), allowed)
     assert not over, f"retries faster than the backoff schedule allows: {over}"
     total_failed = sum(len(v) for v in failed_at.values())
-    report("PACS (Orthanc) down while results pending", tried=m, lost=0, outage_s=outage_s,
+    report("PACS (Orthanc) down while results pending", tried=m, lost=len(lost), outage_s=outage_s,
            failed_attempts=total_failed, max_failed_attempts_per_result=max(map(len, failed_at.values()), default=0),
            seconds=round(duration, 1), scale_note=f"{m} images, {outage_s:.0f} s outage at scale {SCALE}")  # fmt: skip
