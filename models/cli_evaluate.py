@@ -89,6 +89,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--batch-size", type=int, default=8, metavar="N", help="max batch size (default 8)")
     parser.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads")
+    parser.add_argument("--no-sample-images", action="store_true",
+                        help="leave out the grid of sample images (for a report that is shared outside the site)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -114,6 +116,7 @@ def main(args: argparse.Namespace) -> int:
             n_boot=args.n_boot,
             num_threads=args.threads,
             max_batch_size=args.batch_size,
+            sample_images=not args.no_sample_images,
         )
         report = evaluate(config)
     except (ValueError, FileNotFoundError, InferenceCoreError) as exc:

@@ -126,6 +126,8 @@ class EvaluationConfig:
     num_threads: int | None = None
     max_batch_size: int = 8
     in_flight: int = 16
+    #: draw the grid of sample images (False for a report that leaves the site: no radiograph in it)
+    sample_images: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out_dir", Path(self.out_dir))
@@ -176,6 +178,20 @@ def _is_synthetic(path: Path) -> bool:
     return str(getattr(ds.file_meta, "ImplementationVersionName", "")) == "CXR_AI_NODE_SYN"
 
 
+def _classifier_description(engine: Any) -> dict[str, Any] | None:
+    """Classes, positive class and finding of the engine's classifier (None for a stand-in engine)."""
+    bundles = getattr(engine, "bundles", None)
+    if not bundles:
+        return None
+    cls = bundles[0]
+    finding = getattr(cls, "finding", None)
+    return {
+        "class_names": list(getattr(cls, "class_names", ())),
+        "positive_class": getattr(cls, "positive_class", None),
+        "finding": finding.to_json() if finding is not None else None,
+    }
+
+
 def evaluate(config: EvaluationConfig, *, engine: Any = None) -> dict[str, Any]:
     """Run the whole evaluation; returns the report (also written to ``config.out_dir``).
 
@@ -206,6 +222,7 @@ def evaluate(config: EvaluationConfig, *, engine: Any = None) -> dict[str, Any]:
             "created_utc": t0.isoformat(timespec="seconds"),
             "models": [m.to_json() for m in engine.models],
             "decision_threshold": decision,
+            "classifier": _classifier_description(engine),
             "device": str(engine.device),
             "box_floor": config.box_floor,
         }
@@ -300,7 +317,7 @@ def evaluate(config: EvaluationConfig, *, engine: Any = None) -> dict[str, Any]:
         "figures": list(PUBLISHED_RSNA_REFERENCE),
     }
     report["config"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
-    plots_written = write_plots(out_dir, saved, report, npz_images=npz_images)
+    plots_written = write_plots(out_dir, saved, report, npz_images=npz_images, sample_images=config.sample_images)
     report["files"] = {"predictions": csv_path.name, "plots": plots_written, "markdown": "report.md"}
     report["elapsed_s"] = (_dt.datetime.now(_dt.timezone.utc) - t0).total_seconds()
     report = _clean(report)

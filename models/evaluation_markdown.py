@@ -22,6 +22,19 @@ def _f(v: Any, digits: int = 3) -> str:
     return str(v)
 
 
+def _positive_class_line(classifier: dict[str, Any] | None) -> str:
+    """What the score is: the classifier's positive class (its finding), and the truth it is compared with."""
+    if not classifier:
+        return "Positive class: pneumonia = RSNA `Lung Opacity` (score = P(Lung Opacity)); a score ≥ threshold is positive."
+    finding = classifier.get("finding") or {}
+    return (
+        f"Score = P(`{classifier['positive_class']}`) of the classifier (classes "
+        f"{', '.join(f'`{c}`' for c in classifier['class_names'])}; finding {finding.get('meaning', '–')}, "
+        f"{finding.get('scheme', '')} {finding.get('value', '')}); truth: pneumonia (PneumoniaMNIST label 1) or RSNA "
+        "`Target` 1 (Lung Opacity); a score ≥ threshold is positive."
+    )
+
+
 def render_markdown(report: Mapping[str, Any]) -> str:
     """``report.md``: the report as tables."""
     lines: list[str] = ["# cxr-ai-node evaluation report", ""]
@@ -43,7 +56,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             if report.get("split", {}).get("warning")
             else []
         ),
-        "Positive class: pneumonia = RSNA `Lung Opacity` (score = P(Lung Opacity)); a score ≥ threshold is positive.",
+        _positive_class_line(report.get("classifier")),
         "",
         "## Classification (pneumonia)",
         "",

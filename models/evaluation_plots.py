@@ -242,8 +242,12 @@ def write_plots(
     report: Mapping[str, Any],
     *,
     npz_images: np.ndarray | None = None,
+    sample_images: bool = True,
 ) -> dict[str, str]:
-    """All PNG plots into ``out_dir``; returns ``{plot key: file name}`` of those written."""
+    """All PNG plots into ``out_dir``; returns ``{plot key: file name}`` of those written.
+
+    ``sample_images=False`` leaves out the grid of sample images (a report that is shared must not
+    carry the evaluated radiographs themselves)."""
     out_dir = Path(out_dir)
     written: dict[str, str] = {}
     analysed = [p for p in predictions if p.status == "analysed"]
@@ -276,6 +280,8 @@ def write_plots(
             written["confusion_3class"] = PLOT_FILES["confusion_3class"]
         plot_calibration(y, s, out_dir / PLOT_FILES["calibration"], n_bins=cls["calibration"]["n_bins"])
         written["calibration"] = PLOT_FILES["calibration"]
+    if not sample_images:
+        return written
     det = report.get("detection")
     panels = _sample_panels(
         predictions,

@@ -44,7 +44,8 @@ PUBLISHED_RSNA_REFERENCE: tuple[dict[str, Any], ...] = (
 )
 REFERENCE_CAVEAT = (
     "Published on the real RSNA Pneumonia Detection Challenge data by the seed reports; "
-    "NOT comparable with results on synthetic phantoms (or with other splits / metric definitions)."
+    "NOT comparable with results on other data (synthetic phantoms, PneumoniaMNIST) or with other splits / "
+    "metric definitions."
 )
 
 

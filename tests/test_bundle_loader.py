@@ -69,8 +69,9 @@ def test_classification_bundle_loads_weights_in_eval_mode(cls_bundle: Path) -> N
     assert b.name == CLS and b.version == "0.0.1-test"
     assert b.model_info == ModelInfo(CLS, "0.0.1-test", b.digest)
     assert len(b.digest) == 12 and b.digest == bundle_digest(cls_bundle)
-    assert b.class_names == RSNA_CLASSES
     cfg = json.loads((cls_bundle / "configs" / "inference.json").read_text())
+    assert b.class_names == tuple(cfg["class_names"]) and b.positive_class == cfg["positive_class"]
+    assert b.decision_threshold == cfg["decision_threshold"] and b.preprocessing.to_config() == cfg["preprocessing"]
     assert b.image_size == tuple(cfg["image_size"])
     assert b.detector is None and b.score_threshold is None
     assert not b.network.training
@@ -82,7 +83,19 @@ def test_classification_bundle_loads_weights_in_eval_mode(cls_bundle: Path) -> N
     assert all(p.device.type == "cpu" and not p.requires_grad for p in b.network.parameters())
     with torch.inference_mode():
         out = b.network(torch.zeros(2, 1, *b.image_size))
-    assert out.shape == (2, len(RSNA_CLASSES))
+    assert out.shape == (2, len(b.class_names))
+
+
+def test_the_shipped_classifier_outputs_only_classes_it_had_real_data_for() -> None:
+    """Issue 16: the shipped head is Normal / Pneumonia (PneumoniaMNIST's labels), finding SCT Pneumonia;
+    the RSNA three-class head stays available for RSNA training (configs/rsna_head.json)."""
+    b = load_bundle(SHIPPED / CLS, device="cpu")
+    assert b.class_names == ("Normal", "Pneumonia") and b.positive_class == "Pneumonia"
+    assert (b.finding.value, b.finding.scheme) == ("233604007", "SCT") if b.finding else False
+    assert b.preprocessing.method == "centre-crop" and b.preprocessing.bottleneck == 28
+    assert b.heatmap_layer == "features.denseblock3"
+    rsna = json.loads((SHIPPED / CLS / "configs" / "rsna_head.json").read_text())
+    assert tuple(rsna["class_names"]) == RSNA_CLASSES and rsna["positive_class"] == "Lung Opacity"
 
 
 def test_detection_bundle_has_detector_around_the_loaded_network(det_bundle: Path) -> None:
@@ -184,7 +197,7 @@ def test_positive_class_finding_and_threshold_are_checked(cls_bundle: Path, tmp_
     cfg_file = bundle / "configs" / "inference.json"
     good = json.loads(cfg_file.read_text())
     for change, message in (
-        ({"positive_class": "Pneumonia"}, "positive_class"),
+        ({"positive_class": "No Such Class"}, "positive_class"),
         ({"finding": {"value": "233604007", "scheme": "SCT"}}, "finding"),
         ({"decision_threshold": 1.5}, "decision_threshold"),
         ({"heatmap_layer": "features.nosuchblock"}, "heatmap_layer"),
