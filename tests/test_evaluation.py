@@ -49,6 +49,11 @@ def _bundle_copy(root: Path, name: str, *, cls_bias: float | None = None) -> Non
     (dst / "models").mkdir()
     shutil.copy(SHIPPED / name / "configs" / "inference.json", dst / "configs" / "inference.json")
     (dst / "configs" / "metadata.json").write_text(json.dumps({"version": "0.0.1-eval-test", "name": name}))
+    if name == "cxr_classification":  # RSNA-layout evaluation is the RSNA three-class head's job
+        from models.training.head import RSNA_HEAD_FILE, apply_rsna_head
+
+        shutil.copy(SHIPPED / name / "configs" / RSNA_HEAD_FILE, dst / "configs" / RSNA_HEAD_FILE)
+        apply_rsna_head(dst)
     parser = ConfigParser()
     parser.read_config(str(dst / "configs" / "inference.json"))
     torch.manual_seed(1)
