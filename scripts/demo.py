@@ -165,8 +165,9 @@ REAL_DEMO_INDICES = {"pneumonia": 0, "normal": 3}
 def real_demo_images() -> list[Path]:
     """Two real paediatric CXRs (PneumoniaMNIST test split, 28 px, upsampled to 1024 px) as CR DICOMs,
     when ``../shared/data/pneumoniamnist.npz`` is present (else none): the shipped classifier was
-    trained on real radiographs of this kind, so unlike the phantoms these show a positive result
-    with boxes and the Grad-CAM heatmap. Their 28-px origin makes them blurry; they are not clinical images."""
+    trained on real radiographs of this kind (never on phantoms, whose scores mean little), so these show
+    what it was made for: a positive result with boxes and the Grad-CAM heatmap, and a negative one.
+    Their 28-px origin makes them blurry; they are not clinical images."""
     if not PNEUMONIAMNIST.is_file():
         say(f"{PNEUMONIAMNIST} not found: phantoms only")
         return []
@@ -193,7 +194,7 @@ def real_demo_images() -> list[Path]:
             ds.ViewPosition = "PA"
             ds.PatientID = f"PMNIST-TEST-{index}"
             ds.PatientName = f"PneumoniaMNIST^Test{index}"
-            ds.SeriesDescription = f"PneumoniaMNIST test image {index} ({label}), CC BY 4.0, upsampled 28->1024 px"
+            ds.SeriesDescription = f"PneumoniaMNIST test {index} ({label}), CC BY 4.0, 28->1024 px"
             ds.save_as(path, enforce_file_format=True)
         files.append(path)
     say(f"{len(files)} real paediatric CXRs from PneumoniaMNIST's test split (one pneumonia, one normal) in {out}")
