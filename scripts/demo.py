@@ -89,7 +89,8 @@ def _password() -> str:
 
 def _orthanc() -> LocalOrthanc:
     return LocalOrthanc(workdir=STATE / "orthanc", http_port=HTTP_PORT, dicom_port=DICOM_PORT, node_port=NODE_PORT,
-                        user=USER, password=_password(), stable_age_s=2, retry_delay_s=5.0)  # fmt: skip
+                        user=USER, password=_password(), stable_age_s=2, retry_delay_s=5.0,
+                        max_retry_delay_s=60.0)  # fmt: skip
 
 
 def start_orthanc() -> LocalOrthanc:
