@@ -202,8 +202,10 @@ class ScpServer(ThreadedAssociationServer):
     request_queue_size = 128
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._handshakes = 0
-        self._handshake_lock = threading.Lock()
+        #: connections accepted whose association thread has not started yet: the AE sees a connection
+        #: only once its thread runs, and a burst of accepts outpaces the threads
+        self._starting = 0
+        self._starting_lock = threading.Lock()
         super().__init__(*args, **kwargs)
 
     def get_request(self) -> tuple[Any, tuple[str, int]]:
@@ -213,20 +215,28 @@ class ScpServer(ThreadedAssociationServer):
         return client, address
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
-        pending = getattr(self.ae, "pending_connections", 0) + self._handshakes
-        if pending >= self.max_pending:
-            logger.warning(
-                "connection refused: %d connections already wait for their association request",
-                pending,
-                extra={"event": "connection_refused", "peer": _peer_text(client_address), "pending": pending},
-            )
-            return False
-        return True
+        with self._starting_lock:
+            pending = getattr(self.ae, "pending_connections", 0) + self._starting
+            if pending < self.max_pending:
+                self._starting += 1
+                return True
+        logger.warning(
+            "connection refused: %d connections already wait for their association request",
+            pending,
+            extra={"event": "connection_refused", "peer": _peer_text(client_address), "pending": pending},
+        )
+        return False
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
-        if self.ssl_context is not None:
-            with self._handshake_lock:
-                self._handshakes += 1
+        try:
+            self._process_accepted(request, client_address)
+        finally:
+            # the association's own thread (counted by the AE) has started, or the connection is gone
+            with self._starting_lock:
+                self._starting -= 1
+
+    def _process_accepted(self, request: Any, client_address: Any) -> None:
+        if self.ssl_context is not None:  # the handshake runs while the connection counts as starting
             try:
                 request.settimeout(self.handshake_timeout_s)
                 request = self.ssl_context.wrap_socket(request, server_side=True)
@@ -238,9 +248,6 @@ class ScpServer(ThreadedAssociationServer):
                 )
                 self.shutdown_request(request)
                 return
-            finally:
-                with self._handshake_lock:
-                    self._handshakes -= 1
         try:
             request.settimeout(self.request_timeout_s)
         except OSError:

@@ -124,6 +124,40 @@ def test_cxrs_pushed_into_orthanc_come_back_as_sr_and_sc(
     assert boxes_checked >= 1, "no box was compared: the SR/engine box equality check proved nothing"
 
 
+def test_the_sr_in_orthanc_says_what_cxr_node_infer_json_says(
+    stack: Stack, phantom_files: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 12: the SR the node delivered, read back with highdicom, gives the same decision,
+    probability and boxes as ``cxr-node infer --json`` on the same file (same defaults, one rule)."""
+    import argparse
+
+    from models import cli_infer
+
+    _push(stack.orthanc.dicom_port, phantom_files)  # (again: the same instances give the same results)
+    parser = argparse.ArgumentParser()
+    cli_infer.configure(parser)
+    args = parser.parse_args([*map(str, phantom_files), "--json", "--device", "cpu", "--threads", "2",
+                              "--bundles", str(REPO / "monai_bundles")])  # fmt: skip
+    assert cli_infer.main(args) == 0
+    records = {r["sop_instance_uid"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
+    for f in phantom_files:
+        src = pydicom.dcmread(f, stop_before_pixels=True)
+        srs, _ = _wait_results(stack.orthanc, str(src.StudyInstanceUID))
+        path = tmp_path / f"{src.SOPInstanceUID}.sr.dcm"
+        path.write_bytes(stack.orthanc.file(srs[0]["_orthanc_id"]))
+        sr, record = read_sr(path), records[str(src.SOPInstanceUID)]
+        assert sr.finding == record["finding"]["meaning"]
+        assert sr.decision == ("Present" if record["positive"] else "Absent")
+        assert sr.probability == pytest.approx(record["probability"], abs=1e-4)
+        assert sr.threshold == pytest.approx(record["threshold"], abs=1e-9)
+        got = sorted(((b.polyline, b.probability) for b in sr.boxes), key=lambda pb: -pb[1])
+        assert len(got) == len(record["boxes"])
+        for (polyline, p), box in zip(got, record["boxes"], strict=True):  # infer lists boxes by score
+            x, y, w, h = box["x"], box["y"], box["width"], box["height"]
+            np.testing.assert_allclose(polyline, [(x, y), (x + w, y), (x + w, y + h), (x, y + h), (x, y)], atol=0.01)
+            assert p == pytest.approx(box["score"], abs=1e-4)
+
+
 def test_second_push_leaves_exactly_one_sr_and_sc(stack: Stack, phantom_files: list[Path]) -> None:
     orthanc, node = stack.orthanc, stack.node
     f = phantom_files[0]

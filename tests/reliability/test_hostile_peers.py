@@ -21,7 +21,7 @@ import pytest
 from integration_helpers import NodeProcess, make_image, write
 from reliability_helpers import journal_rows, report, wait_for
 
-from dicom_node.orthanc.local import LocalOrthanc, free_port
+from dicom_node.orthanc.local import LocalOrthanc, WaitTimeout, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -176,7 +176,16 @@ def test_a_client_that_never_handshakes_does_not_block_the_tls_scp(dcmtk: None, 
         outcome = associate(port, "ORTHANC", "AINODE", tls_args=tls_args, timeout=10)
         genuine_s = time.monotonic() - t0
         dropped = all(closed_by_peer(s, 10) for s in silent)
-        failed_lines = sum(r.get("event") == "tls_handshake_failed" for r in node.log_records())
+
+        def handshake_failed_lines() -> int:
+            return sum(r.get("event") == "tls_handshake_failed" for r in node.log_records())
+
+        # the node drops a socket before it writes that socket's log line: wait (bounded) for the last one
+        try:
+            wait_for(lambda: handshake_failed_lines() >= len(silent) or None, 10, "a log line per dropped client")
+        except WaitTimeout:
+            pass  # counted below, where a missing line fails the test with the count
+        failed_lines = handshake_failed_lines()
     finally:
         for s in silent:
             s.close()
