@@ -3,7 +3,7 @@
 # virtualenv (.venv). Shared by scripts/demo.sh and .ci/run so that the two cannot drift.
 #
 #   bash scripts/setup.sh          # orthanc, orthanc-python, dcmtk, dicom3tools + .venv
-#   bash scripts/setup.sh --ci     # the same plus what the tests use: docker-compose, openssl, and for the
+#   bash scripts/setup.sh --ci     # the same plus what the tests use: docker-compose, openssl, haproxy, and for the
 #                                  # OHIF browser test orthanc-dicomweb, chromium, npm (when no npm is on
 #                                  # PATH) and the pinned OHIF build (scripts/fetch_ohif.sh, into .ohif/)
 #
@@ -22,6 +22,8 @@ CI_MODE=0
 if [[ "${1:-}" == "--ci" ]]; then
   CI_MODE=1
   APT_PACKAGES+=(docker-compose openssl orthanc-dicomweb chromium)
+  # the scale-out test balances node replicas with Debian's HAProxy 2.6 (docs/SCALE.md)
+  APT_PACKAGES+=(haproxy)
   # npm fetches OHIF (`npm pack`); a Node.js from elsewhere (e.g. NodeSource) brings its own npm
   command -v npm >/dev/null || APT_PACKAGES+=(npm)
 fi

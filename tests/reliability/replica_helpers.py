@@ -1,0 +1,200 @@
+"""Helpers of the scale-out tests and ``bench/scale_replicas.py``: N ``cxr-node serve`` replicas (each its own
+spool, DICOM and HTTP port) behind a real HAProxy rendered by :mod:`dicom_node.haproxy_config`, a replica
+that never becomes ready, HAProxy's per-server statistics, and a sender that re-sends what it has no
+C-STORE success for (as Orthanc's routing plug-in does)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from reliability_helpers import SendLog, send_files
+
+from dicom_node.haproxy_config import Balancer, Replica, render_config, render_down_state
+from dicom_node.orthanc.local import LocalOrthanc, ProcessExited, free_port, port_open, terminate, wait_until
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "integration"))
+from integration_helpers import NodeProcess  # noqa: E402
+
+
+def haproxy_binary() -> str | None:
+    """Path of Debian's ``haproxy`` (``/usr/sbin`` is not on every PATH), or None."""
+    return shutil.which("haproxy") or (str(p) if (p := Path("/usr/sbin/haproxy")).exists() else None)
+
+
+def http_status(port: int, path: str = "/readyz") -> int | None:
+    """Status code of ``GET http://127.0.0.1:port/path`` (None: no answer)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as resp:  # noqa: S310 (loopback)
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except OSError:
+        return None
+
+
+def replica(workdir: Path, orthanc: LocalOrthanc, name: str, *, command: Sequence[str] | None = None,
+            **env: str) -> NodeProcess:  # fmt: skip
+    """``cxr-node serve`` (not started) with its own spool, DICOM port and ``/readyz`` port, delivering to
+    ``orthanc``; ready (for :meth:`NodeProcess.start`) when ``/readyz`` answers 200."""
+    http_port = free_port()
+    node = NodeProcess(workdir=workdir / name, port=free_port(), orthanc_dicom_port=orthanc.dicom_port,
+                       env_overrides={"CXR_NODE_HTTP_PORT": str(http_port), **env}, command=command)  # fmt: skip
+    node.ready_check = lambda: http_status(http_port) == 200
+    return node
+
+
+def stalled_replica(workdir: Path, orthanc: LocalOrthanc, name: str) -> NodeProcess:
+    """A replica whose model load never ends (``stalled_node.py``): ``/readyz`` 503 forever, no SCP of its own.
+    :meth:`NodeProcess.start` returns once ``/readyz`` says 503 and something listens on its DICOM port
+    (the test puts a decoy there: an SCP that would acknowledge and drop whatever reached it)."""
+    node = replica(workdir, orthanc, name, command=[sys.executable, str(HERE / "stalled_node.py")])
+    port = http_port_of(node)
+    node.ready_check = lambda: http_status(port) == 503
+    return node
+
+
+def http_port_of(node: NodeProcess) -> int:
+    return int(node.env_overrides["CXR_NODE_HTTP_PORT"])
+
+
+def start_all(nodes: Sequence[NodeProcess], timeout: float = 300.0) -> None:
+    """Start the nodes in parallel (each waits until its ready check passes)."""
+    with ThreadPoolExecutor(max_workers=len(nodes)) as pool:
+        for fut in [pool.submit(n.start, timeout) for n in nodes]:
+            fut.result()
+
+
+@dataclass
+class HaproxyProcess:
+    """Debian's HAProxy in the foreground with the project's rendered configuration (loopback)."""
+
+    workdir: Path
+    replicas: Sequence[Replica]
+    port: int = field(default_factory=free_port)
+    check_interval_ms: int = 500
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def stats_socket(self) -> Path:
+        return self.workdir / "admin.sock"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "haproxy.log"
+
+    def balancer(self) -> Balancer:
+        return Balancer(bind=f"127.0.0.1:{self.port}", replicas=tuple(self.replicas),
+                        state_file=self.workdir / "cxr-nodes-down.state", stats_socket=self.stats_socket,
+                        log_target="stdout", check_interval_ms=self.check_interval_ms)  # fmt: skip
+
+    def start(self, timeout: float = 15.0) -> HaproxyProcess:
+        binary = haproxy_binary()
+        if binary is None:
+            raise FileNotFoundError("haproxy is not installed (apt-get install haproxy)")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        b = self.balancer()
+        cfg = self.workdir / "haproxy.cfg"
+        cfg.write_text(render_config(b), encoding="utf-8")
+        b.state_file.write_text(render_down_state(b), encoding="utf-8")
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
+        try:
+            self.proc = subprocess.Popen([binary, "-db", "-f", str(cfg)], stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)  # fmt: skip
+        finally:
+            log.close()
+
+        def up() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise ProcessExited(f"haproxy exited with {self.proc.returncode}:\n{self.log_text()[-3000:]}")
+            return port_open(self.port) and self.stats_socket.exists()
+
+        wait_until(up, timeout, what="haproxy to listen")
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            terminate(self.proc, timeout=10)
+            self.proc = None
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path.exists() else ""
+
+    def command(self, line: str) -> str:
+        """One command on HAProxy's stats socket (runtime API); its answer."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(5)
+            s.connect(str(self.stats_socket))
+            s.sendall(line.encode() + b"\n")
+            chunks = []
+            while chunk := s.recv(65536):
+                chunks.append(chunk)
+        return b"".join(chunks).decode()
+
+    def server_stats(self) -> dict[str, dict[str, str]]:
+        """``show stat`` of the replicas' backend: ``{server name: {column: value}}`` (``status``, ``stot``...)."""
+        text = self.command("show stat").lstrip("# ")
+        rows = csv.DictReader(io.StringIO(text))
+        return {r["svname"]: r for r in rows if r["pxname"] == "cxr_nodes" and r["svname"] != "BACKEND"}
+
+    def status(self, name: str) -> str:
+        return self.server_stats()[name]["status"]
+
+    def wait_status(self, names: Sequence[str], status: str, timeout: float) -> None:
+        wait_until(lambda: all(self.status(n) == status for n in names), timeout, interval=0.2,
+                   what=f"haproxy to see {list(names)} {status}")  # fmt: skip
+
+
+def as_replica(node: NodeProcess, name: str) -> Replica:
+    return Replica(name, "127.0.0.1", node.port, http_port_of(node))
+
+
+# ------------------------------------------------------------------------------------ sender
+@dataclass
+class RetryingSendLog:
+    """What a sender that re-sends unacknowledged instances saw (like Orthanc's routing plug-in)."""
+
+    acknowledged: set[str] = field(default_factory=set)
+    associations: int = 0
+    failed_associations: int = 0  # rejected, aborted or broken before every instance had a response
+    resent: int = 0  # instances sent again after an association without their success
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def record(self, log: SendLog, uids: Sequence[str]) -> list[str]:
+        """Count one association's outcome (thread-safe); return the UIDs still unacknowledged."""
+        missing = [u for u in uids if u not in log.acknowledged]
+        with self._lock:
+            self.associations += 1
+            self.acknowledged |= log.acknowledged
+            self.failed_associations += bool(missing)
+            self.resent += len(missing)
+        return missing
+
+
+def send_until_acknowledged(port: int, files: Sequence[Path], uids: Sequence[str], *, per_association: int,
+                            deadline: float, log: RetryingSendLog, pause_s: float = 0.5) -> None:  # fmt: skip
+    """Send ``files`` in associations of ``per_association`` instances; re-send every instance without a
+    C-STORE success in a new association until all are acknowledged or ``deadline`` (monotonic) passes."""
+    by_uid = dict(zip(uids, files, strict=True))
+    todo = list(uids)
+    while todo:
+        batch, todo = todo[:per_association], todo[per_association:]
+        missing = log.record(send_files(port, [by_uid[u] for u in batch], uids=batch, timeout=30), batch)
+        if missing:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{len(missing) + len(todo)} instances never acknowledged before the deadline")
+            todo = missing + todo
+            time.sleep(pause_s)
