@@ -143,6 +143,9 @@ class NodeMetrics:
         self._latency = Histogram("inference_latency_seconds", "Inference latency per instance (seconds)",
                                   namespace=NAMESPACE, registry=r, buckets=LATENCY_BUCKETS)  # fmt: skip
         self._queue = Gauge("queue_depth", "Instances waiting for analysis", namespace=NAMESPACE, registry=r)
+        self._undelivered = Gauge("undelivered", "Acknowledged instances whose results are not all delivered "
+                                  "(received or analysed; a replica is drained when this is 0)",
+                                  namespace=NAMESPACE, registry=r)  # fmt: skip
         self._gpu = Gauge("gpu_memory_bytes", "GPU memory allocated by torch (0 without CUDA)",
                           namespace=NAMESPACE, registry=r)  # fmt: skip
         self._models = Gauge("model_info", "Loaded model bundles (value 1)", ["name", "version"],
@@ -151,6 +154,8 @@ class NodeMetrics:
                         for name in ("reason", "destination", "stage", "model")}  # fmt: skip
         self._queue_source: Callable[[], float] | None = None
         self.set_queue_depth_source(queue_depth)
+        self._undelivered_source: Callable[[], float] | None = None
+        self.set_undelivered_source(None)
         self._gpu_source = gpu_memory
         self._gpu.set_function(self._gpu_value)
 
@@ -191,6 +196,13 @@ class NodeMetrics:
             raise ValueError(f"queue depth source must be callable, got {source!r}")
         self._queue_source = source
         self._queue.set_function(self._queue_value)
+
+    def set_undelivered_source(self, source: Callable[[], float] | None) -> None:
+        """Use ``source()`` (called at scrape time) for the undelivered gauge; ``None`` reports 0."""
+        if source is not None and not callable(source):
+            raise ValueError(f"undelivered source must be callable, got {source!r}")
+        self._undelivered_source = source
+        self._undelivered.set_function(lambda: _call_gauge(self._undelivered_source, "undelivered"))
 
     # ------------------------------------------------------------------ output
     def render(self) -> bytes:

@@ -164,6 +164,9 @@ class NodeService:
             logger.info("resuming unfinished work", extra={"event": "resume", **pending})
         journal = self.journal
         self.metrics.set_queue_depth_source(lambda: journal.counts().get("job.received", 0))
+        self.metrics.set_undelivered_source(
+            lambda: sum(journal.counts().get(k, 0) for k in ("job.received", "job.analysed"))
+        )
         try:
             try:
                 self.health_server = start_health_server(

@@ -164,6 +164,7 @@ def test_metrics_count_what_was_pushed(tmp_path: Path, dest: StoreSCP) -> None:
     assert labelled(m, "cxr_node_delivered_total") == {frozenset({("destination", "DEST")}): 6.0}
     assert labelled(m, "cxr_node_failed_total") == {}
     assert value(m, "cxr_node_queue_depth") == 0.0
+    assert value(m, "cxr_node_undelivered") == 0.0  # drained: every result delivered
     assert len(dest.files()) == 6 and fake.submitted == 3
 
 
@@ -194,6 +195,8 @@ def test_metrics_count_failures_by_stage_and_queue_depth(tmp_path: Path, dest: S
     assert value(m, "cxr_node_failed_total", stage="deliver") >= 1.0  # type: ignore[operator]
     assert labelled(m, "cxr_node_delivered_total") == {}
     assert value(m, "cxr_node_queue_depth") == 0.0
+    # analysed, results not delivered (destination down): not drained, although nothing waits for analysis
+    assert value(m, "cxr_node_undelivered") == 4.0
 
 
 # ----------------------------------------------------------------------------- binding

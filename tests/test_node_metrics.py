@@ -80,6 +80,18 @@ def test_queue_depth_is_read_at_scrape_time_and_source_errors_do_not_break_scrap
         m.set_queue_depth_source(42)  # type: ignore[arg-type]
 
 
+def test_undelivered_is_read_at_scrape_time() -> None:
+    count = [3]
+    m = NodeMetrics()
+    assert samples(m)[("cxr_node_undelivered", ())] == 0
+    m.set_undelivered_source(lambda: count[0])
+    assert samples(m)[("cxr_node_undelivered", ())] == 3
+    count[0] = 0
+    assert samples(m)[("cxr_node_undelivered", ())] == 0
+    with pytest.raises(ValueError, match="callable"):
+        m.set_undelivered_source(7)  # type: ignore[arg-type]
+
+
 def test_label_values_are_sanitised_and_capped() -> None:
     m = NodeMetrics(max_label_values=3)
     m.skipped('Modality "MR" / weird\nvalue')
