@@ -85,6 +85,10 @@ def test_names_and_labels_agree_across_the_manifests() -> None:
             assert all(p["targetPort"] in port_names for p in svc["ports"]), name
     assert res[("Service", sts["spec"]["serviceName"])]["spec"]["clusterIP"] == "None"
     assert res[("Service", "cxr-node")]["spec"]["ports"][0]["targetPort"] == "dicom"
+    # drain = relabel a pod out of the DICOM Service while the StatefulSet still owns it (docs/SCALE.md)
+    drain_label = "cxr-ai.org/serving"
+    assert res[("Service", "cxr-node")]["spec"]["selector"][drain_label] == labels[drain_label] == "true"
+    assert drain_label not in sts["spec"]["selector"]["matchLabels"]
     for ref in container["envFrom"]:
         kind = "ConfigMap" if "configMapRef" in ref else "Secret"
         assert (kind, (ref.get("configMapRef") or ref["secretRef"])["name"]) in res

@@ -49,13 +49,15 @@ class StoreSCP:
     outdir: Path
     ae_title: str = NODE_AET
     proc: subprocess.Popen[bytes] | None = None
+    #: extra storescp options (e.g. ``+xa``: accept every transfer syntax, compressed ones included)
+    options: Sequence[str] = ()
 
     def start(self, timeout: float = 15.0) -> StoreSCP:
         self.outdir.mkdir(parents=True, exist_ok=True)
         log = open(self.outdir.parent / f"storescp-{self.port}.log", "ab")  # noqa: SIM115
         try:
-            self.proc = subprocess.Popen(["storescp", "-aet", self.ae_title, "-od", str(self.outdir), "-uf",
-                                          str(self.port)], stdout=log, stderr=subprocess.STDOUT,
+            self.proc = subprocess.Popen(["storescp", *self.options, "-aet", self.ae_title, "-od", str(self.outdir),
+                                          "-uf", str(self.port)], stdout=log, stderr=subprocess.STDOUT,
                                          start_new_session=True)  # fmt: skip
         finally:
             log.close()

@@ -5,6 +5,7 @@ C-STORE success for (as Orthanc's routing plug-in does)."""
 
 from __future__ import annotations
 
+import collections
 import csv
 import io
 import shutil
@@ -198,3 +199,60 @@ def send_until_acknowledged(port: int, files: Sequence[Path], uids: Sequence[str
                 raise AssertionError(f"{len(missing) + len(todo)} instances never acknowledged before the deadline")
             todo = missing + todo
             time.sleep(pause_s)
+
+
+# ------------------------------------------------------------------------------------ checks
+def metric(port: int, name: str) -> float | None:
+    """The value of an unlabelled sample of the node's ``/metrics`` (None: no answer or no such sample)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:  # noqa: S310 (loopback)
+            text = resp.read().decode()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
+
+
+@dataclass(frozen=True)
+class OrthancResults:
+    """Per source study: how many SR and non-SR (SC) results Orthanc holds, and all its SOP Instance UIDs."""
+
+    per_source: dict[str, collections.Counter[str]]
+    extra_studies: set[str]
+    sop_uids: list[str]
+
+    @property
+    def missing(self) -> list[str]:
+        """Sources without at least one SR and one SC."""
+        return [u for u, c in self.per_source.items() if c["SR"] < 1 or sum(c.values()) - c["SR"] < 1]
+
+    @property
+    def duplicated(self) -> list[str]:
+        """Sources with more than one SR or more than one SC."""
+        return [u for u, c in self.per_source.items() if c["SR"] > 1 or sum(c.values()) - c["SR"] > 1]
+
+
+def orthanc_results(orthanc: LocalOrthanc, study_of: dict[str, str]) -> OrthancResults:
+    """What Orthanc holds, on its own terms (``study_of``: source SOP Instance UID -> its StudyInstanceUID;
+    every source must be its own study)."""
+    studies = {s["ID"]: s["MainDicomTags"]["StudyInstanceUID"] for s in orthanc.get("/studies", params={"expand": ""})}
+    by_study: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    for series in orthanc.get("/series", params={"expand": ""}):
+        modality = series["MainDicomTags"].get("Modality", "")
+        by_study[studies[series["ParentStudy"]]][modality] += len(series["Instances"])
+    sop_uids = [i["MainDicomTags"]["SOPInstanceUID"] for i in orthanc.get("/instances", params={"expand": ""})]
+    per_source = {u: by_study.get(s, collections.Counter()) for u, s in study_of.items()}
+    return OrthancResults(per_source, set(by_study) - set(study_of.values()), sop_uids)
+
+
+def study_uids(files: Sequence[Path]) -> dict[str, str]:
+    """``{SOP Instance UID: StudyInstanceUID}`` of ``files``."""
+    import pydicom
+
+    out = {}
+    for f in files:
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        out[str(ds.SOPInstanceUID)] = str(ds.StudyInstanceUID)
+    return out

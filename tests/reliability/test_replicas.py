@@ -20,12 +20,12 @@ N = 300 at ``CXR_RELIABILITY_SCALE=1``; CI runs 120 (scale 0.25, the floor).
 from __future__ import annotations
 
 import collections
+import contextlib
 import random
 import threading
 import time
 from pathlib import Path
 
-import pydicom
 import pytest
 from integration_helpers import StoreSCP
 from reliability_helpers import SCALE, journal_rows, phantoms, report, scaled, sop_uid_of, wait_for
@@ -34,13 +34,17 @@ from replica_helpers import (
     RetryingSendLog,
     as_replica,
     haproxy_binary,
+    http_port_of,
+    metric,
+    orthanc_results,
     replica,
     send_until_acknowledged,
     stalled_replica,
     start_all,
+    study_uids,
 )
 
-from dicom_node.orthanc.local import LocalOrthanc
+from dicom_node.orthanc.local import LocalOrthanc, WaitTimeout
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -62,15 +66,6 @@ def _pending(spool_dir: Path) -> int:
     return int(jobs) + int(outbox)
 
 
-def _results_by_study(orthanc: LocalOrthanc) -> dict[str, collections.Counter[str]]:
-    """``{StudyInstanceUID: Counter(modality -> instances)}`` of everything stored in Orthanc."""
-    studies = {s["ID"]: s["MainDicomTags"]["StudyInstanceUID"] for s in orthanc.get("/studies", params={"expand": ""})}
-    out: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
-    for series in orthanc.get("/series", params={"expand": ""}):
-        out[studies[series["ParentStudy"]]][series["MainDicomTags"].get("Modality", "")] += len(series["Instances"])
-    return out
-
-
 def test_three_replicas_behind_haproxy_one_killed_nothing_lost_nothing_duplicated(
     haproxy: None, orthanc: LocalOrthanc, tmp_path: Path, phantom_dir: Path
 ) -> None:
@@ -78,13 +73,13 @@ def test_three_replicas_behind_haproxy_one_killed_nothing_lost_nothing_duplicate
     rng = random.Random(SEED)
     files = phantoms(phantom_dir, n, seed=SEED % 1000, size=256)
     uids = [sop_uid_of(f) for f in files]
-    studies = {sop_uid_of(f): str(pydicom.dcmread(f, stop_before_pixels=True).StudyInstanceUID) for f in files}
+    studies = study_uids(files)
     assert len(set(uids)) == n and len(set(studies.values())) == n, "phantoms must be distinct studies"
 
     nodes = [replica(tmp_path, orthanc, f"node-{i}", CXR_NODE_BATCH_SIZE="8") for i in range(3)]
     names = [f"node-{i}" for i in range(3)]
     stalled = stalled_replica(tmp_path, orthanc, "node-stalled")
-    decoy = StoreSCP(port=stalled.port, outdir=tmp_path / "decoy-received")
+    decoy = StoreSCP(port=stalled.port, outdir=tmp_path / "decoy-received", options=["+xa"])  # takes JPEG too
     lb = HaproxyProcess(tmp_path / "haproxy",
                         [*(as_replica(nd, nm) for nd, nm in zip(nodes, names, strict=True)),
                          as_replica(stalled, "node-stalled")])  # fmt: skip
@@ -132,7 +127,8 @@ def test_three_replicas_behind_haproxy_one_killed_nothing_lost_nothing_duplicate
 
         wait_for(lambda: all(_pending(nd.spool_dir) == 0 for nd in nodes), 120 + 3.0 * n,
                  "every replica's journal delivered", interval=1.0)  # fmt: skip
-        wait_for(lambda: len(orthanc.instances()) >= 2 * n, 60, f"{2 * n} results in Orthanc", interval=1.0)
+        with contextlib.suppress(WaitTimeout):  # the assertions below say what is missing
+            wait_for(lambda: len(orthanc.instances()) >= 2 * n, 60, f"{2 * n} results in Orthanc", interval=1.0)
         duration = time.monotonic() - t0
         split = lb.server_stats()
     finally:
@@ -161,17 +157,15 @@ def test_three_replicas_behind_haproxy_one_killed_nothing_lost_nothing_duplicate
     expected = {r for res in results_of.values() for r, _ in res}
 
     # --- what Orthanc holds, on its own terms: one SR and one SC in each source's study, nothing else
-    in_orthanc = [i["MainDicomTags"]["SOPInstanceUID"] for i in orthanc.get("/instances", params={"expand": ""})]
-    by_study = _results_by_study(orthanc)
-    per_source = {u: by_study.get(studies[u], collections.Counter()) for u in uids}
-    missing_in_orthanc = [u for u, c in per_source.items() if c["SR"] < 1 or sum(c.values()) - c["SR"] < 1]
-    duplicated = [u for u, c in per_source.items() if c["SR"] > 1 or sum(c.values()) - c["SR"] > 1]
-    lost += [u for u in missing_in_orthanc if u not in lost]
+    held = orthanc_results(orthanc, studies)
+    lost += [u for u in held.missing if u not in lost]
+    duplicated = held.duplicated
     assert not lost, f"{len(lost)} acknowledged instances without exactly one SR + SC: {lost[:5]}"
     assert not duplicated, f"{len(duplicated)} sources with more than one SR or SC: {duplicated[:5]}"
+    in_orthanc = held.sop_uids
     assert len(in_orthanc) == len(set(in_orthanc)) == 2 * n, f"Orthanc holds {len(in_orthanc)}, expected {2 * n}"
     assert set(in_orthanc) == expected
-    assert set(by_study) == set(studies.values()), "Orthanc holds results in studies that were never sent"
+    assert not held.extra_studies, "Orthanc holds results in studies that were never sent"
 
     # --- the never-ready replica took nothing; every ready one took a share; the victim had work in its spool
     assert decoy.received() == [], f"the never-ready replica's port got {len(decoy.received())} instances"
@@ -191,3 +185,60 @@ def test_three_replicas_behind_haproxy_one_killed_nothing_lost_nothing_duplicate
            failed_associations=sender_log.failed_associations, resent=sender_log.resent,
            analysed_by_two_replicas=len(analysed_twice), never_ready_associations=int(split["node-stalled"]["stot"]),
            seconds=round(duration, 1), scale_note=f"N={n} at scale {SCALE}")  # fmt: skip
+
+
+def test_a_drained_replica_finishes_its_spool_and_is_removed_without_loss(
+    haproxy: None, orthanc: LocalOrthanc, tmp_path: Path, phantom_dir: Path
+) -> None:
+    """Scale-down as docs/SCALE.md prescribes: drain the replica (HAProxy ``state drain``; on Kubernetes the
+    pod leaves the Service), wait for its ``cxr_node_undelivered`` to reach 0, then stop it. New associations
+    go to the others meanwhile; nothing it acknowledged is lost, and its spool is empty when it goes."""
+    n = scaled(80, 40)
+    files = phantoms(phantom_dir, n, seed=(SEED + 1) % 1000, size=256)
+    uids = [sop_uid_of(f) for f in files]
+    studies = study_uids(files)
+    nodes = [replica(tmp_path, orthanc, f"node-{i}", CXR_NODE_BATCH_SIZE="8") for i in range(2)]
+    names = ["node-0", "node-1"]
+    lb = HaproxyProcess(tmp_path / "haproxy", [as_replica(nd, nm) for nd, nm in zip(nodes, names, strict=True)])
+    leaving = nodes[1]
+    log = RetryingSendLog()
+    half = n // 2
+    t0 = time.monotonic()
+    try:
+        lb.start()
+        start_all(nodes)
+        lb.wait_status(names, "UP", 30)
+        deadline = time.monotonic() + 120 + 3.0 * n
+        send_until_acknowledged(lb.port, files[:half], uids[:half], per_association=PER_ASSOCIATION,
+                                deadline=deadline, log=log)  # fmt: skip
+        assert lb.command("set server cxr_nodes/node-1 state drain").strip() == ""
+        assert lb.status("node-1") == "DRAIN"
+        undelivered_at_drain = metric(http_port_of(leaving), "cxr_node_undelivered")
+        associations_at_drain = int(lb.server_stats()["node-1"]["stot"])
+        send_until_acknowledged(lb.port, files[half:], uids[half:], per_association=PER_ASSOCIATION,
+                                deadline=deadline, log=log)  # fmt: skip
+        assert log.acknowledged == set(uids)
+        wait_for(lambda: metric(http_port_of(leaving), "cxr_node_undelivered") == 0, 60 + 3.0 * n,
+                 "the drained replica's undelivered work to reach 0", interval=0.5)  # fmt: skip
+        leaving.stop()  # the scale-down
+        wait_for(lambda: metric(http_port_of(nodes[0]), "cxr_node_undelivered") == 0, 60 + 3.0 * n,
+                 "the remaining replica's work delivered", interval=0.5)  # fmt: skip
+        with contextlib.suppress(WaitTimeout):
+            wait_for(lambda: len(orthanc.instances()) >= 2 * n, 60, f"{2 * n} results in Orthanc", interval=1.0)
+        split = lb.server_stats()
+    finally:
+        for nd in nodes:
+            nd.stop()
+        lb.stop()
+    assert undelivered_at_drain is not None and undelivered_at_drain > 0, "nothing to drain: the test proves nothing"
+    assert int(split["node-1"]["stot"]) == associations_at_drain > 0, "a drained replica took new associations"
+    left_behind = journal_rows(leaving.spool_dir, "SELECT COUNT(*) FROM jobs WHERE state IN ('received','analysed')")
+    assert left_behind[0][0] == 0, "the removed replica's spool still held work"
+    held = orthanc_results(orthanc, studies)
+    lost, duplicated = held.missing, held.duplicated
+    assert not lost and not duplicated, (lost[:5], duplicated[:5])
+    assert len(held.sop_uids) == len(set(held.sop_uids)) == 2 * n and not held.extra_studies
+    report("scale-down: a replica drained behind HAProxy, then stopped", tried=n, lost=len(lost),
+           duplicated=len(duplicated), undelivered_at_drain=int(undelivered_at_drain),
+           associations={nm: int(split[nm]["stot"]) for nm in names}, seconds=round(time.monotonic() - t0, 1),
+           scale_note=f"N={n} at scale {SCALE}")  # fmt: skip
