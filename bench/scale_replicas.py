@@ -110,6 +110,7 @@ def orthanc_ingest(orthanc: LocalOrthanc, files: Sequence[Path], senders: int) -
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     scratch: Path = args.scratch
+    hw = hardware()  # the load average before the runs (the host may be shared)
     files = rsna_phantoms(scratch / "phantoms", args.n, seed=21, size=args.size)
     warmup = rsna_phantoms(scratch / "phantoms", args.warmup, seed=97, size=args.size) if args.warmup else []
     work = Path(tempfile.mkdtemp(prefix="scale-", dir=scratch))
@@ -139,7 +140,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     base = next((row["images_s"] for row in rows if row["replicas"] == 1), None)
     for row in rows:
         row["speedup"] = row["images_s"] / base if base else None
-    return {"hardware": hardware(), "n": args.n, "size": args.size, "senders": args.senders, "batch": args.batch,
+    return {"hardware": hw, "load_1m_end": hardware()["load_1m"], "n": args.n, "size": args.size, "senders": args.senders, "batch": args.batch,
             "torch_threads": args.torch_threads, "warmup": args.warmup, "repeats": args.repeats,
             "orthanc_ingest_instances_s": ingest, "rows": rows}  # fmt: skip
 
@@ -147,7 +148,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def to_markdown(report: dict[str, Any]) -> str:
     hw = report["hardware"]
     lines = [
-        f"Host: {hw['cpu']}, {hw['cores']} cores, load {hw['load_1m']:.1f} at the start; "
+        f"Host: {hw['cpu']}, {hw['cores']} cores, 1-min load {hw['load_1m']:.1f} at the start and "
+        f"{report['load_1m_end']:.1f} at the end; "
         f"N = {report['n']} RSNA-style {report['size']}² SCs, "
         f"{report['senders']} storescu associations through HAProxy, batch {report['batch']}, "
         f"{report['torch_threads']} torch threads per replica, {report['warmup']} warm-up images, "
