@@ -44,7 +44,7 @@ from replica_helpers import (
     study_uids,
 )
 
-from dicom_node.orthanc.local import LocalOrthanc, WaitTimeout
+from dicom_node.orthanc.local import PUSHER_AET, LocalOrthanc, WaitTimeout, free_port, storescu
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -242,3 +242,49 @@ def test_a_drained_replica_finishes_its_spool_and_is_removed_without_loss(
            duplicated=len(duplicated), undelivered_at_drain=int(undelivered_at_drain),
            associations={nm: int(split[nm]["stot"]) for nm in names}, seconds=round(time.monotonic() - t0, 1),
            scale_note=f"N={n} at scale {SCALE}")  # fmt: skip
+
+
+def test_orthanc_routing_plugin_spreads_studies_over_the_replicas(
+    haproxy: None, orthanc_bin: None, tmp_path: Path, phantom_dir: Path
+) -> None:
+    """Production shape: Orthanc's routing plug-in (auto-forward on) sends each stable study to the node's
+    address — HAProxy — and every replica returns its results to that same Orthanc. Each study is its own
+    association, so the studies spread over all replicas; Orthanc ends with exactly one SR + one SC per study."""
+    n = scaled(30, 12)
+    files = phantoms(phantom_dir, n, seed=(SEED + 2) % 1000, size=256)
+    studies = study_uids(files)
+    lb_port = free_port()
+    hub = LocalOrthanc(workdir=tmp_path / "orthanc", http_port=free_port(), dicom_port=free_port(), node_port=lb_port,
+                       auto_forward=True)  # fmt: skip
+    names = [f"node-{i}" for i in range(3)]
+    try:
+        hub.start()
+        nodes = [replica(tmp_path, hub, nm) for nm in names]
+        lb = HaproxyProcess(tmp_path / "haproxy", [as_replica(nd, nm) for nd, nm in zip(nodes, names, strict=True)],
+                            port=lb_port)  # fmt: skip
+        try:
+            lb.start()
+            start_all(nodes)
+            lb.wait_status(names, "UP", 30)
+            for f in files:  # the modality sends each study to Orthanc
+                res = storescu([f], hub.dicom_port, calling_aet=PUSHER_AET)
+                assert res.returncode == 0, res.stderr
+            with contextlib.suppress(WaitTimeout):
+                wait_for(lambda: len(hub.instances()) >= 3 * n, 120 + 3.0 * n, "sources + results in Orthanc",
+                         interval=1.0)  # fmt: skip
+            split = {nm: int(s["stot"]) for nm, s in lb.server_stats().items()}
+            analysed = {nm: journal_rows(nd.spool_dir, "SELECT COUNT(*) FROM jobs")[0][0]
+                        for nd, nm in zip(nodes, names, strict=True)}  # fmt: skip
+        finally:
+            for nd in nodes:
+                nd.stop()
+            lb.stop()
+        held = orthanc_results(hub, studies)
+    finally:
+        hub.stop()
+    # Orthanc holds the sources too: one source + one SR + one SC per study, nothing else
+    assert not [u for u, c in held.per_source.items() if c["SR"] != 1 or sum(c.values()) != 3], held.per_source
+    assert not held.extra_studies
+    assert sum(analysed.values()) == n, analysed  # each study analysed once, by one replica
+    assert all(split[nm] > 0 and analysed[nm] > 0 for nm in names), (split, analysed)
+    print(f"\nOrthanc -> HAProxy -> 3 replicas: associations {split}, studies analysed {analysed}")
