@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import collections
 import csv
+import hashlib
 import io
 import shutil
 import socket
@@ -91,7 +92,12 @@ class HaproxyProcess:
 
     @property
     def stats_socket(self) -> Path:
-        return self.workdir / "admin.sock"
+        """The runtime API socket (a Unix socket path must stay under 108 bytes: deep work folders use /tmp)."""
+        path = self.workdir / "admin.sock"
+        if len(str(path)) < 100:
+            return path
+        digest = hashlib.sha256(str(self.workdir).encode()).hexdigest()[:16]
+        return Path("/tmp") / f"cxr-haproxy-{digest}.sock"
 
     @property
     def log_path(self) -> Path:
@@ -130,6 +136,7 @@ class HaproxyProcess:
         if self.proc is not None:
             terminate(self.proc, timeout=10)
             self.proc = None
+        self.stats_socket.unlink(missing_ok=True)
 
     def log_text(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path.exists() else ""
