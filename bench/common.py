@@ -111,7 +111,7 @@ def percentile(values: Sequence[float], q: float) -> float:
 # ------------------------------------------------------------------------------------- phantoms
 def rsna_phantoms(out: Path, n: int, *, seed: int = 1, size: int = 1024) -> list[Path]:
     """``n`` RSNA-style Secondary Capture phantoms (JPEG baseline 8-bit), cached in ``out``."""
-    from models.synth import write_rsna_dataset
+    from models.phantoms.synth import write_rsna_dataset
 
     folder = out / f"rsna-{size}-{seed}-{n}"
     images = folder / "stage_2_train_images"
@@ -127,7 +127,7 @@ def rsna_phantoms(out: Path, n: int, *, seed: int = 1, size: int = 1024) -> list
 
 def dx_phantoms(out: Path, n: int, *, seed: int = 1, rows: int = 2500, columns: int = 2048) -> list[Path]:
     """``n`` 16-bit uncompressed DX phantoms with distinct SOP Instance UIDs, cached in ``out``."""
-    from models.synth import write_dx_phantom
+    from models.phantoms.synth import write_dx_phantom
 
     folder = out / f"dx-{rows}x{columns}-{seed}"
     folder.mkdir(parents=True, exist_ok=True)

@@ -60,7 +60,7 @@ from common import (  # noqa: E402
 sys.path.insert(0, str(REPO / "tests" / "integration"))
 from integration_helpers import NodeProcess  # noqa: E402
 
-from dicom_node.orthanc.local import PUSHER_AET, LocalOrthanc, wait_until  # noqa: E402
+from dicom_node.testing.local_orthanc import PUSHER_AET, LocalOrthanc, wait_until  # noqa: E402
 
 #: before/after variants: extra environment of the node subprocess (see bench/ab_patches/sitecustomize.py)
 VARIANTS: dict[str, dict[str, str]] = {
@@ -184,8 +184,12 @@ class ModelOnly:
     def __init__(self, device: str, images: int) -> None:
         import torch
 
-        from models.bundle_loader import load_bundle
-        from models.engine import DEFAULT_CLASSIFICATION_BUNDLE, DEFAULT_DETECTION_BUNDLE, resolve_device
+        from models.inference.bundle_loader import load_bundle
+        from models.inference.engine import (
+            DEFAULT_CLASSIFICATION_BUNDLE,
+            DEFAULT_DETECTION_BUNDLE,
+            resolve_device,
+        )
 
         self.device = resolve_device(device)
         if self.device.type == "cpu":

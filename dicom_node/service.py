@@ -21,16 +21,16 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from dicom_node.analyse import Analyser, AnalysisWorker, BuildResults
-from dicom_node.deliver import Deliverer
+from dicom_node.delivery.deliver import Deliverer
 from dicom_node.health_http import HealthServer, start_health_server
-from dicom_node.journal import Journal
 from dicom_node.node_metrics import NodeMetrics
-from dicom_node.receive import Receiver, scp_ssl_context
-from dicom_node.retention import Purger
-from dicom_node.routing import RoutingRules
+from dicom_node.pipeline.analyse import Analyser, AnalysisWorker, BuildResults
+from dicom_node.scp.receive import Receiver, scp_ssl_context
+from dicom_node.scp.routing import RoutingRules
 from dicom_node.settings import ENV_PREFIX, NodeSettings
-from dicom_node.spool import Spool
+from dicom_node.storage.journal import Journal
+from dicom_node.storage.retention import Purger
+from dicom_node.storage.spool import Spool
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def secure_spool(spool_dir: Path, journal_path: Path) -> None:
 
 def _build_engine(s: NodeSettings) -> Analyser:
     """The ``InferenceEngine`` configured by the settings (imports torch: slow)."""
-    from models.engine import InferenceEngine
+    from models.inference.engine import InferenceEngine
 
     return InferenceEngine(
         s.bundles_dir,
@@ -85,7 +85,7 @@ def _build_engine(s: NodeSettings) -> Analyser:
 
 class NodeService:
     """The running node. ``analyser``/``build_results`` may be injected (tests); by default the
-    ``InferenceEngine`` is built from the settings and ``dicom_node.results.build_results`` is used.
+    ``InferenceEngine`` is built from the settings and ``dicom_node.results.build.build_results`` is used.
     ``analyser_factory`` (called by ``start()`` where the engine would be built, after the health
     endpoint is up; the service closes what it returns) stands in for a slow model load in tests.
     ``metrics`` and ``health`` (the HTTP port) are public for tests and tools."""

@@ -408,7 +408,7 @@ class NodeSettings(BaseSettings):
     @field_validator("allowed_peers")
     @classmethod
     def _peers(cls, value: list[str]) -> list[str]:
-        from dicom_node.peer_access import parse_peer
+        from dicom_node.scp.peer_access import parse_peer
 
         return [str(parse_peer(v)) for v in value]
 
@@ -464,7 +464,7 @@ class NodeSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _open_scp(self) -> NodeSettings:
-        from dicom_node.peer_access import is_loopback_bind
+        from dicom_node.scp.peer_access import is_loopback_bind
 
         if not is_loopback_bind(self.bind) and not (self.allowed_peers or self.allowed_aets or self.allow_any_peer):
             raise ValueError(

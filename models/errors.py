@@ -14,7 +14,7 @@ class InferenceCoreError(Exception):
 
 
 class ImageDecodeError(InferenceCoreError):
-    """The pixel data of one instance cannot be turned into a :class:`~models.dicom_image.SourceImage`.
+    """The pixel data of one instance cannot be turned into a :class:`~models.imaging.dicom_image.SourceImage`.
 
     The message always names the SOP Instance UID (``"<unknown>"`` when the dataset has none).
     """

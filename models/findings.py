@@ -1,6 +1,6 @@
 """Typed, immutable results of the inference core.
 
-These classes are the contract between the inference engine (``models.engine``)
+These classes are the contract between the inference engine (``models.inference.engine``)
 and everything downstream (the DICOM node, the SR/SC writers, the CLI).
 
 Coordinate convention
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 #: The three RSNA Pneumonia Detection Challenge classes, in model output order (the head a user
-#: trains on RSNA data; the shipped classifier has its own classes, see ``models.bundle_loader``).
+#: trains on RSNA data; the shipped classifier has its own classes, see ``models.inference.bundle_loader``).
 RSNA_CLASSES: tuple[str, str, str] = ("Normal", "No Lung Opacity / Not Normal", "Lung Opacity")
 #: Index of the class whose probability is the pneumonia (RSNA ``Target``) probability.
 LUNG_OPACITY_INDEX = 2
@@ -118,7 +118,7 @@ class ModelInfo:
     """Identification of one bundle that contributed to the findings.
 
     ``digest`` names the exact weights and configuration (a short SHA-256 of the bundle's
-    ``models/model.pt`` and ``configs/inference.json``, see ``models.bundle_loader.bundle_digest``):
+    ``models/model.pt`` and ``configs/inference.json``, see ``models.inference.bundle_loader.bundle_digest``):
     a retrained bundle keeps its ``version`` string but never its digest.
     """
 

@@ -15,18 +15,18 @@ import pydicom
 import pytest
 from _results_data import findings_for, rsna_source, three_boxes
 
-from dicom_node.analyse import AnalysisWorker
-from dicom_node.journal import Journal
-from dicom_node.results import (
+from dicom_node.pipeline.analyse import AnalysisWorker
+from dicom_node.results.build import (
     build_encoded_results,
     build_results,
     findings_from_json,
     findings_to_dict,
 )
-from dicom_node.results_sc import build_sc
-from dicom_node.spool import Spool
-from models.dicom_image import load_source_image
+from dicom_node.results.sc.build import build_sc
+from dicom_node.storage.journal import Journal
+from dicom_node.storage.spool import Spool
 from models.findings import Findings
+from models.imaging.dicom_image import load_source_image
 
 BUNDLES = Path(__file__).resolve().parent.parent / "monai_bundles"
 #: set by highdicom from the clock at build time; may differ between two builds
@@ -105,7 +105,7 @@ def test_findings_dict_round_trip_is_exact() -> None:
 
 
 def test_sc_from_engine_image_equals_sc_from_redecode(tmp_path: Path) -> None:
-    from models.engine import InferenceEngine, source_image_of
+    from models.inference.engine import InferenceEngine, source_image_of
 
     src = rsna_source(256, seed=11)
     with InferenceEngine(BUNDLES, device="cpu", max_batch_size=2, max_wait_ms=5.0, num_threads=2) as eng:
@@ -242,9 +242,9 @@ def test_pool_processes_exit_when_the_node_process_dies(tmp_path: Path) -> None:
     script = (
         "import sys, time\n"
         "from pathlib import Path\n"
-        "from dicom_node.analyse import AnalysisWorker\n"
-        "from dicom_node.journal import Journal\n"
-        "from dicom_node.spool import Spool\n"
+        "from dicom_node.pipeline.analyse import AnalysisWorker\n"
+        "from dicom_node.storage.journal import Journal\n"
+        "from dicom_node.storage.spool import Spool\n"
         "class A:\n"
         "    def submit(self, ds): raise RuntimeError('unused')\n"
         "if __name__ == '__main__':\n"

@@ -19,12 +19,12 @@ import os
 _PATCHES = {p.strip() for p in os.environ.get("CXR_BENCH_PATCH", "").split(",") if p.strip()}
 
 if "pylibjpeg_first" in _PATCHES:
-    import models.dicom_image as _dicom_image
+    import models.imaging.dicom_image as _dicom_image
 
     _dicom_image.PREFERRED_DECODER.clear()
 
 if "nagle_on" in _PATCHES:
-    import dicom_node.tcp_options as _tcp_options
+    import dicom_node.transport.tcp_options as _tcp_options
 
     _tcp_options.NODELAY_HANDLERS.clear()  # receive/deliver read this list when they connect
 
@@ -33,9 +33,9 @@ if "old_worker" in _PATCHES:
     import queue
     import time
 
-    import dicom_node.analyse as _analyse
+    import dicom_node.pipeline.analyse as _analyse
 
-    _log = logging.getLogger("dicom_node.analyse")
+    _log = logging.getLogger("dicom_node.pipeline.analyse")
 
     def _old_run(self) -> None:  # type: ignore[no-untyped-def]
         while True:

@@ -15,9 +15,9 @@ from pathlib import Path
 import pydicom
 from integration_helpers import make_image, write  # noqa: I001
 
-from dicom_node.analyse import AnalysisWorker
-from dicom_node.journal import Journal
-from dicom_node.spool import Spool
+from dicom_node.pipeline.analyse import AnalysisWorker
+from dicom_node.storage.journal import Journal
+from dicom_node.storage.spool import Spool
 from models.findings import Findings
 
 
