@@ -9,6 +9,15 @@ from __future__ import annotations
 UNKNOWN_UID = "<unknown>"
 
 
+def sop_uid_of(ds: object) -> str:
+    """The SOP Instance UID an error message names: ``ds``'s, or :data:`UNKNOWN_UID` (never raises)."""
+    try:
+        uid = ds.get("SOPInstanceUID", None)  # type: ignore[attr-defined]
+    except Exception:  # a broken element must not hide the real error
+        return UNKNOWN_UID
+    return str(uid) if uid else UNKNOWN_UID
+
+
 class InferenceCoreError(Exception):
     """Base class of all errors raised on purpose by the inference core."""
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pydicom
@@ -31,7 +30,8 @@ from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, apply_modality_lut, pixel_array
 from pydicom.uid import UID, JPEGBaseline8Bit
 
-from models.errors import UNKNOWN_UID, ImageDecodeError, UnsupportedImageError
+from models.errors import ImageDecodeError, UnsupportedImageError, sop_uid_of
+from models.imaging.spacing import pixel_spacing
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def load_source_image(ds: pydicom.Dataset, *, max_pixels: int = DEFAULT_MAX_PIXE
     :class:`~models.errors.UnsupportedImageError`) naming the SOP Instance UID for anything
     that cannot be decoded; never a bare pydicom/numpy exception. ``ds`` is not modified.
     """
-    uid = _uid_of(ds)
+    uid = sop_uid_of(ds)
     try:
         return _load(ds, uid, max_pixels)
     except ImageDecodeError:
@@ -112,14 +112,6 @@ def load_source_image(ds: pydicom.Dataset, *, max_pixels: int = DEFAULT_MAX_PIXE
 
 
 # --------------------------------------------------------------------------- checks
-
-
-def _uid_of(ds: Any) -> str:
-    try:
-        uid = ds.get("SOPInstanceUID", None)
-    except Exception:  # a broken element must not hide the real error
-        return UNKNOWN_UID
-    return str(uid) if uid else UNKNOWN_UID
 
 
 def _int_attr(ds: pydicom.Dataset, uid: str, keyword: str, default: int | None = None) -> int:
@@ -412,7 +404,7 @@ def _load(ds: pydicom.Dataset, uid: str, max_pixels: int) -> SourceImage:
     grey = np.clip(grey, 0.0, 1.0, out=grey)
     if not np.isfinite(grey).all():
         raise ImageDecodeError(uid, "decoded image contains non-finite values")
-    spacing, source = _spacing(ds, uid)
+    spacing, source = pixel_spacing(ds)  # the one rule: models.imaging.spacing
     return SourceImage(
         pixels=np.ascontiguousarray(grey, dtype=np.float32),
         rows=h.rows,
@@ -608,21 +600,3 @@ def percentile_window(
         return np.zeros(x.shape, dtype=np.float32)
     out = (x - np.float32(lo)) / np.float32(hi - lo)
     return np.clip(out, 0.0, 1.0, out=out)
-
-
-def _spacing(ds: pydicom.Dataset, uid: str) -> tuple[tuple[float, float] | None, str | None]:
-    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
-        value = ds.get(keyword, None)
-        if value is None or value == "":
-            continue
-        try:
-            values = [float(v) for v in value]
-        except (TypeError, ValueError):
-            values = []
-        if len(values) == 2 and all(math.isfinite(v) and v > 0 for v in values):
-            return (values[0], values[1]), keyword
-        logger.warning(
-            "ignoring invalid pixel spacing",
-            extra={"sop_instance_uid": uid, "attribute": keyword, "value": str(value)},
-        )
-    return None, None

@@ -46,7 +46,7 @@ import numpy as np
 import pydicom
 import torch
 
-from models.errors import ImageDecodeError, InferenceCoreError
+from models.errors import ImageDecodeError, InferenceCoreError, sop_uid_of
 from models.findings import BOX_GATING_RULES, Box, FindingCode, Findings, Heatmap, ModelInfo
 from models.inference.bundle_loader import (
     LoadedBundle,
@@ -121,14 +121,6 @@ def resolve_device(device: str | torch.device) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but CUDA is not available")
     return dev
-
-
-def _uid_of(ds: Any) -> str:
-    try:
-        uid = ds.get("SOPInstanceUID", None)
-    except Exception:
-        uid = None
-    return str(uid) if uid else "<unknown>"
 
 
 class InferenceEngine:
@@ -395,7 +387,7 @@ class InferenceEngine:
     def _decode_task(self, ds: pydicom.Dataset, future: Future, t0: float, keep_image: bool = False) -> None:
         if not future.set_running_or_notify_cancel():
             return
-        uid = _uid_of(ds)
+        uid = sop_uid_of(ds)
         try:
             reason = self._not_analysable_reason(ds)
             if reason is not None:

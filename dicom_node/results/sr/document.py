@@ -41,6 +41,7 @@ from dicom_node.results.common import (
     copy_patient_study,
 )
 from dicom_node.results.sr.codes import PIXELS, SOURCE
+from models.imaging.spacing import RECEPTOR_PLANE, pixel_spacing
 
 _MODALITY_CODES = {
     "CR": CodedConcept("CR", "DCM", "Computed Radiography"),
@@ -88,8 +89,8 @@ def _library_descriptors(source: Dataset) -> list:
         items.append(TextContentItem(name=codes.DCM.PatientOrientationRow, value=str(orientation[0]), relationship_type=_ACQ))
         items.append(TextContentItem(name=codes.DCM.PatientOrientationColumn, value=str(orientation[1]),
                                      relationship_type=_ACQ))  # fmt: skip
-    spacing = source.get("ImagerPixelSpacing") or source.get("PixelSpacing")
-    if spacing is not None and not isinstance(spacing, (str, float)) and len(spacing) == 2:
+    spacing, _ = pixel_spacing(source, RECEPTOR_PLANE)  # DCM 111026/111066: at the image receptor
+    if spacing is not None:
         mm = codes.UCUM.Millimeter
         items.append(NumContentItem(name=codes.DCM.HorizontalPixelSpacing, value=float(spacing[1]), unit=mm,
                                     relationship_type=_ACQ))  # fmt: skip
