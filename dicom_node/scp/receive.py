@@ -10,9 +10,9 @@ Chunked receive (default): pynetdicom's ``STORE_RECV_CHUNKED_DATASET`` path writ
 fragments straight into a hidden ``.rcv-*.tmp`` file in the spool's ``incoming/`` folder (a
 :class:`~dicom_node.storage.spool.StagedFile`) instead of assembling the data set in memory; routing reads
 only the header from that file (``stop_before_pixels``); the file is then fsync'ed and renamed.
-It is switched on only for this node's own associations (pynetdicom's flag is global, so the
-flag and the temp-file factory that ``pynetdicom.dimse_messages`` reads are replaced by
-per-association switches; every other association keeps pynetdicom's default behaviour). A write
+It is switched on only for this node's own associations, by :mod:`dicom_node.scp.chunked` (the
+one module that touches pynetdicom internals: exact version pin, start-up self-test, the node
+refuses to start on another pynetdicom unless ``chunked_receive`` is off). A write
 error while receiving (ENOSPC) is answered 0xA700 once the data set is complete; the partial file
 is deleted at once, and so is the file of a transfer cut off by an abort (``EVT_CONN_CLOSE``).
 """
@@ -28,7 +28,6 @@ from collections.abc import Callable
 from typing import Any
 
 import pydicom
-import pynetdicom.dimse_messages as _dimse_messages
 from pydicom.dataset import Dataset
 from pydicom.uid import (
     JPEG2000,
@@ -50,6 +49,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_node.node_metrics import NodeMetrics, skip_reason_category
+from dicom_node.scp import chunked
 from dicom_node.scp.deflate_guard import bytes_inflate_beyond, file_inflates_beyond
 from dicom_node.scp.peer_access import PeerPolicy
 from dicom_node.scp.routing import RoutingRules
@@ -99,71 +99,6 @@ def clip_text(text: object, limit: int = MAX_REASON_CHARS) -> str:
     """
     s = _UNPRINTABLE.sub("?", str(text))
     return s if len(s) <= limit else s[: limit - 3] + "..."
-
-
-# ------------------------------------------------------------- chunked receive switch
-#: Receivers with chunked receive on, by ``id()`` of their AE (registered in start(), removed in stop()).
-_CHUNKED: dict[int, Receiver] = {}
-_CHUNKED_LOCK = threading.Lock()
-_PATCHED = False
-
-
-def _receiver_for_current_thread() -> Receiver | None:
-    """The chunked-receive ``Receiver`` owning the association whose DUL thread is running, if any.
-
-    pynetdicom decodes P-DATA in the association's DUL thread (``DULServiceProvider.assoc``)."""
-    if not _CHUNKED:
-        return None
-    thread = threading.current_thread()
-    assoc = getattr(thread, "assoc", None) or thread
-    ae = getattr(assoc, "ae", None)
-    return None if ae is None else _CHUNKED.get(id(ae))
-
-
-class _ConfigSwitch:
-    """Stands in for ``pynetdicom._config`` inside ``pynetdicom.dimse_messages`` only:
-    ``STORE_RECV_CHUNKED_DATASET`` is true for this node's associations (or when set globally)."""
-
-    def __init__(self, real: Any) -> None:
-        object.__setattr__(self, "_real", real)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._real, name)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        setattr(self._real, name, value)
-
-    @property
-    def STORE_RECV_CHUNKED_DATASET(self) -> bool:  # noqa: N802 - pynetdicom's name
-        return bool(self._real.STORE_RECV_CHUNKED_DATASET) or _receiver_for_current_thread() is not None
-
-
-def _install_chunked_switch() -> bool:
-    """Install the per-association switch into ``pynetdicom.dimse_messages`` (once); False if this
-    pynetdicom does not look like the one it was written for (then the node receives in memory)."""
-    global _PATCHED
-    with _CHUNKED_LOCK:
-        if _PATCHED:
-            return True
-        real_config = getattr(_dimse_messages, "_config", None)
-        stock_ntf = getattr(_dimse_messages, "NamedTemporaryFile", None)
-        if real_config is None or stock_ntf is None or not hasattr(real_config, "STORE_RECV_CHUNKED_DATASET"):
-            logger.warning(
-                "pynetdicom has no chunked-receive hooks; receiving C-STORE data sets in memory",
-                extra={"event": "chunked_receive_unavailable"},
-            )
-            return False
-
-        def named_temporary_file(*args: Any, **kwargs: Any) -> Any:
-            receiver = _receiver_for_current_thread()
-            if receiver is None:
-                return stock_ntf(*args, **kwargs)
-            return receiver._stage()
-
-        _dimse_messages._config = _ConfigSwitch(real_config)  # type: ignore[assignment]
-        _dimse_messages.NamedTemporaryFile = named_temporary_file  # type: ignore[assignment]
-        _PATCHED = True
-        return True
 
 
 class ScpAE(AE):
@@ -349,11 +284,9 @@ class Receiver:
             (evt.EVT_CONN_CLOSE, self._on_conn_close),
             *NODELAY_HANDLERS,
         ]
-        if self.chunked_receive and not _install_chunked_switch():
-            self.chunked_receive = False
-        if self.chunked_receive:
-            with _CHUNKED_LOCK:
-                _CHUNKED[id(self.ae)] = self
+        if self.chunked_receive:  # refuses to start on a pynetdicom the switch was not written for
+            chunked.ensure_installed()
+            chunked.register(self.ae, self._stage)
         s = self.settings
         ssl_context = scp_ssl_context(s)
         self._server = self._start_server((s.bind, s.port), handlers, ssl_context)
@@ -406,9 +339,7 @@ class Receiver:
             else:
                 assoc.abort()
         self.ae.shutdown()
-        with _CHUNKED_LOCK:
-            if _CHUNKED.get(id(self.ae)) is self:
-                del _CHUNKED[id(self.ae)]
+        chunked.unregister(self.ae)
         with self._cv:
             leftovers, self._staged = list(self._staged), set()
         for staged in leftovers:
@@ -419,19 +350,18 @@ class Receiver:
     def _stage(self) -> StagedFile:
         """A new staged file for the association whose DUL thread calls (pynetdicom's temp-file hook)."""
         staged = self.spool.stage_incoming(max_bytes=self.settings.max_instance_mb * 2**20)
-        thread = threading.current_thread()
-        staged.owner = getattr(thread, "assoc", None) or thread
+        staged.owner = chunked.current_association()
         with self._cv:
             self._staged.add(staged)
         return staged
 
-    def _claim(self, staged: StagedFile) -> bool:
-        """Take ``staged`` over for the C-STORE handler; False if it was already discarded."""
+    def _claim(self, name: str) -> StagedFile | None:
+        """Take the staged file ``name`` over for the C-STORE handler; None if it was already discarded."""
         with self._cv:
-            if staged in self._staged:
+            staged = next((s for s in self._staged if s.name == name), None)
+            if staged is not None:
                 self._staged.discard(staged)
-                return True
-            return False
+            return staged
 
     def _on_conn_close(self, event: Any) -> None:
         """Delete files of data sets still being received when the connection ended (abort)."""
@@ -512,10 +442,9 @@ class Receiver:
             "calling_aet": calling,
             "transfer_syntax": ts,
         }
-        staged = getattr(event.request, "_dataset_file", None)
-        if not isinstance(staged, StagedFile):
-            staged = None
-        elif not self._claim(staged):
+        received_to = chunked.dataset_path_of(event) if self.chunked_receive else None
+        staged = None if received_to is None else self._claim(received_to)
+        if received_to is not None and staged is None:
             logger.error(
                 "C-STORE refused: the received data was already removed (connection closed)",
                 extra={"event": "failed", "stage": "receive", "status": "0xA701", **fields},
