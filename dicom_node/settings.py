@@ -279,9 +279,9 @@ class NodeSettings(BaseSettings):
     decode_workers: int = Field(2, ge=1, le=64, description="threads decoding DICOM pixel data")
     result_workers: int | None = Field(
         None,
-        ge=0,
+        ge=1,
         le=64,
-        description="processes building and encoding the SR and SC (unset: min(2, CPU cores); 0: in the analysis thread)",
+        description="processes building and encoding the SR and SC (unset: min(2, CPU cores))",
     )
     threshold: float | None = Field(
         None,

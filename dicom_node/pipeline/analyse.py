@@ -20,11 +20,12 @@ started ``analysis_max_attempts`` times it is set aside as failed. The spool fil
 
 The engine hands back the image it decoded (``submit(ds, keep_image=True)``), so the SC overlay
 does not decode the source a second time. SR + SC are built in a ``ProcessPoolExecutor``
-(``result_workers`` processes, spawn context) so that this CPU-heavy Python does not compete
-with the engine's batch thread for the GIL; the worker process returns the encoded files and
-this thread writes them to the outbox and marks the job analysed in one journal transaction,
-as before. A pool process that dies fails (retries) only the jobs it had; the pool is
-recreated. ``result_workers=0`` builds in this thread (the mode used with injected fakes).
+(``result_workers`` >= 1 processes, spawn context; the one result-building path) so that this
+CPU-heavy Python does not compete with the engine's batch thread for the GIL; the worker process
+returns the encoded files and this thread writes them to the outbox and marks the job analysed in
+one journal transaction. A pool process that dies fails (retries) only the jobs it had; the pool
+is recreated. Tests inject their own builder (``build_encoded``: a picklable module-level function,
+it runs in the pool like the real one).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -65,14 +66,9 @@ class Analyser(Protocol):
     def submit(self, ds: Dataset) -> Future[Findings]: ...
 
 
-BuildResults = Callable[..., Sequence[Dataset]]
-
-
-def default_build_results() -> BuildResults:
-    """``dicom_node.results.build.build_results`` (imported lazily)."""
-    from dicom_node.results.build import build_results
-
-    return build_results
+#: ``(source path, findings as findings_to_dict, decoded image or None) -> encoded results``, run in a
+#: pool process: a picklable module-level function (default: ``dicom_node.results.build.build_encoded_results``)
+BuildEncoded = Callable[[str, Mapping, object], Sequence[object]]
 
 
 @dataclass
@@ -117,18 +113,19 @@ class _KeepRecords(logging.Handler):
 
 
 def _build_in_pool(
-    source_path: str, findings_json: dict, image: object, log_level: int
+    build_encoded: BuildEncoded | None, source_path: str, findings_json: dict, image: object, log_level: int
 ) -> tuple[list, list[logging.LogRecord]]:
-    """Pool-process job: ``dicom_node.results.build.build_encoded_results`` plus the log records it wrote
-    (a spawned process has no log handlers; the node re-emits them so none are lost)."""
-    from dicom_node.results.build import build_encoded_results
+    """Pool-process job: ``build_encoded`` (None: ``dicom_node.results.build.build_encoded_results``) plus
+    the log records it wrote (a spawned process has no log handlers; the node re-emits them so none are lost)."""
+    if build_encoded is None:
+        from dicom_node.results.build import build_encoded_results as build_encoded
 
     root = logging.getLogger()
     root.setLevel(log_level)
     keep = _KeepRecords()
     root.addHandler(keep)
     try:
-        encoded = build_encoded_results(source_path, findings_json, image)  # type: ignore[arg-type]
+        encoded = list(build_encoded(source_path, findings_json, image))  # type: ignore[misc]
     finally:
         root.removeHandler(keep)
     return encoded, keep.records
@@ -178,31 +175,27 @@ class AnalysisWorker:
         batch_size: int = 8,
         max_attempts: int = 3,
         poll_interval_s: float = 0.5,
-        build_results: BuildResults | None = None,
+        build_encoded: BuildEncoded | None = None,
         on_analysed: Callable[[int], None] | None = None,
         metrics: NodeMetrics | None = None,
         result_workers: int | None = None,
     ) -> None:
-        """``result_workers``: processes building SR + SC; None = :func:`default_result_workers`
-        with the default builder, 0 (build in the worker thread) with an injected ``build_results``."""
+        """``result_workers``: processes building SR + SC (None: :func:`default_result_workers`);
+        ``build_encoded``: what they run (None: ``dicom_node.results.build.build_encoded_results``)."""
         if batch_size < 1 or max_attempts < 1:
             raise ValueError(
                 f"batch_size and max_attempts must be >= 1, got {batch_size!r}, {max_attempts!r}"
             )
         if result_workers is None:
-            result_workers = 0 if build_results is not None else default_result_workers()
-        if not isinstance(result_workers, int) or result_workers < 0:
-            raise ValueError(f"result_workers must be an int >= 0, got {result_workers!r}")
-        if result_workers and build_results is not None:
-            raise ValueError(
-                "result_workers > 0 builds with dicom_node.results.build; do not inject build_results too"
-            )
+            result_workers = default_result_workers()
+        if not isinstance(result_workers, int) or result_workers < 1:
+            raise ValueError(f"result_workers must be an int >= 1, got {result_workers!r}")
         self.result_workers = result_workers
         self._pool: ProcessPoolExecutor | None = None
         self._building: dict[int, _Built] = {}
         # the engine can hand back its decoded image (fakes with a plain submit(ds) cannot)
         self._keep_image = _accepts_keep_image(analyser)
-        self._injected_builder = build_results is not None
+        self._build_encoded = build_encoded
         self.journal = journal
         self.spool = spool
         self.analyser = analyser
@@ -210,7 +203,6 @@ class AnalysisWorker:
         self.max_inflight = 2 * batch_size
         self.max_attempts = max_attempts
         self.poll_interval_s = poll_interval_s
-        self._build_results = build_results
         self.on_analysed = on_analysed
         self.metrics = metrics
         self._events: queue.Queue[_InFlight | _Built | None] = queue.Queue()
@@ -226,10 +218,7 @@ class AnalysisWorker:
         """Start the worker thread (resumes every job still in state ``received``)."""
         if self._thread is not None:
             raise RuntimeError("analysis worker already started")
-        if self._build_results is None:
-            self._build_results = default_build_results()
-        if self.result_workers:
-            self._pool = self._new_pool()
+        self._pool = self._new_pool()
         self._thread = threading.Thread(target=self._run, name="cxr-analyse", daemon=True)
         self._thread.start()
 
@@ -270,7 +259,7 @@ class AnalysisWorker:
 
     @property
     def result_pool_pids(self) -> list[int]:
-        """PIDs of the result-building processes (empty in thread mode)."""
+        """PIDs of the result-building processes."""
         procs = getattr(self._pool, "_processes", None) or {}
         return sorted(int(pid) for pid in procs)
 
@@ -404,15 +393,7 @@ class AnalysisWorker:
             return
         image = _source_image_of(entry.future) if self._keep_image else None
         entry.future = None  # the image is now only referenced here
-        if self._pool is not None:
-            self._submit_build(job, findings, image, entry.t0)
-            return
-        try:
-            outbox_ids = self._store_results(job, entry.ds, findings, image)
-        except Exception as exc:
-            self._retry_or_fail(job, exc, entry.t0)
-            return
-        self._analysed(job, findings, outbox_ids, entry.t0)
+        self._submit_build(job, findings, image, entry.t0)
 
     def _submit_build(self, job: Job, findings: Findings, image: object, t0: float) -> None:
         from dicom_node.results.build import findings_to_dict
@@ -422,6 +403,7 @@ class AnalysisWorker:
         try:
             built.future = self._pool.submit(
                 _build_in_pool,
+                self._build_encoded,
                 job.path,
                 findings_to_dict(findings),
                 image,
@@ -514,26 +496,6 @@ class AnalysisWorker:
         )
         if self.on_analysed is not None:
             self.on_analysed(job.id)
-
-    def _store_results(self, job: Job, ds: Dataset, findings: Findings, image: object = None) -> list[int]:
-        assert self._build_results is not None
-        if self._injected_builder or image is None:
-            datasets = list(self._build_results(ds, findings))
-        else:
-            datasets = list(self._build_results(ds, findings, image=image))
-        if not datasets:
-            raise ValueError(f"build_results returned no datasets for {job.sop_instance_uid}")
-        files: list[ResultFile] = []
-        for res in datasets:
-            meta = getattr(res, "file_meta", None)
-            ts = (
-                str(getattr(meta, "TransferSyntaxUID", "") or ExplicitVRLittleEndian)
-                if meta
-                else ExplicitVRLittleEndian
-            )
-            path = self.spool.store_result(job.id, res)
-            files.append(ResultFile(str(res.SOPInstanceUID), str(res.SOPClassUID), ts, str(path)))
-        return self.journal.mark_analysed(job.id, files, self.destinations)
 
     def _failed(
         self,
