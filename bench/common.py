@@ -27,6 +27,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # runnable from a plain checkout
     sys.path.insert(0, str(REPO))
 
+from dicom_node.testing.local_orthanc import free_port  # noqa: E402,F401  (the one copy; re-used by the bench scripts)
+
 #: dcmtk storescu option proposing a transfer syntax (plus the uncompressed ones).
 STORESCU_TS_OPTION = {
     "1.2.840.10008.1.2.4.50": "-xy",
@@ -57,13 +59,6 @@ def hardware() -> dict[str, Any]:
     except Exception:  # torch absent: ingest benchmarks do not need it
         info["gpu"] = None
     return info
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_port(port: int, timeout: float = 60.0, proc: subprocess.Popen | None = None) -> None:

@@ -17,23 +17,12 @@ import logging
 import sys
 from pathlib import Path
 
+from dicom_node.cli.arguments import three_fractions
+
 logger = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_USAGE = 2
-
-
-def _fractions(text: str) -> tuple[float, float, float]:
-    parts = [p for p in text.replace(",", " ").split() if p]
-    try:
-        values = tuple(float(p) for p in parts)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"fractions must be three numbers like 0.8,0.1,0.1, got {text!r}"
-        ) from None
-    if len(values) != 3:
-        raise argparse.ArgumentTypeError(f"fractions must be three numbers like 0.8,0.1,0.1, got {text!r}")
-    return values  # type: ignore[return-value]
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -60,7 +49,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--fractions",
-        type=_fractions,
+        type=three_fractions,
         default=None,
         metavar="TR,VA,TE",
         help="split fractions (default 0.8,0.1,0.1)",

@@ -5,16 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-
-def _fractions(text: str) -> tuple[float, float, float]:
-    parts = [p for p in text.replace(";", ",").split(",") if p.strip()]
-    try:
-        values = tuple(float(p) for p in parts)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"class fractions must be numbers, got {text!r}") from None
-    if len(values) != 3:
-        raise argparse.ArgumentTypeError(f"need 3 class fractions (Normal, Not Normal, Lung Opacity), got {text!r}")
-    return values  # type: ignore[return-value]
+from dicom_node.cli.arguments import three_fractions
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -25,7 +16,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, default=1024, help="rows = columns of each image (default 1024)")
     parser.add_argument("--start-index", type=int, default=0,
                         help="index of the first image (a disjoint range gives disjoint patients)")
-    parser.add_argument("--class-fractions", type=_fractions, default=(0.4, 0.3, 0.3),
+    parser.add_argument("--class-fractions", type=three_fractions, default=(0.4, 0.3, 0.3),
                         help="Normal,NotNormal,LungOpacity fractions (default 0.4,0.3,0.3)")
 
 

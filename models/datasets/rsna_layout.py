@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -90,60 +91,60 @@ def _parse_float(path: Path, line: int, name: str, value: str) -> float:
     return v
 
 
-def _read_labels(path: Path) -> dict[str, tuple[int, list[Box4]]]:
-    out: dict[str, tuple[int, list[Box4]]] = {}
+def _csv_rows(path: Path, columns: tuple[str, ...]) -> Iterator[tuple[int, dict[str, str], str]]:
+    """``(line number, row, patientId)`` of an RSNA CSV: columns checked, an empty patientId refused."""
     with path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
-        _check_columns(path, reader, _LABEL_COLUMNS)
+        _check_columns(path, reader, columns)
         for row in reader:
-            line = reader.line_num
             pid = (row["patientId"] or "").strip()
             if not pid:
-                raise RsnaLayoutError(f"{path}:{line}: empty patientId")
-            t_raw = (row["Target"] or "").strip()
-            if t_raw not in ("0", "1"):
-                raise RsnaLayoutError(f"{path}:{line}: Target must be 0 or 1, got {t_raw!r} (patient {pid})")
-            target = int(t_raw)
-            coords = [(row[c] or "").strip() for c in ("x", "y", "width", "height")]
-            if target == 0:
-                if any(coords):
-                    raise RsnaLayoutError(f"{path}:{line}: Target 0 row has a box {coords!r} (patient {pid})")
-                box = None
-            else:
-                if not all(coords):
-                    raise RsnaLayoutError(f"{path}:{line}: Target 1 row needs x,y,width,height, got {coords!r} "
-                                          f"(patient {pid})")
-                x, y, w, h = (_parse_float(path, line, c, v) for c, v in zip(("x", "y", "width", "height"), coords, strict=True))
-                if w <= 0 or h <= 0:
-                    raise RsnaLayoutError(f"{path}:{line}: box width/height must be > 0, got {w!r} x {h!r} "
-                                          f"(patient {pid})")
-                box = (x, y, w, h)
-            prev = out.get(pid)
-            if prev is not None and prev[0] != target:
-                raise RsnaLayoutError(f"{path}:{line}: patient {pid} has rows with Target {prev[0]} and {target}")
-            boxes = prev[1] if prev is not None else []
-            if box is not None:
-                boxes.append(box)
-            out[pid] = (target, boxes)
+                raise RsnaLayoutError(f"{path}:{reader.line_num}: empty patientId")
+            yield reader.line_num, row, pid
+
+
+def _read_labels(path: Path) -> dict[str, tuple[int, list[Box4]]]:
+    out: dict[str, tuple[int, list[Box4]]] = {}
+    for line, row, pid in _csv_rows(path, _LABEL_COLUMNS):
+        t_raw = (row["Target"] or "").strip()
+        if t_raw not in ("0", "1"):
+            raise RsnaLayoutError(f"{path}:{line}: Target must be 0 or 1, got {t_raw!r} (patient {pid})")
+        target = int(t_raw)
+        coords = [(row[c] or "").strip() for c in ("x", "y", "width", "height")]
+        if target == 0:
+            if any(coords):
+                raise RsnaLayoutError(f"{path}:{line}: Target 0 row has a box {coords!r} (patient {pid})")
+            box = None
+        else:
+            if not all(coords):
+                raise RsnaLayoutError(f"{path}:{line}: Target 1 row needs x,y,width,height, got {coords!r} "
+                                      f"(patient {pid})")
+            x, y, w, h = (_parse_float(path, line, c, v) for c, v in zip(("x", "y", "width", "height"), coords, strict=True))
+            if w <= 0 or h <= 0:
+                raise RsnaLayoutError(f"{path}:{line}: box width/height must be > 0, got {w!r} x {h!r} "
+                                      f"(patient {pid})")
+            box = (x, y, w, h)
+        prev = out.get(pid)
+        if prev is not None and prev[0] != target:
+            raise RsnaLayoutError(f"{path}:{line}: patient {pid} has rows with Target {prev[0]} and {target}")
+        boxes = prev[1] if prev is not None else []
+        if box is not None:
+            boxes.append(box)
+        out[pid] = (target, boxes)
     return out
 
 
 def _read_classes(path: Path) -> dict[str, str]:
     out: dict[str, str] = {}
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        _check_columns(path, reader, _CLASS_COLUMNS)
-        for row in reader:
-            line = reader.line_num
-            pid = (row["patientId"] or "").strip()
-            klass = (row["class"] or "").strip()
-            if klass not in RSNA_CLASSES:
-                raise RsnaLayoutError(f"{path}:{line}: unknown class {klass!r} for patient {pid} "
-                                      f"(expected one of {RSNA_CLASSES})")
-            prev = out.get(pid)
-            if prev is not None and prev != klass:
-                raise RsnaLayoutError(f"{path}:{line}: patient {pid} has classes {prev!r} and {klass!r}")
-            out[pid] = klass
+    for line, row, pid in _csv_rows(path, _CLASS_COLUMNS):
+        klass = (row["class"] or "").strip()
+        if klass not in RSNA_CLASSES:
+            raise RsnaLayoutError(f"{path}:{line}: unknown class {klass!r} for patient {pid} "
+                                  f"(expected one of {RSNA_CLASSES})")
+        prev = out.get(pid)
+        if prev is not None and prev != klass:
+            raise RsnaLayoutError(f"{path}:{line}: patient {pid} has classes {prev!r} and {klass!r}")
+        out[pid] = klass
     return out
 
 

@@ -31,6 +31,7 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut, pixel_array
 from pydicom.uid import UID, JPEGBaseline8Bit
 
 from models.errors import ImageDecodeError, UnsupportedImageError, sop_uid_of
+from models.findings import checked_spacing
 from models.imaging.spacing import pixel_spacing
 
 logger = logging.getLogger(__name__)
@@ -75,19 +76,7 @@ class SourceImage:
             raise ValueError(f"SourceImage rows/columns must be > 0, got {self.rows!r} x {self.columns!r}")
         if not self.sop_instance_uid:
             raise ValueError("SourceImage needs a sop_instance_uid")
-        if self.pixel_spacing_mm is not None:
-            if len(self.pixel_spacing_mm) != 2 or not all(
-                math.isfinite(v) and v > 0 for v in self.pixel_spacing_mm
-            ):
-                raise ValueError(
-                    f"pixel_spacing_mm must be two positive numbers, got {self.pixel_spacing_mm!r}"
-                )
-            if self.spacing_source not in ("PixelSpacing", "ImagerPixelSpacing"):
-                raise ValueError(
-                    f"spacing_source must be PixelSpacing or ImagerPixelSpacing, got {self.spacing_source!r}"
-                )
-        elif self.spacing_source is not None:
-            raise ValueError(f"spacing_source {self.spacing_source!r} given without pixel_spacing_mm")
+        checked_spacing(self.pixel_spacing_mm, self.spacing_source)
 
 
 def load_source_image(ds: pydicom.Dataset, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> SourceImage:

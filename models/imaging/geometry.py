@@ -11,10 +11,9 @@ in a ``model_height`` x ``model_width`` canvas padded with 0. The per-axis scale
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
-from models.findings import BoxMM
+from models.findings import BoxMM, checked_spacing
 
 BoxTuple = tuple[float, float, float, float]
 
@@ -63,21 +62,7 @@ class ResizeGeometry:
                 f"pad_left {self.pad_left} + resized_width {self.resized_width} exceeds "
                 f"model_width {self.model_width}"
             )
-        if self.pixel_spacing_mm is not None:
-            sp = tuple(self.pixel_spacing_mm)
-            if len(sp) != 2 or not all(
-                isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in sp
-            ):
-                raise ValueError(
-                    f"pixel_spacing_mm must be two positive numbers, got {self.pixel_spacing_mm!r}"
-                )
-            object.__setattr__(self, "pixel_spacing_mm", (float(sp[0]), float(sp[1])))
-            if self.spacing_source not in ("PixelSpacing", "ImagerPixelSpacing"):
-                raise ValueError(
-                    f"spacing_source must be PixelSpacing or ImagerPixelSpacing, got {self.spacing_source!r}"
-                )
-        elif self.spacing_source is not None:
-            raise ValueError(f"spacing_source {self.spacing_source!r} given without pixel_spacing_mm")
+        object.__setattr__(self, "pixel_spacing_mm", checked_spacing(self.pixel_spacing_mm, self.spacing_source))
 
     # ------------------------------------------------------------------ construction
 

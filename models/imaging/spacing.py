@@ -25,20 +25,21 @@ import math
 from typing import Any
 
 from models.errors import sop_uid_of
+from models.findings import SPACING_SOURCES
 
 logger = logging.getLogger(__name__)
 
 #: measurements in the patient: calibrated PixelSpacing first, detector spacing as the fallback
-PATIENT_PLANE: tuple[str, ...] = ("PixelSpacing", "ImagerPixelSpacing")
+PATIENT_PLANE: tuple[str, ...] = SPACING_SOURCES
 #: the SR's TID 1603 descriptors, defined at the image receptor: ImagerPixelSpacing first
-RECEPTOR_PLANE: tuple[str, ...] = ("ImagerPixelSpacing", "PixelSpacing")
+RECEPTOR_PLANE: tuple[str, ...] = tuple(reversed(SPACING_SOURCES))
 
 
 def pixel_spacing(ds: Any, order: tuple[str, ...] = PATIENT_PLANE) -> tuple[tuple[float, float] | None, str | None]:
     """``((row spacing, column spacing) in mm, attribute used)`` by the first valid attribute of ``order``;
     ``(None, None)`` when none is present and valid (an invalid value is logged and skipped)."""
     for keyword in order:
-        if keyword not in PATIENT_PLANE:
+        if keyword not in SPACING_SOURCES:
             raise ValueError(f"not a pixel spacing attribute: {keyword!r}")
         value = ds.get(keyword, None)
         if value is None or value == "":

@@ -294,24 +294,21 @@ class InferenceEngine:
         caller can build its overlay without decoding the pixels a second time. The engine keeps
         no reference of its own: the image lives exactly as long as the caller holds the future.
         """
-        future: Future[Findings] = Future()
-        t0 = time.perf_counter()
-        with self._lock:
-            if self._closed:
-                raise RuntimeError("InferenceEngine is closed")
-            self._count("submitted")
-            self._decode_pool.submit(self._decode_task, ds, future, t0, keep_image)
-        return future
+        return self._enqueue(self._decode_task, ds, keep_image)
 
     def submit_array(self, image: Any) -> Future[Findings]:
         """Queue an already decoded :class:`~models.imaging.dicom_image.SourceImage` (no view gate)."""
+        return self._enqueue(self._prepare_task, image, 0.0)
+
+    def _enqueue(self, task: Any, item: Any, extra: Any) -> Future[Findings]:
+        """Run ``task(item, future, t0, extra)`` in the decode pool; the future gives the Findings."""
         future: Future[Findings] = Future()
         t0 = time.perf_counter()
         with self._lock:
             if self._closed:
                 raise RuntimeError("InferenceEngine is closed")
             self._count("submitted")
-            self._decode_pool.submit(self._prepare_task, image, future, t0, 0.0)
+            self._decode_pool.submit(task, item, future, t0, extra)
         return future
 
     def analyse(self, ds: pydicom.Dataset, timeout: float | None = None) -> Findings:
