@@ -243,7 +243,8 @@ class NodeSettings(BaseSettings):
     purge_interval_s: float = Field(3600.0, gt=0, description="how often the running node purges")
     chunked_receive: bool = Field(
         True,
-        description="write each C-STORE data set straight into its spool file as it arrives (false: assemble it in memory first)",
+        description="write each C-STORE data set straight into its spool file as it arrives (needs the pinned "
+        "pynetdicom: the SCP refuses to start on another; false: assemble it in memory first, any pynetdicom 3)",
     )
 
     # --- routing ---
