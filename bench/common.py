@@ -27,6 +27,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # runnable from a plain checkout
     sys.path.insert(0, str(REPO))
 
+from dicom_node.testing.local_orthanc import free_port  # noqa: E402,F401  (the one copy; re-used by the bench scripts)
+
 #: dcmtk storescu option proposing a transfer syntax (plus the uncompressed ones).
 STORESCU_TS_OPTION = {
     "1.2.840.10008.1.2.4.50": "-xy",
@@ -57,13 +59,6 @@ def hardware() -> dict[str, Any]:
     except Exception:  # torch absent: ingest benchmarks do not need it
         info["gpu"] = None
     return info
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_port(port: int, timeout: float = 60.0, proc: subprocess.Popen | None = None) -> None:
@@ -111,7 +106,7 @@ def percentile(values: Sequence[float], q: float) -> float:
 # ------------------------------------------------------------------------------------- phantoms
 def rsna_phantoms(out: Path, n: int, *, seed: int = 1, size: int = 1024) -> list[Path]:
     """``n`` RSNA-style Secondary Capture phantoms (JPEG baseline 8-bit), cached in ``out``."""
-    from models.synth import write_rsna_dataset
+    from models.phantoms.synth import write_rsna_dataset
 
     folder = out / f"rsna-{size}-{seed}-{n}"
     images = folder / "stage_2_train_images"
@@ -127,7 +122,7 @@ def rsna_phantoms(out: Path, n: int, *, seed: int = 1, size: int = 1024) -> list
 
 def dx_phantoms(out: Path, n: int, *, seed: int = 1, rows: int = 2500, columns: int = 2048) -> list[Path]:
     """``n`` 16-bit uncompressed DX phantoms with distinct SOP Instance UIDs, cached in ``out``."""
-    from models.synth import write_dx_phantom
+    from models.phantoms.synth import write_dx_phantom
 
     folder = out / f"dx-{rows}x{columns}-{seed}"
     folder.mkdir(parents=True, exist_ok=True)

@@ -60,28 +60,16 @@ from common import (  # noqa: E402
 sys.path.insert(0, str(REPO / "tests" / "integration"))
 from integration_helpers import NodeProcess  # noqa: E402
 
-from dicom_node.orthanc.local import PUSHER_AET, LocalOrthanc, wait_until  # noqa: E402
+from dicom_node.testing.local_orthanc import PUSHER_AET, LocalOrthanc, wait_until  # noqa: E402
 
-#: before/after variants: extra environment of the node subprocess (see bench/ab_patches/sitecustomize.py)
+#: variants: extra environment of the node subprocess (earlier before/after patches: git history of bench/ab_patches/)
 VARIANTS: dict[str, dict[str, str]] = {
     "current": {},
     "torch-1-thread": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
-    "before-refill-fix": {
-        "CXR_BENCH_PATCH": "old_worker",
-        "CXR_NODE_RESULT_WORKERS": "0",
-        "PYTHONPATH": f"{HERE / 'ab_patches'}:{REPO}",
-    },  # fmt: skip
-    # the node of stop 8 (commit 128e128) in these two respects, with an Orthanc started as then
-    "pylibjpeg-nagle": {
-        "CXR_BENCH_PATCH": "pylibjpeg_first,nagle_on",
-        "PYTHONPATH": f"{HERE / 'ab_patches'}:{REPO}",
-    },  # fmt: skip
 }
 
 #: environment of the Orthanc a variant delivers to (variants with the same one share an Orthanc)
-ORTHANC_ENV: dict[str, dict[str, str]] = {
-    "pylibjpeg-nagle": {"TCP_NODELAY": "0"},  # DCMTK's default: Nagle on
-}
+ORTHANC_ENV: dict[str, dict[str, str]] = {}
 
 
 def orthanc_count(orthanc: LocalOrthanc) -> int:
@@ -184,8 +172,12 @@ class ModelOnly:
     def __init__(self, device: str, images: int) -> None:
         import torch
 
-        from models.bundle_loader import load_bundle
-        from models.engine import DEFAULT_CLASSIFICATION_BUNDLE, DEFAULT_DETECTION_BUNDLE, resolve_device
+        from models.inference.bundle_loader import load_bundle
+        from models.inference.engine import (
+            DEFAULT_CLASSIFICATION_BUNDLE,
+            DEFAULT_DETECTION_BUNDLE,
+            resolve_device,
+        )
 
         self.device = resolve_device(device)
         if self.device.type == "cpu":

@@ -48,8 +48,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import pydicom
 
-    from models.dicom_image import load_source_image
-    from models.engine import InferenceEngine
+    from models.imaging.dicom_image import load_source_image
+    from models.inference.engine import InferenceEngine
 
     files = rsna_phantoms(args.scratch / "phantoms", args.n, seed=11, size=1024)
     images = [load_source_image(pydicom.dcmread(f)) for f in files]

@@ -10,7 +10,7 @@ times (median reported), to
 Every dcmtk process runs with ``TCP_NODELAY=1`` (else Nagle + delayed ACK cap each association at
 ~20 instances/s, see ``common.DCMTK_ENV``).
 
-* ``bench/receive_only.py``: the node's ``Receiver`` + ``Spool`` + ``Journal`` (fsync'ed file,
+* ``dicom_node/testing/receive_only.py``: the node's ``Receiver`` + ``Spool`` + ``Journal`` (fsync'ed file,
   atomic rename, SQLite WAL commit before the C-STORE response), no analysis.
 
     python bench/ingest.py --kinds rsna dx --n-rsna 64 --n-dx 16 --k 1 2 4 --repeats 3 [--json OUT]
@@ -37,7 +37,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     DCMTK_ENV,
-    REPO,
     CpuMeter,
     add_output_arguments,
     dx_phantoms,
@@ -94,7 +93,7 @@ def start_server(kind: str, workdir: Path, port: int) -> list[subprocess.Popen]:
             cmd.append("--fork")
         cmds = [cmd + [str(port)]]
     elif kind in NODES:
-        cmd = [sys.executable, str(REPO / "bench" / "receive_only.py"), "--spool", str(workdir / "spool"),
+        cmd = [sys.executable, "-m", "dicom_node.testing.receive_only", "--spool", str(workdir / "spool"),
                "--port", str(port), "--max-associations", "16", *NODE_ARGS[kind]]  # fmt: skip
         cmds = [cmd, cmd] if kind == "node-2proc" else [cmd]
     else:

@@ -30,8 +30,8 @@ if str(REPO) not in sys.path:  # runnable from a plain checkout, without install
 
 import torch  # noqa: E402
 
-from models.bundle_loader import LoadedBundle, load_bundle  # noqa: E402
-from models.engine import (  # noqa: E402
+from models.inference.bundle_loader import LoadedBundle, load_bundle  # noqa: E402
+from models.inference.engine import (  # noqa: E402
     DEFAULT_CLASSIFICATION_BUNDLE,
     DEFAULT_DETECTION_BUNDLE,
     default_bundles_dir,

@@ -30,13 +30,13 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DCMTK_ENV, dx_phantoms, rsna_phantoms  # noqa: E402
 
-import dicom_node.receive as receive_mod  # noqa: E402
-import dicom_node.routing as routing  # noqa: E402
-import dicom_node.spool as spool_mod  # noqa: E402
-from dicom_node.journal import Journal  # noqa: E402
-from dicom_node.receive import Receiver  # noqa: E402
+import dicom_node.scp.receive as receive_mod  # noqa: E402
+import dicom_node.scp.routing as routing  # noqa: E402
+import dicom_node.storage.spool as spool_mod  # noqa: E402
+from dicom_node.scp.receive import Receiver  # noqa: E402
 from dicom_node.settings import NodeSettings  # noqa: E402
-from dicom_node.spool import Spool  # noqa: E402
+from dicom_node.storage.journal import Journal  # noqa: E402
+from dicom_node.storage.spool import Spool  # noqa: E402
 
 TOTALS: collections.Counter[str] = collections.Counter()
 _LOCK = threading.Lock()

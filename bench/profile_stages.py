@@ -53,14 +53,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     import numpy as np
     import pydicom
 
-    from dicom_node.overlay_heatmap import blend_heatmap
-    from dicom_node.overlay_render import grey_u8, output_shape
-    from dicom_node.overlay_text import clear_caches
-    from dicom_node.results_sc import build_sc
-    from dicom_node.results_sr import build_sr
-    from dicom_node.spool import dataset_bytes
-    from models import dicom_image, preprocess
-    from models.engine import InferenceEngine, source_image_of
+    from dicom_node.results.sc.build import build_sc
+    from dicom_node.results.sc.heatmap import blend_heatmap
+    from dicom_node.results.sc.render import grey_u8, output_shape
+    from dicom_node.results.sc.text import clear_caches
+    from dicom_node.results.sr.build import build_sr
+    from dicom_node.storage.spool import dataset_bytes
+    from models.imaging import dicom_image, preprocess
+    from models.inference.engine import InferenceEngine, source_image_of
 
     files = rsna_phantoms(args.scratch / "phantoms", args.n, seed=11, size=1024)
     dss = [pydicom.dcmread(f) for f in files]

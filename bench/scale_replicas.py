@@ -45,7 +45,7 @@ from end_to_end import orthanc_count, wipe  # noqa: E402
 sys.path.insert(0, str(REPO / "tests" / "reliability"))
 from replica_helpers import HaproxyProcess, as_replica, replica, start_all  # noqa: E402
 
-from dicom_node.orthanc.local import PUSHER_AET, LocalOrthanc, free_port, wait_until  # noqa: E402
+from dicom_node.testing.local_orthanc import PUSHER_AET, LocalOrthanc, free_port, wait_until  # noqa: E402
 
 
 def _push(files: Sequence[Path], port: int, senders: int) -> None:

@@ -33,11 +33,11 @@ from common import REPO, add_output_arguments, emit_report, free_port, hardware,
 sys.path.insert(0, str(REPO))
 import pydicom  # noqa: E402
 
-from dicom_node import tcp_options  # noqa: E402
-from dicom_node.deliver import DicomSender  # noqa: E402
-from dicom_node.journal import OutboxItem  # noqa: E402
-from dicom_node.orthanc.local import NODE_AET, ORTHANC_AET, LocalOrthanc  # noqa: E402
+from dicom_node.delivery.deliver import DicomSender  # noqa: E402
 from dicom_node.settings import Destination  # noqa: E402
+from dicom_node.storage.journal import OutboxItem  # noqa: E402
+from dicom_node.testing.local_orthanc import NODE_AET, ORTHANC_AET, LocalOrthanc  # noqa: E402
+from dicom_node.transport import tcp_options  # noqa: E402
 
 
 def outbox_items(files: Sequence[Path]) -> list[OutboxItem]:

@@ -21,16 +21,16 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from dicom_node.analyse import Analyser, AnalysisWorker, BuildResults
-from dicom_node.deliver import Deliverer
+from dicom_node.delivery.deliver import Deliverer
 from dicom_node.health_http import HealthServer, start_health_server
-from dicom_node.journal import Journal
 from dicom_node.node_metrics import NodeMetrics
-from dicom_node.receive import Receiver, scp_ssl_context
-from dicom_node.retention import Purger
-from dicom_node.routing import RoutingRules
+from dicom_node.pipeline.analyse import Analyser, AnalysisWorker, BuildEncoded
+from dicom_node.scp.receive import Receiver, scp_ssl_context
+from dicom_node.scp.routing import RoutingRules
 from dicom_node.settings import ENV_PREFIX, NodeSettings
-from dicom_node.spool import Spool
+from dicom_node.storage.journal import Journal
+from dicom_node.storage.retention import Purger
+from dicom_node.storage.spool import Spool
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def secure_spool(spool_dir: Path, journal_path: Path) -> None:
 
 def _build_engine(s: NodeSettings) -> Analyser:
     """The ``InferenceEngine`` configured by the settings (imports torch: slow)."""
-    from models.engine import InferenceEngine
+    from models.inference.engine import InferenceEngine
 
     return InferenceEngine(
         s.bundles_dir,
@@ -84,8 +84,9 @@ def _build_engine(s: NodeSettings) -> Analyser:
 
 
 class NodeService:
-    """The running node. ``analyser``/``build_results`` may be injected (tests); by default the
-    ``InferenceEngine`` is built from the settings and ``dicom_node.results.build_results`` is used.
+    """The running node. ``analyser``/``build_encoded`` may be injected (tests); by default the
+    ``InferenceEngine`` is built from the settings and the result pool runs
+    ``dicom_node.results.build.build.build_encoded_results``.
     ``analyser_factory`` (called by ``start()`` where the engine would be built, after the health
     endpoint is up; the service closes what it returns) stands in for a slow model load in tests.
     ``metrics`` and ``health`` (the HTTP port) are public for tests and tools."""
@@ -95,7 +96,7 @@ class NodeService:
         settings: NodeSettings,
         *,
         analyser: Analyser | None = None,
-        build_results: BuildResults | None = None,
+        build_encoded: BuildEncoded | None = None,
         analyser_factory: Callable[[NodeSettings], Analyser] | None = None,
     ) -> None:
         if analyser is not None and analyser_factory is not None:
@@ -106,7 +107,7 @@ class NodeService:
         self._analyser = analyser
         self._owns_analyser = analyser is None
         self._analyser_factory = analyser_factory or _build_engine
-        self._build_results = build_results
+        self._build_encoded = build_encoded
         self.metrics = NodeMetrics()
         self.health_server: HealthServer | None = None
         self.spool: Spool | None = None
@@ -204,11 +205,10 @@ class NodeService:
                 batch_size=s.batch_size,
                 max_attempts=s.analysis_max_attempts,
                 poll_interval_s=s.poll_interval_s,
-                build_results=self._build_results,
+                build_encoded=self._build_encoded,
                 on_analysed=self.deliverer.wake,
                 metrics=self.metrics,
-                # an injected builder (tests) runs in the analysis thread
-                result_workers=s.result_workers if self._build_results is None else None,
+                result_workers=s.result_workers,
             )
             self.receiver = Receiver(
                 s,

@@ -243,7 +243,8 @@ class NodeSettings(BaseSettings):
     purge_interval_s: float = Field(3600.0, gt=0, description="how often the running node purges")
     chunked_receive: bool = Field(
         True,
-        description="write each C-STORE data set straight into its spool file as it arrives (false: assemble it in memory first)",
+        description="write each C-STORE data set straight into its spool file as it arrives (needs the pinned "
+        "pynetdicom: the SCP refuses to start on another; false: assemble it in memory first, any pynetdicom 3)",
     )
 
     # --- routing ---
@@ -279,9 +280,9 @@ class NodeSettings(BaseSettings):
     decode_workers: int = Field(2, ge=1, le=64, description="threads decoding DICOM pixel data")
     result_workers: int | None = Field(
         None,
-        ge=0,
+        ge=1,
         le=64,
-        description="processes building and encoding the SR and SC (unset: min(2, CPU cores); 0: in the analysis thread)",
+        description="processes building and encoding the SR and SC (unset: min(2, CPU cores))",
     )
     threshold: float | None = Field(
         None,
@@ -408,7 +409,7 @@ class NodeSettings(BaseSettings):
     @field_validator("allowed_peers")
     @classmethod
     def _peers(cls, value: list[str]) -> list[str]:
-        from dicom_node.peer_access import parse_peer
+        from dicom_node.scp.peer_access import parse_peer
 
         return [str(parse_peer(v)) for v in value]
 
@@ -464,7 +465,7 @@ class NodeSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _open_scp(self) -> NodeSettings:
-        from dicom_node.peer_access import is_loopback_bind
+        from dicom_node.scp.peer_access import is_loopback_bind
 
         if not is_loopback_bind(self.bind) and not (self.allowed_peers or self.allowed_aets or self.allow_any_peer):
             raise ValueError(

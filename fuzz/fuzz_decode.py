@@ -1,7 +1,7 @@
 """Byte-level fuzzing (atheris, libFuzzer) of the node's decode path.
 
 Each input is a would-be DICOM file: ``pydicom.dcmread(force=True)`` then
-``models.dicom_image.load_source_image``. The contract checked:
+``models.imaging.dicom_image.load_source_image``. The contract checked:
 
 * ``dcmread`` may refuse the bytes with any exception: the SCP catches every parse error and
   answers 0xC000, the analysis worker turns every read error into a ``failed`` job;
@@ -33,8 +33,8 @@ with atheris.instrument_imports(include=["pydicom", "models"]):
     import numpy as np
     import pydicom
 
-    from models.dicom_image import load_source_image
     from models.errors import ImageDecodeError
+    from models.imaging.dicom_image import load_source_image
 
 import warnings  # noqa: E402
 
@@ -88,8 +88,8 @@ def write_seeds(corpus: Path) -> int:
     ds.save_as(buf, enforce_file_format=True)
     (corpus / "valid-rle.dcm").write_bytes(buf.getvalue())
     n += 1
-    try:  # an 8-bit JPEG baseline phantom from models.synth (small)
-        from models.synth import write_rsna_dataset
+    try:  # an 8-bit JPEG baseline phantom from models.phantoms.synth (small)
+        from models.phantoms.synth import write_rsna_dataset
 
         tmp = corpus.parent / (corpus.name + "-synth")
         write_rsna_dataset(tmp, n=1, seed=1, size=32)

@@ -2,7 +2,7 @@
 
 ``inference.json`` ends in :func:`run_classification` / :func:`run_detection`, which run the
 bundle on every DICOM file under ``dataset_dir`` with the same decoding and preprocessing
-as the inference engine (``models.dicom_image.load_source_image`` + ``models.preprocess.prepare``)
+as the inference engine (``models.imaging.dicom_image.load_source_image`` + ``models.imaging.preprocess.prepare``)
 and write, into ``output_dir``, one ``<SOPInstanceUID>.json`` per image and a
 ``predictions.csv`` (detection boxes are given in source-image pixels, RSNA convention,
 and in model-input ``xyxy`` pixels).
@@ -68,12 +68,12 @@ def _prepared(
     """(dataset, prepared array or None, geometry or None, reason not analysed)."""
     import pydicom
 
-    from models.dicom_image import load_source_image
-    from models.preprocess import Preprocessing, prepare
+    from models.imaging.dicom_image import load_source_image
+    from models.imaging.preprocess import Preprocessing, prepare
 
     ds = pydicom.dcmread(str(path))
     try:
-        from models.view_gate import not_analysable_reason
+        from models.inference.view_gate import not_analysable_reason
 
         reason = not_analysable_reason(ds)
     except ImportError:  # gate not available: analyse everything
@@ -138,13 +138,13 @@ def run_classification(
 ) -> list[dict[str, Any]]:
     """Classify every DICOM under ``dataset_dir``; write per-image JSON + ``predictions.csv``.
 
-    ``preprocessing`` is the bundle's ``preprocessing`` object (``models.preprocess``), ``positive_class``
+    ``preprocessing`` is the bundle's ``preprocessing`` object (``models.imaging.preprocess``), ``positive_class``
     the class whose probability is the finding's (default: "Lung Opacity" for the RSNA head).
     """
     import torch
 
     from models.findings import LUNG_OPACITY_INDEX, RSNA_CLASSES
-    from models.preprocess import Preprocessing
+    from models.imaging.preprocess import Preprocessing
 
     spec = Preprocessing.from_config(preprocessing)
     if positive_class is None:
@@ -195,11 +195,11 @@ def run_detection(
     """Detect lung opacities in every DICOM under ``dataset_dir``; boxes with score >= ``score_threshold``.
 
     ``box_format`` is the bundle's declared detector box order (``inference.json``), read the same way
-    as the engine reads it (``models.bundle_loader.detector_box_to_xyxy``).
+    as the engine reads it (``models.inference.bundle_loader.detector_box_to_xyxy``).
     """
     import torch
 
-    from models.bundle_loader import BOX_FORMATS, detector_box_to_xyxy
+    from models.inference.bundle_loader import BOX_FORMATS, detector_box_to_xyxy
     from models.networks import SCORE_KEY
 
     if not 0.0 <= float(score_threshold) <= 1.0:

@@ -9,12 +9,21 @@ from __future__ import annotations
 UNKNOWN_UID = "<unknown>"
 
 
+def sop_uid_of(ds: object) -> str:
+    """The SOP Instance UID an error message names: ``ds``'s, or :data:`UNKNOWN_UID` (never raises)."""
+    try:
+        uid = ds.get("SOPInstanceUID", None)  # type: ignore[attr-defined]
+    except Exception:  # a broken element must not hide the real error
+        return UNKNOWN_UID
+    return str(uid) if uid else UNKNOWN_UID
+
+
 class InferenceCoreError(Exception):
     """Base class of all errors raised on purpose by the inference core."""
 
 
 class ImageDecodeError(InferenceCoreError):
-    """The pixel data of one instance cannot be turned into a :class:`~models.dicom_image.SourceImage`.
+    """The pixel data of one instance cannot be turned into a :class:`~models.imaging.dicom_image.SourceImage`.
 
     The message always names the SOP Instance UID (``"<unknown>"`` when the dataset has none).
     """

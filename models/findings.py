@@ -1,6 +1,6 @@
 """Typed, immutable results of the inference core.
 
-These classes are the contract between the inference engine (``models.engine``)
+These classes are the contract between the inference engine (``models.inference.engine``)
 and everything downstream (the DICOM node, the SR/SC writers, the CLI).
 
 Coordinate convention
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 #: The three RSNA Pneumonia Detection Challenge classes, in model output order (the head a user
-#: trains on RSNA data; the shipped classifier has its own classes, see ``models.bundle_loader``).
+#: trains on RSNA data; the shipped classifier has its own classes, see ``models.inference.bundle_loader``).
 RSNA_CLASSES: tuple[str, str, str] = ("Normal", "No Lung Opacity / Not Normal", "Lung Opacity")
 #: Index of the class whose probability is the pneumonia (RSNA ``Target``) probability.
 LUNG_OPACITY_INDEX = 2
@@ -36,6 +36,32 @@ BOX_GATING_RULES: tuple[str, str] = ("positive-only", "all")
 def _check_finite(name: str, value: float) -> None:
     if not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
+
+
+#: the attributes a pixel spacing can come from (which one is used: models.imaging.spacing)
+SPACING_SOURCES: tuple[str, ...] = ("PixelSpacing", "ImagerPixelSpacing")
+
+
+def check_spacing_source(value: object) -> None:
+    """ValueError unless ``value`` is one of :data:`SPACING_SOURCES`."""
+    if value not in SPACING_SOURCES:
+        raise ValueError(f"spacing_source must be PixelSpacing or ImagerPixelSpacing, got {value!r}")
+
+
+def checked_spacing(
+    pixel_spacing_mm: object, spacing_source: object
+) -> tuple[float, float] | None:
+    """A ``(row, column)`` pixel spacing in mm and its source attribute, validated together: two positive
+    finite numbers and a :data:`SPACING_SOURCES` name, or both None. Returns the spacing as floats."""
+    if pixel_spacing_mm is None:
+        if spacing_source is not None:
+            raise ValueError(f"spacing_source {spacing_source!r} given without pixel_spacing_mm")
+        return None
+    sp = tuple(pixel_spacing_mm)  # type: ignore[call-overload]
+    if len(sp) != 2 or not all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in sp):
+        raise ValueError(f"pixel_spacing_mm must be two positive numbers, got {pixel_spacing_mm!r}")
+    check_spacing_source(spacing_source)
+    return float(sp[0]), float(sp[1])
 
 
 def _check_probability(name: str, value: float) -> None:
@@ -60,8 +86,7 @@ class BoxMM:
             _check_finite(name, getattr(self, name))
         if self.width <= 0 or self.height <= 0:
             raise ValueError(f"BoxMM width/height must be > 0, got {self.width!r} x {self.height!r}")
-        if self.spacing_source not in ("PixelSpacing", "ImagerPixelSpacing"):
-            raise ValueError(f"spacing_source must be PixelSpacing or ImagerPixelSpacing, got {self.spacing_source!r}")
+        check_spacing_source(self.spacing_source)
 
 
 @dataclass(frozen=True)
@@ -118,7 +143,7 @@ class ModelInfo:
     """Identification of one bundle that contributed to the findings.
 
     ``digest`` names the exact weights and configuration (a short SHA-256 of the bundle's
-    ``models/model.pt`` and ``configs/inference.json``, see ``models.bundle_loader.bundle_digest``):
+    ``models/model.pt`` and ``configs/inference.json``, see ``models.inference.bundle_loader.bundle_digest``):
     a retrained bundle keeps its ``version`` string but never its digest.
     """
 

@@ -30,7 +30,7 @@ def xyxy_to_monai_boxes(boxes: torch.Tensor) -> torch.Tensor:
     """``(N, 4)`` boxes ``[x1, y1, x2, y2]`` (x = column) → MONAI's 2-D order ``[row1, col1, row2, col2]``.
 
     MONAI detection follows the tensor's spatial axes: for a ``(C, H, W)`` image the first box
-    coordinate runs down the rows. Same mapping as ``models.bundle_loader.xyxy_to_monai_box``
+    coordinate runs down the rows. Same mapping as ``models.inference.bundle_loader.xyxy_to_monai_box``
     (bundle ``box_format: "monai"``).
     """
     if boxes.ndim != 2 or boxes.shape[1] != 4:

@@ -26,7 +26,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from dicom_node.orthanc.local import (  # noqa: E402
+from dicom_node.testing.local_orthanc import (  # noqa: E402
     NODE_AET,
     ORTHANC_AET,
     PUSHER_AET,
@@ -146,12 +146,12 @@ def start_node() -> None:
 
 # ------------------------------------------------------------------------------------------ data
 def demo_images() -> list[Path]:
-    from models.synth import write_rsna_dataset
+    from models.phantoms.synth import write_rsna_dataset
 
     out = STATE / "phantoms"
     files = sorted((out / "stage_2_train_images").glob("*.dcm"))
     if len(files) != N_IMAGES:
-        say(f"generating {N_IMAGES} synthetic chest X-ray phantoms (models.synth) in {out}")
+        say(f"generating {N_IMAGES} synthetic chest X-ray phantoms (models.phantoms.synth) in {out}")
         write_rsna_dataset(out, n=N_IMAGES, seed=2026, size=1024)
         files = sorted((out / "stage_2_train_images").glob("*.dcm"))
     return files
@@ -175,7 +175,7 @@ def real_demo_images() -> list[Path]:
     import numpy as np
     from PIL import Image
 
-    from models.holdout import pneumoniamnist_dicom
+    from models.evaluation.holdout import pneumoniamnist_dicom
 
     out = STATE / "real"
     out.mkdir(parents=True, exist_ok=True)
@@ -208,10 +208,10 @@ def _results(orthanc: LocalOrthanc, study_uid: str) -> tuple[list[dict[str, Any]
 
 
 def _summary(orthanc: LocalOrthanc, sr_id: str) -> str:
-    """One line of findings read back from the SR (``dicom_node.sr_read``, highdicom)."""
+    """One line of findings read back from the SR (``dicom_node.results.sr.read``, highdicom)."""
     import numpy as np
 
-    from dicom_node.sr_read import read_sr
+    from dicom_node.results.sr.read import read_sr
 
     sr = read_sr(orthanc.file(sr_id))
     if sr.not_evaluated_reason is not None:

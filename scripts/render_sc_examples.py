@@ -1,6 +1,6 @@
 """Render the SC overlay examples shown in docs/SC_OVERLAY.md with the shipped bundles and settings.
 
-Generates phantoms (``models.synth``, seed 2026, 1024 px), runs them through the real engine with the
+Generates phantoms (``models.phantoms.synth``, seed 2026, 1024 px), runs them through the real engine with the
 node's defaults (bundle thresholds, boxes only on positive images, heatmaps on) and writes the SC of the
 first phantom that comes back positive with boxes and of the first normal one that comes back negative,
 at half size, to ``docs/img/sc_overlay_positive.png`` and ``docs/img/sc_overlay_negative.png``.
@@ -28,10 +28,10 @@ def main(argv: list[str] | None = None) -> int:
     import pydicom
     from PIL import Image
 
-    from dicom_node.results_sc import build_sc
-    from models.engine import InferenceEngine, source_image_of
-    from models.rsna_layout import read_rsna_labels
-    from models.synth import write_rsna_dataset
+    from dicom_node.results.sc.build import build_sc
+    from models.datasets.rsna_layout import read_rsna_labels
+    from models.inference.engine import InferenceEngine, source_image_of
+    from models.phantoms.synth import write_rsna_dataset
 
     wanted: dict[str, Path] = {"positive": args.out / "sc_overlay_positive.png",
                                "negative": args.out / "sc_overlay_negative.png"}  # fmt: skip

@@ -11,7 +11,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from models.findings import RSNA_CLASSES, Box, BoxMM, FindingCode, Findings, ModelInfo
-from models.synth import make_phantom, phantom_dataset
+from models.phantoms.synth import make_phantom, phantom_dataset
 
 MODELS = (
     ModelInfo("cxr_classification", "0.1.0", "0123456789ab"),

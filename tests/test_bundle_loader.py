@@ -1,4 +1,4 @@
-"""Tests of models.bundle_loader on copies of the shipped bundle configs with freshly saved weights."""
+"""Tests of models.inference.bundle_loader on copies of the shipped bundle configs with freshly saved weights."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.bundle_loader import (
+from models.errors import BundleError
+from models.findings import RSNA_CLASSES, ModelInfo
+from models.inference.bundle_loader import (
     DEFAULT_BOX_FORMAT,
     DEFAULT_DETECTION_SCORE_THRESHOLD,
     LoadedBundle,
@@ -19,8 +21,6 @@ from models.bundle_loader import (
     monai_box_to_xyxy,
     xyxy_to_monai_box,
 )
-from models.errors import BundleError
-from models.findings import RSNA_CLASSES, ModelInfo
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = REPO / "monai_bundles"

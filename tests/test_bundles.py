@@ -31,7 +31,7 @@ def _env() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def dicom_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from models.synth import write_rsna_dataset
+    from models.phantoms.synth import write_rsna_dataset
 
     root = tmp_path_factory.mktemp("bundle_phantoms")
     write_rsna_dataset(root, 6, 777, size=256)
@@ -103,7 +103,7 @@ def _bundle_run(name: str, config: str, *args: str, timeout: int = 300) -> subpr
 
 
 def test_monai_bundle_run_classification_matches_the_engine(dicom_dir: Path, tmp_path: Path) -> None:
-    from models.engine import InferenceEngine
+    from models.inference.engine import InferenceEngine
 
     out = tmp_path / "cls_out"
     proc = _bundle_run("cxr_classification", "inference.json", "--dataset_dir",
@@ -137,7 +137,7 @@ def test_monai_bundle_run_detection_writes_boxes_in_source_pixels(dicom_dir: Pat
             assert 0 <= b["x"] and b["x"] + b["width"] <= r["columns"] + 1e-3
             assert 0 <= b["y"] and b["y"] + b["height"] <= r["rows"] + 1e-3
     assert len(list(csv.DictReader(open(out / "predictions.csv")))) == 6
-    from models.engine import InferenceEngine
+    from models.inference.engine import InferenceEngine
 
     engine = InferenceEngine(BUNDLES_DIR, device="cpu")
     try:  # the bundle run and the engine report the same boxes (same decoding, preprocessing, axis order)
@@ -153,8 +153,8 @@ def test_monai_bundle_run_detection_writes_boxes_in_source_pixels(dicom_dir: Pat
 
 
 def test_monai_bundle_run_train_json_trains_a_bundle(tmp_path: Path) -> None:
-    from models.bundle_loader import load_bundle
-    from models.synth import write_rsna_dataset
+    from models.inference.bundle_loader import load_bundle
+    from models.phantoms.synth import write_rsna_dataset
 
     data = tmp_path / "data"
     write_rsna_dataset(data, 30, 778, size=128)

@@ -1,4 +1,4 @@
-"""Tests of ``cxr-node infer`` (models.cli_infer) on synthetic phantoms, run as a real subprocess."""
+"""Tests of ``cxr-node infer`` (dicom_node.cli.infer) on synthetic phantoms, run as a real subprocess."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 
-from models import cli_infer
-from models.synth import write_rsna_dataset
+from dicom_node.cli import infer as cli_infer
+from models.phantoms.synth import write_rsna_dataset
 
 REPO = Path(__file__).resolve().parent.parent
 BUNDLES = Path(os.environ.get("CXR_NODE_BUNDLES_DIR") or REPO / "monai_bundles")

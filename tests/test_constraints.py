@@ -37,8 +37,18 @@ def pins(text: str) -> dict[str, str]:
 
 
 def project_requirements() -> list[Requirement]:
+    """What ``pip install .[dev]`` asks for: the dependencies, the dev extra and the extras it names
+    of this project itself (``cxr-ai-node[train]``)."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    return [Requirement(r) for r in [*project["dependencies"], *project["optional-dependencies"]["dev"]]]
+    extras = project["optional-dependencies"]
+    out: list[Requirement] = []
+    for raw in [*project["dependencies"], *extras["dev"]]:
+        req = Requirement(raw)
+        if canonicalize_name(req.name) == canonicalize_name(project["name"]):
+            out.extend(Requirement(r) for extra in sorted(req.extras) for r in extras[extra])
+        else:
+            out.append(req)
+    return out
 
 
 def test_pins_parser_refuses_what_pip_would_read_differently() -> None:

@@ -1,4 +1,4 @@
-"""dicom_node.deflate_guard: measuring what a deflated data set inflates to, without keeping it."""
+"""dicom_node.scp.deflate_guard: measuring what a deflated data set inflates to, without keeping it."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from dicom_node.deflate_guard import (
+from dicom_node.scp.deflate_guard import (
     bytes_inflate_beyond,
     dataset_offset,
     file_inflates_beyond,

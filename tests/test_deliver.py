@@ -18,10 +18,10 @@ from pynetdicom import AE, AllStoragePresentationContexts, evt
 from service_helpers import _port_open, _wait
 from tls_certs import free_port
 
-from dicom_node.deliver import Deliverer, backoff_delay, classify_status
-from dicom_node.journal import Journal, ResultFile
+from dicom_node.delivery.deliver import Deliverer, backoff_delay, classify_status
 from dicom_node.settings import NodeSettings
-from dicom_node.spool import Spool
+from dicom_node.storage.journal import Journal, ResultFile
+from dicom_node.storage.spool import Spool
 
 needs_dcmtk = pytest.mark.skipif(not have_dcmtk("storescp"), reason="dcmtk storescp not installed")
 
@@ -172,7 +172,7 @@ def test_accepted_store_is_logged_even_if_the_journal_commit_never_happens(
     port, _, _, start = storescp
     start()
     q = Queue(tmp_path, f"DEST@127.0.0.1:{port}")
-    caplog.set_level(logging.INFO, logger="dicom_node.deliver")
+    caplog.set_level(logging.INFO, logger="dicom_node.delivery.deliver")
 
     def killed(outbox_id: int) -> None:
         raise SystemExit("killed before the commit")
@@ -193,7 +193,7 @@ def test_accepted_store_is_logged_even_if_the_journal_commit_never_happens(
 def test_destination_down_then_up(tmp_path: Path, storescp, caplog: pytest.LogCaptureFixture) -> None:
     port, out, _, start = storescp
     q = Queue(tmp_path, f"DEST@127.0.0.1:{port}", keep_delivered=True)
-    caplog.set_level(logging.WARNING, logger="dicom_node.deliver")
+    caplog.set_level(logging.WARNING, logger="dicom_node.delivery.deliver")
     try:
         q.deliverer.start()
         assert _wait(lambda: all(o.attempts >= 2 for o in q.pending()), 15)
@@ -227,7 +227,7 @@ def test_rejected_association_retried_slowly(tmp_path: Path, caplog: pytest.LogC
     server = refuser.start_server(("127.0.0.1", 0), block=False)
     port = server.server_address[1]
     q = Queue(tmp_path, f"DEST@127.0.0.1:{port}", permanent_retry_s=1.0)
-    caplog.set_level(logging.ERROR, logger="dicom_node.deliver")
+    caplog.set_level(logging.ERROR, logger="dicom_node.delivery.deliver")
     try:
         q.deliverer.start()
         time.sleep(3.5)

@@ -1,4 +1,4 @@
-"""models.dicom_image: the grayscale display pipeline and its refusal of broken input."""
+"""models.imaging.dicom_image: the grayscale display pipeline and its refusal of broken input."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pydicom import uid
 from pydicom.dataset import Dataset
 from pydicom.pixels import convert_color_space
 
-from models.dicom_image import PERCENTILE_WINDOW, SourceImage, load_source_image
 from models.errors import ImageDecodeError, InferenceCoreError, UnsupportedImageError
+from models.imaging.dicom_image import PERCENTILE_WINDOW, SourceImage, load_source_image
 
 try:  # tests/ is on sys.path under pytest's default "prepend" import mode (no tests/__init__.py)
     from dicom_factory import cxr_like_array, make_dataset

@@ -274,7 +274,7 @@ def test_dockerignore_keeps_secrets_and_state_out() -> None:
     for path in (".env", ".git", ".venv", "spool", "tests", "runs", "docs", "dicom_node/__pycache__",
                  "models/__pycache__/x.pyc"):  # fmt: skip
         assert _dockerignore_excludes(path, patterns), f"{path} would be sent to the Docker daemon"
-    for path in ("pyproject.toml", "dicom_node/cli.py", "monai_bundles/cxr_classification/models/model.pt"):
+    for path in ("pyproject.toml", "dicom_node/cli/__init__.py", "monai_bundles/cxr_classification/models/model.pt"):
         assert not _dockerignore_excludes(path, patterns), f"{path} is missing from the build context"
 
 

@@ -1,4 +1,4 @@
-"""Tests of models.engine.InferenceEngine with the real bundles (whatever weights monai_bundles/ ships)."""
+"""Tests of models.inference.engine.InferenceEngine with the real bundles (whatever weights monai_bundles/ ships)."""
 
 from __future__ import annotations
 
@@ -16,18 +16,18 @@ import pytest
 import torch
 from pydicom.uid import ExplicitVRLittleEndian
 
-from models.dicom_image import SourceImage, load_source_image
-from models.engine import (
+from models.errors import ImageDecodeError
+from models.findings import Findings
+from models.imaging.dicom_image import SourceImage, load_source_image
+from models.imaging.geometry import ResizeGeometry
+from models.inference.engine import (
     InferenceEngine,
     boxes_to_source,
     monai_box_to_xyxy,
     resolve_device,
     xyxy_to_monai_box,
 )
-from models.errors import ImageDecodeError
-from models.findings import Findings
-from models.geometry import ResizeGeometry
-from models.synth import write_rsna_dataset
+from models.phantoms.synth import write_rsna_dataset
 
 REPO = Path(__file__).resolve().parent.parent
 BUNDLES = Path(os.environ.get("CXR_NODE_BUNDLES_DIR") or REPO / "monai_bundles")
@@ -359,7 +359,7 @@ def test_decoder_panic_fails_the_future_instead_of_hanging(phantom_files: list[P
         with pytest.raises(ImageDecodeError, match=str(ds.SOPInstanceUID)):
             fut.result(timeout=30)
         # the engine keeps working for the next image
-        eng._load_source_image = __import__("models.dicom_image", fromlist=["x"]).load_source_image
+        eng._load_source_image = __import__("models.imaging.dicom_image", fromlist=["x"]).load_source_image
         assert eng.submit(ds).result(timeout=60).analysed
     finally:
         eng.close()
@@ -393,7 +393,7 @@ def test_one_decision_boxes_follow_the_image_level_result(
 
 
 def test_heatmap_covers_what_the_classifier_saw(forced_box_bundles: Path, phantom_files: list[Path]) -> None:
-    from models.preprocess import CropGeometry
+    from models.imaging.preprocess import CropGeometry
 
     eng = InferenceEngine(forced_box_bundles, device="cpu", decision_threshold=1e-6)
     try:

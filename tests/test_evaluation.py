@@ -1,9 +1,9 @@
-"""Tests of models.evaluation / models.cli_evaluate.
+"""Tests of models.evaluation.evaluate / dicom_node.cli.evaluate.
 
 The end-to-end tests run the real ``InferenceEngine`` (CPU) on small phantoms written by
-``models.synth`` with copies of the shipped bundle configs and seeded random weights (the
+``models.phantoms.synth`` with copies of the shipped bundle configs and seeded random weights (the
 detector's class bias is raised so that it returns boxes), then recompute every figure of
-``report.json`` from ``predictions.csv`` with ``models.metrics``. They take ~1–2 min on 2 CPU cores
+``report.json`` from ``predictions.csv`` with ``models.evaluation.metrics``. They take ~1–2 min on 2 CPU cores
 (marked ``slow``); the pure parts at the end run in well under a second.
 """
 
@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 import torch
 
-from models import metrics as M
-from models.evaluation import (
+from models.datasets.split import split_patients, write_split
+from models.evaluation import metrics as M
+from models.evaluation.evaluate import (
     PLOT_FILES,
     REFERENCE_CAVEAT,
     ImagePrediction,
@@ -30,7 +31,6 @@ from models.evaluation import (
     write_predictions_csv,
 )
 from models.findings import RSNA_CLASSES
-from models.split import split_patients, write_split
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = REPO / "monai_bundles"
@@ -75,7 +75,7 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def phantoms(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from models.synth import write_rsna_dataset
+    from models.phantoms.synth import write_rsna_dataset
 
     root = tmp_path_factory.mktemp("phantoms")
     write_rsna_dataset(root, 30, 5, size=256)
@@ -83,7 +83,7 @@ def phantoms(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _run_cli(argv: list[str]) -> int:
-    from models import cli_evaluate
+    from dicom_node.cli import evaluate as cli_evaluate
 
     parser = argparse.ArgumentParser(prog="cxr-node evaluate")
     cli_evaluate.configure(parser)
@@ -128,7 +128,7 @@ def test_report_files_exist_and_pngs_are_valid(phantom_report: Path) -> None:
 
 @pytest.mark.slow
 def test_predictions_cover_the_split(phantom_report: Path, phantoms: Path) -> None:
-    from models.rsna_layout import read_rsna_labels
+    from models.datasets.rsna_layout import read_rsna_labels
 
     labels = read_rsna_labels(phantoms)
     rows = _read_csv(phantom_report / "predictions.csv")
@@ -199,7 +199,7 @@ def test_report_numbers_equal_metrics_on_saved_predictions(phantom_report: Path)
 def test_saved_probabilities_are_the_engines(phantom_report: Path, phantoms: Path, bundles: Path) -> None:
     import pydicom
 
-    from models.engine import InferenceEngine
+    from models.inference.engine import InferenceEngine
 
     rows = _read_csv(phantom_report / "predictions.csv")[:3]
     with InferenceEngine(bundles, device="cpu", detection_score_threshold=0.05, num_threads=2) as engine:
@@ -212,7 +212,7 @@ def test_saved_probabilities_are_the_engines(phantom_report: Path, phantoms: Pat
 
 @pytest.mark.slow
 def test_split_file_and_max_images(bundles: Path, phantoms: Path, tmp_path: Path) -> None:
-    from models.rsna_layout import read_rsna_labels
+    from models.datasets.rsna_layout import read_rsna_labels
 
     labels = read_rsna_labels(phantoms)
     split = split_patients(labels, seed=2, fractions=(0.5, 0.2, 0.3))
@@ -235,7 +235,7 @@ def test_split_file_and_max_images(bundles: Path, phantoms: Path, tmp_path: Path
 def test_bundle_split_json_is_used_by_default(bundles: Path, phantoms: Path, tmp_path: Path) -> None:
     """Regression: evaluation used to recompute the split from seed/fractions, which is not the split
     training held out when training saw another patient set (--max-images, several --data folders)."""
-    from models.rsna_layout import read_rsna_labels
+    from models.datasets.rsna_layout import read_rsna_labels
 
     labels = read_rsna_labels(phantoms)
     # a split that no seed of split_patients over this folder reproduces: every other patient, sorted
@@ -363,7 +363,7 @@ def test_select_patients_matches_split_and_limits() -> None:
 
 
 def test_training_split_from_metadata(tmp_path: Path) -> None:
-    from models.evaluation import training_split_from_metadata
+    from models.evaluation.evaluate import training_split_from_metadata
 
     cfg = tmp_path / "cxr_classification" / "configs"
     cfg.mkdir(parents=True)

@@ -43,7 +43,7 @@ def test_bundle_metadata_quotes_the_report(bundle: str) -> None:
     # the quoted report was made with the shipped version of the bundle, exactly these weights
     shipped = {m["name"]: m for m in report["models"]}[bundle]
     assert shipped["version"] == meta["version"]
-    from models.bundle_loader import bundle_digest
+    from models.inference.bundle_loader import bundle_digest
 
     assert shipped["digest"] == bundle_digest(REPO / "monai_bundles" / bundle)
 

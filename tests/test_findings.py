@@ -7,7 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from dicom_node.results import findings_from_json, findings_to_dict
+from dicom_node.results.build import findings_from_json, findings_to_dict
 from models.findings import Box, FindingCode, Findings, Heatmap, ModelInfo
 
 PNEUMONIA = FindingCode("233604007", "SCT", "Pneumonia")

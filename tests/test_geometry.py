@@ -1,4 +1,4 @@
-"""models.geometry + models.preprocess: letterbox mapping, exact box round trips, content alignment, mm."""
+"""models.imaging.geometry + models.imaging.preprocess: letterbox mapping, exact box round trips, content alignment, mm."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import time
 import numpy as np
 import pytest
 
-from models.dicom_image import SourceImage
 from models.findings import Box, BoxMM
-from models.geometry import ResizeGeometry
-from models.preprocess import prepare
+from models.imaging.dicom_image import SourceImage
+from models.imaging.geometry import ResizeGeometry
+from models.imaging.preprocess import prepare
 
 ROWS, COLS = 1001, 777  # odd, non-square, portrait like a CXR
 

@@ -1,4 +1,4 @@
-"""Grad-CAM of the classifier (models.heatmap) against MONAI's reference implementation."""
+"""Grad-CAM of the classifier (models.inference.heatmap) against MONAI's reference implementation."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from monai.networks.nets import DenseNet121
 from monai.visualize import GradCAM
 
-from models.heatmap import ActivationCapture, grad_cam, positive_log_odds
+from models.inference.heatmap import ActivationCapture, grad_cam, positive_log_odds
 
 LAYER = "features.denseblock3"
 

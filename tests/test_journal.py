@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dicom_node.journal import Journal, ResultFile
+from dicom_node.storage.journal import Journal, ResultFile
 
 
 def _add(j: Journal, uid: str = "1.2.3", state: str = "received") -> int:

@@ -33,7 +33,7 @@ def restore_logging() -> Iterator[None]:
 
 
 def _record(msg: str = "received", **extra: object) -> logging.LogRecord:
-    rec = logging.LogRecord("dicom_node.receive", logging.INFO, __file__, 1, msg, None, None)
+    rec = logging.LogRecord("dicom_node.scp.receive", logging.INFO, __file__, 1, msg, None, None)
     for k, v in extra.items():
         setattr(rec, k, v)
     return rec
@@ -53,7 +53,7 @@ def test_json_line_has_fields_and_drops_patient_fields() -> None:
     assert (
         obj["event"] == "received" and obj["sop_instance_uid"] == "1.2.3" and obj["calling_aet"] == "ORTHANC"
     )
-    assert obj["ms"] == 12.35 and obj["level"] == "INFO" and obj["logger"] == "dicom_node.receive"
+    assert obj["ms"] == 12.35 and obj["level"] == "INFO" and obj["logger"] == "dicom_node.scp.receive"
     assert "Doe" not in line and "patient" not in line.lower() and '123"' not in line
 
 
@@ -61,7 +61,7 @@ def test_text_line() -> None:
     line = TextFormatter().format(
         _record("skipped: x", event="skipped", reason="Modality CT is not routed", ms=1.25)
     )
-    assert " INFO dicom_node.receive: skipped: x " in line
+    assert " INFO dicom_node.scp.receive: skipped: x " in line
     assert 'event=skipped reason="Modality CT is not routed" ms=1.2' in line
 
 

@@ -1,4 +1,4 @@
-"""Tests of models.metrics: hand-computed detection cases, classification vs scikit-learn."""
+"""Tests of models.evaluation.metrics: hand-computed detection cases, classification vs scikit-learn."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from sklearn import calibration as skcal
 from sklearn import metrics as skm
 
-from models import metrics as M
+from models.evaluation import metrics as M
 from models.findings import Box
 
 # --------------------------------------------------------------------------- IoU

@@ -26,7 +26,7 @@ from tls_certs import Pki, _leaf, free_port, have_dcmtk_tls, have_openssl, make_
 
 from dicom_node.service import NodeService
 from dicom_node.settings import NodeSettings
-from dicom_node.tls import TlsConfigError
+from dicom_node.transport.tls import TlsConfigError
 
 needs_peers = [
     pytest.mark.integration,

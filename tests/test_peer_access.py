@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dicom_node.peer_access import PeerPolicy, is_loopback_bind, parse_peer
+from dicom_node.scp.peer_access import PeerPolicy, is_loopback_bind, parse_peer
 from dicom_node.settings import NodeSettings
 
 

@@ -1,4 +1,4 @@
-"""Per-bundle preprocessing (models.preprocess): the centre-crop bottleneck of the shipped classifier."""
+"""Per-bundle preprocessing (models.imaging.preprocess): the centre-crop bottleneck of the shipped classifier."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from models.dicom_image import SourceImage
-from models.preprocess import (
+from models.imaging.dicom_image import SourceImage
+from models.imaging.preprocess import (
     LETTERBOX,
     CropGeometry,
     Preprocessing,

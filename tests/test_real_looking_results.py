@@ -14,10 +14,10 @@ import pydicom
 import pytest
 from PIL import Image
 
-from dicom_node.results import build_results
-from dicom_node.sr_read import read_sr
+from dicom_node.results.build import build_results
+from dicom_node.results.sr.read import read_sr
 from models.bundle_run import BUNDLES_DIR
-from models.holdout import DEFAULT_NPZ, pneumoniamnist_dicom
+from models.evaluation.holdout import DEFAULT_NPZ, pneumoniamnist_dicom
 
 pytestmark = [
     pytest.mark.slow,
@@ -39,7 +39,7 @@ def _real_looking(image: np.ndarray, index: int) -> pydicom.Dataset:
 @pytest.fixture(scope="module")
 def analysed() -> list[tuple[int, pydicom.Dataset, object, object]]:
     """(label, source, findings, decoded image) of N_EACH pneumonia and N_EACH normal test CXRs."""
-    from models.engine import InferenceEngine, source_image_of
+    from models.inference.engine import InferenceEngine, source_image_of
 
     with np.load(DEFAULT_NPZ) as z:
         images, labels = z["test_images"], z["test_labels"].reshape(-1)

@@ -15,11 +15,11 @@ from pydicom.uid import JPEG2000, JPEG2000Lossless, generate_uid
 from pynetdicom import AE, evt
 from service_helpers import _storescu
 
-import dicom_node.spool as spool_mod
-from dicom_node.journal import Journal
-from dicom_node.receive import ACCEPTED_TRANSFER_SYNTAXES, Receiver
+import dicom_node.storage.spool as spool_mod
+from dicom_node.scp.receive import ACCEPTED_TRANSFER_SYNTAXES, Receiver
 from dicom_node.settings import NodeSettings
-from dicom_node.spool import Spool
+from dicom_node.storage.journal import Journal
+from dicom_node.storage.spool import Spool
 
 pytestmark = [
     pytest.mark.integration,
@@ -149,7 +149,7 @@ def test_other_syntaxes_via_pynetdicom(node: Node, tmp_path: Path, ts: str) -> N
 
 
 def test_unknown_calling_ae_rejected(node: Node, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="dicom_node.receive")
+    caplog.set_level(logging.WARNING, logger="dicom_node.scp.receive")
     proc = _storescu(node.port, _cxr(tmp_path), aet="INTRUDER", check=False)
     assert proc.returncode != 0
     assert "Association Rejected" in proc.stderr or "rejected" in proc.stderr.lower()
@@ -220,7 +220,7 @@ def test_write_errors_never_answer_success(
 
     monkeypatch.setattr(spool_mod, "write_atomic", failing)
     ds = pydicom.dcmread(_cxr(tmp_path))
-    caplog.set_level(logging.ERROR, logger="dicom_node.receive")
+    caplog.set_level(logging.ERROR, logger="dicom_node.scp.receive")
     assert _pyscu_store(node.port, ds) == status
     assert node.journal.jobs() == []
     assert any(
@@ -331,7 +331,7 @@ def test_deflate_bomb_is_refused_before_it_is_inflated(
     n = Node(tmp_path, max_inflated_mb=8, chunked_receive=chunked)
     try:
         assert n.receiver.chunked_receive is chunked
-        with caplog.at_level(logging.ERROR, logger="dicom_node.receive"):
+        with caplog.at_level(logging.ERROR, logger="dicom_node.scp.receive"):
             assert _pyscu_store_file(n.port, bomb) == 0xC000
         refused = [r for r in caplog.records if "inflates to more than" in r.getMessage()]
         assert len(refused) == 1 and "max_inflated_mb = 8 MiB" in refused[0].getMessage()

@@ -21,10 +21,10 @@ from dicom_factory import cxr_like_array, have_dcmtk, make_dataset, transcode_dc
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
 
-from dicom_node.journal import Journal
-from dicom_node.receive import Receiver
+from dicom_node.scp.receive import Receiver
 from dicom_node.settings import NodeSettings
-from dicom_node.spool import Spool
+from dicom_node.storage.journal import Journal
+from dicom_node.storage.spool import Spool
 
 pytestmark = [
     pytest.mark.integration,
@@ -82,7 +82,7 @@ def test_spool_file_is_byte_identical_to_the_senders_encoding(
     src = write(transcode_dcmtk(ds, "dcmcjpls", [], tmp_path), tmp_path / "jls.dcm")
     node = Node(tmp_path / "spool", chunked_receive=chunked)
     try:
-        with caplog.at_level(logging.INFO, logger="dicom_node.receive"):
+        with caplog.at_level(logging.INFO, logger="dicom_node.scp.receive"):
             proc = subprocess.run(
                 ["storescu", "-aet", "STORESCU", "-aec", "AINODE", "-xt", "-R", "-to", "10", "-td", "10",
                  "127.0.0.1", str(node.port), str(src)],
@@ -146,7 +146,7 @@ def test_undecodable_header_refused_c000_without_leftovers(
     node = Node(tmp_path / "spool")
     monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)  # send the bytes as they are
     try:
-        with caplog.at_level(logging.INFO, logger="dicom_node.receive"):
+        with caplog.at_level(logging.INFO, logger="dicom_node.scp.receive"):
             status = _pyscu(node.port, bad, ds.SOPClassUID, ExplicitVRLittleEndian)
         assert status == 0xC000
         errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
@@ -186,7 +186,7 @@ def test_connection_lost_mid_transfer_leaves_no_partial_file(
     sock.send = cut_send  # type: ignore[method-assign]
     sender = threading.Thread(target=lambda: assoc.send_c_store(ds), daemon=True)
     try:
-        with caplog.at_level(logging.INFO, logger="dicom_node.receive"):
+        with caplog.at_level(logging.INFO, logger="dicom_node.scp.receive"):
             sender.start()
             sender.join(30)
             deadline = time.monotonic() + 10
@@ -225,7 +225,7 @@ def test_out_of_space_during_chunked_write_answers_a700(
     big.SOPInstanceUID = big.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     small = make_dataset(cxr_like_array(), bits_stored=12)
     try:
-        with caplog.at_level(logging.ERROR, logger="dicom_node.receive"):
+        with caplog.at_level(logging.ERROR, logger="dicom_node.scp.receive"):
             assert _pyscu(node.port, big, big.SOPClassUID, ExplicitVRLittleEndian) == 0xA700
         assert any("out of disk space" in r.getMessage() for r in caplog.records)
         assert node.journal.jobs() == [] and node.incoming() == []

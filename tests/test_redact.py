@@ -9,7 +9,7 @@ import warnings
 import pytest
 from pydantic import ValidationError
 
-from dicom_node.cli_serve import settings_error_text
+from dicom_node.cli.serve import settings_error_text
 from dicom_node.logging_setup import configure_logging
 from dicom_node.redact import redact_secrets, scrub
 from dicom_node.settings import NodeSettings

@@ -15,18 +15,19 @@ import pydicom
 import pytest
 from _results_data import findings_for, rsna_source, three_boxes
 
-from dicom_node.analyse import AnalysisWorker
-from dicom_node.journal import Journal
-from dicom_node.results import (
+from dicom_node.pipeline.analyse import AnalysisWorker
+from dicom_node.results.build import (
+    EncodedResult,
     build_encoded_results,
     build_results,
     findings_from_json,
     findings_to_dict,
 )
-from dicom_node.results_sc import build_sc
-from dicom_node.spool import Spool
-from models.dicom_image import load_source_image
+from dicom_node.results.sc.build import build_sc
+from dicom_node.storage.journal import Journal
+from dicom_node.storage.spool import Spool
 from models.findings import Findings
+from models.imaging.dicom_image import load_source_image
 
 BUNDLES = Path(__file__).resolve().parent.parent / "monai_bundles"
 #: set by highdicom from the clock at build time; may differ between two builds
@@ -105,7 +106,7 @@ def test_findings_dict_round_trip_is_exact() -> None:
 
 
 def test_sc_from_engine_image_equals_sc_from_redecode(tmp_path: Path) -> None:
-    from models.engine import InferenceEngine, source_image_of
+    from models.inference.engine import InferenceEngine, source_image_of
 
     src = rsna_source(256, seed=11)
     with InferenceEngine(BUNDLES, device="cpu", max_batch_size=2, max_wait_ms=5.0, num_threads=2) as eng:
@@ -162,11 +163,11 @@ def test_header_only_source_read_gives_the_same_results(tmp_path: Path) -> None:
         assert _comparable(a.data) == _comparable(b.data)
 
 
-def test_process_pool_results_equal_thread_results(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_pool_results_do_not_depend_on_the_pool_size(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
     n = 4
     contents = []
-    for mode, workers in (("thread", 0), ("pool", 2)):
+    for mode, workers in (("one", 1), ("two", 2)):
         spool, journal = _spool_jobs(tmp_path / mode, n, 256)
         worker = AnalysisWorker(journal, spool, FakeAnalyser(), destinations=["pacs"],
                                 batch_size=2, poll_interval_s=0.05, result_workers=workers)  # fmt: skip
@@ -179,28 +180,36 @@ def test_process_pool_results_equal_thread_results(tmp_path: Path, caplog: pytes
     from_pool = [
         r for r in caplog.records if r.getMessage() == "built SC overlay" and r.process != os.getpid()
     ]
-    assert len(from_pool) == n
-    thread, pool = contents
-    assert set(thread) == set(pool) and len(thread) == 2 * n
-    for uid, ds in thread.items():
-        other = pool[uid]
+    assert len(from_pool) == 2 * n
+    one, two = contents
+    assert set(one) == set(two) and len(one) == 2 * n
+    for uid, ds in one.items():
+        other = two[uid]
         assert ds == other, uid  # every element equal, pixel data and SR content tree included
         if "PixelData" in ds:
             np.testing.assert_array_equal(ds.pixel_array, other.pixel_array)
 
 
-def test_injected_builder_runs_in_thread_mode_and_validation(tmp_path: Path) -> None:
-    spool, journal = _spool_jobs(tmp_path, 1, 64)
-    w = AnalysisWorker(
-        journal, spool, FakeAnalyser(), destinations=[], build_results=build_results
-    )
-    assert w.result_workers == 0
-    with pytest.raises(ValueError, match="result_workers"):
-        AnalysisWorker(journal, spool, FakeAnalyser(), destinations=[], result_workers=-1)
-    with pytest.raises(ValueError, match="build_results"):
-        AnalysisWorker(journal, spool, FakeAnalyser(), destinations=[],
-                       build_results=build_results, result_workers=1)  # fmt: skip
+def one_marker_result(source_path: str, findings_json: dict, image: object) -> list[EncodedResult]:
+    """An injected builder (runs in the pool process): one small result per source."""
+    src = pydicom.dcmread(source_path, stop_before_pixels=True)
+    return [EncodedResult(f"{src.SOPInstanceUID}.9", "1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.1.2.1",
+                          f"built in {os.getpid()}".encode())]  # fmt: skip
+
+
+def test_one_result_path_validation_and_injected_builder(tmp_path: Path) -> None:
+    spool, journal = _spool_jobs(tmp_path, 2, 64)
+    for bad in (0, -1):  # no thread mode: the pool is the one result-building path
+        with pytest.raises(ValueError, match="result_workers"):
+            AnalysisWorker(journal, spool, FakeAnalyser(), destinations=[], result_workers=bad)
+    worker = AnalysisWorker(journal, spool, FakeAnalyser(), destinations=["pacs"], batch_size=2,
+                            poll_interval_s=0.05, build_encoded=one_marker_result, result_workers=1)  # fmt: skip
+    _run_worker(worker, journal, 2)
+    rows = journal.outbox(state="pending")
     journal.close()
+    assert len(rows) == 2
+    data = {Path(r.path).read_bytes() for r in rows}
+    assert len(data) == 1 and data != {f"built in {os.getpid()}".encode()}  # built in the pool process
 
 
 def test_killed_pool_process_retries_its_job_and_node_keeps_going(
@@ -242,9 +251,9 @@ def test_pool_processes_exit_when_the_node_process_dies(tmp_path: Path) -> None:
     script = (
         "import sys, time\n"
         "from pathlib import Path\n"
-        "from dicom_node.analyse import AnalysisWorker\n"
-        "from dicom_node.journal import Journal\n"
-        "from dicom_node.spool import Spool\n"
+        "from dicom_node.pipeline.analyse import AnalysisWorker\n"
+        "from dicom_node.storage.journal import Journal\n"
+        "from dicom_node.storage.spool import Spool\n"
         "class A:\n"
         "    def submit(self, ds): raise RuntimeError('unused')\n"
         "if __name__ == '__main__':\n"

@@ -1,4 +1,4 @@
-"""Secondary Capture overlay (dicom_node.results_sc, dicom_node.overlay_render, overlay_heatmap, overlay_text)."""
+"""Secondary Capture overlay (dicom_node.results.sc.build, dicom_node.results.sc.render, overlay_heatmap, overlay_text)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,9 @@ from _results_data import (
     three_boxes,
 )
 
-from dicom_node.overlay_heatmap import (
+from dicom_node.results.common import models_label
+from dicom_node.results.sc.build import build_sc
+from dicom_node.results.sc.heatmap import (
     ALPHA_LUT,
     COLOUR_LUT,
     HEATMAP_CUTOFF,
@@ -28,7 +30,7 @@ from dicom_node.overlay_heatmap import (
     interpolation_matrix,
     upsample,
 )
-from dicom_node.overlay_render import (
+from dicom_node.results.sc.render import (
     BANNER_TEXT,
     BOX_COLOUR,
     NEGATIVE_COLOUR,
@@ -39,11 +41,9 @@ from dicom_node.overlay_render import (
     place_labels,
     render_overlay,
 )
-from dicom_node.overlay_text import clear_caches
-from dicom_node.results_common import models_label
-from dicom_node.results_sc import build_sc
-from models.dicom_image import load_source_image
+from dicom_node.results.sc.text import clear_caches
 from models.findings import Heatmap
+from models.imaging.dicom_image import load_source_image
 
 #: dciodvfy warnings caused by the test sources' own values (see test_results_validation)
 ACCEPTED_WARNINGS = ("Study ID", "Retired Person Name form")

@@ -1,4 +1,4 @@
-"""TID 1500 SR (dicom_node.results_sr) and the build_results facade: content, round trip, identity,
+"""TID 1500 SR (dicom_node.results.sr.build) and the build_results facade: content, round trip, identity,
 what OHIF v3 reads from it (tests/sr_ohif_view.py), "not evaluated" SRs."""
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from highdicom.sr.utils import collect_evidence, find_content_items
 from pydicom.sr.codedict import codes
 from sr_ohif_view import OhifCrash, ohif_measurements, ohif_problems
 
-from dicom_node import uids
-from dicom_node.results import build_results
-from dicom_node.results_sr import (
+from dicom_node.results import uids
+from dicom_node.results.build import build_results
+from dicom_node.results.sr.build import (
     ABSENT,
     NOT_EVALUATED,
     PNEUMONIA,
@@ -39,7 +39,7 @@ from dicom_node.results_sr import (
     build_sr,
     whole_image_polyline,
 )
-from dicom_node.sr_codes import (
+from dicom_node.results.sr.codes import (
     BOX_GATING,
     BOX_GATING_CODES,
     BOX_PROBABILITY,
@@ -48,7 +48,7 @@ from dicom_node.sr_codes import (
     NotEvaluatedReason,
     class_probability_concept,
 )
-from dicom_node.sr_read import read_sr
+from dicom_node.results.sr.read import read_sr
 from models.findings import RSNA_CLASSES, Findings, ModelInfo
 
 COPIED = (
@@ -303,7 +303,7 @@ def test_evidence_is_what_the_tree_references(tmp_path: Path) -> None:
 def test_shared_content_items_leave_earlier_srs_unchanged() -> None:
     """Constant content items (observer, algorithm identification, codes) are built once per process
     and shared; building other SRs must not change an SR built before."""
-    from dicom_node.spool import dataset_bytes
+    from dicom_node.storage.spool import dataset_bytes
 
     src = rsna_source(128)
     first = build_sr(src, findings_for(src, three_boxes(128, 128)[:1]))
@@ -515,7 +515,7 @@ def test_image_level_region_is_what_the_classifier_looked_at(tmp_path: Path) -> 
 def test_not_evaluated_sr_joins_the_series_of_its_configuration() -> None:
     """A failed job's SR carries the node's decision settings: it lands in the same series as the
     results analysed with them, not in a series of its own."""
-    from dicom_node.results_sr import build_not_evaluated_sr
+    from dicom_node.results.sr.build import build_not_evaluated_sr
 
     src = dx_source(320, 256)
     analysed = build_sr(src, findings_for(src, threshold=0.5, detection_threshold=0.5))

@@ -19,9 +19,9 @@ from _results_data import (
     three_boxes,
 )
 
-from dicom_node.results import build_results
-from dicom_node.results_sr import PRIVATE_SCHEME, build_not_evaluated_sr
-from dicom_node.sr_codes import NotEvaluatedReason
+from dicom_node.results.build import build_results
+from dicom_node.results.sr.build import PRIVATE_SCHEME, build_not_evaluated_sr
+from dicom_node.results.sr.codes import NotEvaluatedReason
 
 pytestmark = [
     pytest.mark.integration,

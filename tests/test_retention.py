@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from dicom_node.journal import Journal, ResultFile
-from dicom_node.retention import Purger, purge
-from dicom_node.spool import Spool
+from dicom_node.storage.journal import Journal, ResultFile
+from dicom_node.storage.retention import Purger, purge
+from dicom_node.storage.spool import Spool
 
 REPO = Path(__file__).resolve().parents[1]
 TS = "1.2.840.10008.1.2.1"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydicom.dataset import Dataset
 
-from dicom_node.routing import OWN_MANUFACTURER, RouteDecision, RoutingRules
+from dicom_node.scp.routing import OWN_MANUFACTURER, RouteDecision, RoutingRules
 from dicom_node.settings import CR_IMAGE_STORAGE, DX_FOR_PRESENTATION, SECONDARY_CAPTURE, NodeSettings
 
 CT = "1.2.840.10008.5.1.4.1.1.2"

@@ -19,9 +19,9 @@ from pydicom.dataset import Dataset
 from dicom_node.orthanc.config import load_shipped_config
 from dicom_node.orthanc_plugin import routing_policy as rp
 from dicom_node.orthanc_plugin import routing_rules as rr
-from dicom_node.routing import RoutingRules
+from dicom_node.scp.routing import RoutingRules
 from dicom_node.settings import NodeSettings
-from models.view_gate import not_analysable_reason
+from models.inference.view_gate import not_analysable_reason
 
 pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR")
 

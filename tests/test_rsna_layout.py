@@ -1,4 +1,4 @@
-"""Tests of the RSNA-layout reader (models.rsna_layout) on hand-written CSVs in the real RSNA format."""
+"""Tests of the RSNA-layout reader (models.datasets.rsna_layout) on hand-written CSVs in the real RSNA format."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from models.datasets.rsna_layout import PatientLabels, RsnaLayoutError, read_rsna_labels
 from models.findings import RSNA_CLASSES
-from models.rsna_layout import PatientLabels, RsnaLayoutError, read_rsna_labels
 
 # Rows in the exact format of the challenge's stage_2 CSVs (one row per box, floats, negatives
 # with empty coordinates; class info repeated once per label row). Made-up patient ids.
@@ -127,7 +127,7 @@ def test_missing_image_raises_naming_the_patient(tmp_path: Path) -> None:
 def test_missing_image_can_be_skipped_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     root = _make(tmp_path)
     (root / "stage_2_train_images" / "00704310-78a8-4b38-8475-49f4573b2dbb.dcm").unlink()
-    with caplog.at_level(logging.WARNING, logger="models.rsna_layout"):
+    with caplog.at_level(logging.WARNING, logger="models.datasets.rsna_layout"):
         labels = read_rsna_labels(root, missing="skip")
     assert len(labels) == 4 and "00704310-78a8-4b38-8475-49f4573b2dbb" not in labels
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]

@@ -11,7 +11,7 @@ import threading
 
 from pynetdicom import AE
 
-from dicom_node.receive import ScpAE, ScpServer
+from dicom_node.scp.receive import ScpAE, ScpServer
 
 
 def _server(max_pending: int) -> ScpServer:

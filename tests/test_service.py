@@ -73,14 +73,13 @@ def test_pipeline_with_real_results_writers(tmp_path: Path, dest: StoreSCP) -> N
 
 
 def test_result_workers_and_chunked_receive_settings_are_used(tmp_path: Path, dest: StoreSCP) -> None:
-    """CXR_NODE_RESULT_WORKERS=0 / CXR_NODE_CHUNKED_RECEIVE=false reach the worker and the receiver,
+    """CXR_NODE_RESULT_WORKERS=3 / CXR_NODE_CHUNKED_RECEIVE=false reach the worker and the receiver,
     and the node still delivers with both."""
     dest.start()
     src = [_cxr(tmp_path, i) for i in range(2)]
-    settings = _settings(tmp_path, dest, result_workers=0, chunked_receive=False)
+    settings = _settings(tmp_path, dest, result_workers=3, chunked_receive=False)
     with NodeService(settings, analyser=FakeAnalyser()) as svc:
-        assert svc.worker is not None and svc.worker.result_workers == 0
-        assert svc.worker.result_pool_pids == []
+        assert svc.worker is not None and svc.worker.result_workers == 3
         assert svc.receiver is not None and svc.receiver.chunked_receive is False
         _storescu(svc.port, *src)
         assert _wait(_delivered(svc, 2), 30)

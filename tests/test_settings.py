@@ -178,11 +178,12 @@ def test_readme_configuration_table_is_up_to_date() -> None:
 
 def test_result_workers_and_chunked_receive_reach_the_node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Both were constructor arguments only; IT sets them like every other setting."""
-    monkeypatch.setenv("CXR_NODE_RESULT_WORKERS", "0")
+    monkeypatch.setenv("CXR_NODE_RESULT_WORKERS", "3")
     monkeypatch.setenv("CXR_NODE_CHUNKED_RECEIVE", "false")
     s = NodeSettings(spool_dir=tmp_path)
-    assert s.result_workers == 0 and s.chunked_receive is False
+    assert s.result_workers == 3 and s.chunked_receive is False
     monkeypatch.delenv("CXR_NODE_RESULT_WORKERS")
     assert NodeSettings(spool_dir=tmp_path).result_workers is None
-    with pytest.raises(ValueError, match="result_workers"):
-        NodeSettings(spool_dir=tmp_path, result_workers=-1)
+    for bad in (-1, 0):  # one result-building path: the process pool (issue 14)
+        with pytest.raises(ValueError, match="result_workers"):
+            NodeSettings(spool_dir=tmp_path, result_workers=bad)

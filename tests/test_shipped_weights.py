@@ -7,7 +7,7 @@ import json
 import pytest
 
 from models.bundle_run import BUNDLES_DIR
-from models.holdout import (
+from models.evaluation.holdout import (
     DEFAULT_NPZ,
     HOLDOUT_SEED,
     TARGET_AUC,
@@ -54,7 +54,7 @@ def test_classifier_model_card_records_what_was_measured() -> None:
     meta = json.loads((BUNDLES_DIR / "cxr_classification" / "configs" / "metadata.json").read_text())
     node = meta["cxr_node"]
     metrics = node["metrics"]
-    assert metrics["command"] == "python -m models.holdout --write-metadata"
+    assert metrics["command"] == "python -m models.evaluation.holdout --write-metadata"
     pm = metrics["pneumoniamnist_test"]
     assert pm["split"] == "test" and pm["n"] == 624 and pm["auc_pneumonia_vs_normal"] >= TARGET_AUC
     assert pm["auc_ci95"][0] <= pm["auc_pneumonia_vs_normal"] <= pm["auc_ci95"][1]

@@ -1,4 +1,4 @@
-"""Tests of models.split: patient-level, stratified, deterministic split + JSON round trip."""
+"""Tests of models.datasets.split: patient-level, stratified, deterministic split + JSON round trip."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from models.split import read_split, split_patients, stratum_of, validate_fractions, write_split
+from models.datasets.split import read_split, split_patients, stratum_of, validate_fractions, write_split
 
 CLASSES = ("Normal", "No Lung Opacity / Not Normal", "Lung Opacity")
 

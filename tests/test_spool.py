@@ -11,7 +11,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from dicom_node.spool import Spool, SpoolFullError, is_out_of_space, write_atomic
+from dicom_node.storage.spool import Spool, SpoolFullError, is_out_of_space, write_atomic
 
 
 def test_store_incoming_keeps_bytes_and_separates_duplicates(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dicom_node.spool import Spool, SpoolFullError, StagedFile, is_out_of_space, write_atomic
+from dicom_node.storage.spool import Spool, SpoolFullError, StagedFile, is_out_of_space, write_atomic
 
 
 def test_staged_file_committed_byte_identical_without_leftovers(tmp_path: Path) -> None:
@@ -91,7 +91,7 @@ def test_crash_leftovers_of_staged_files_cleaned_on_open(tmp_path: Path) -> None
 
 def test_staged_file_beyond_max_bytes_is_deleted_at_once_and_the_rest_discarded(tmp_path: Path) -> None:
     """Issue 13 point 5: an instance larger than max_instance_mb is never spooled whole."""
-    from dicom_node.spool import InstanceTooLargeError, StagedFile
+    from dicom_node.storage.spool import InstanceTooLargeError, StagedFile
 
     staged = StagedFile(tmp_path, max_bytes=1000)
     assert staged.write(b"x" * 600) == 600 and staged.path.exists()

@@ -1,4 +1,4 @@
-"""Tests of the synthetic CXR phantoms (models.synth) and of ``cxr-node synth``."""
+"""Tests of the synthetic CXR phantoms (models.phantoms.synth) and of ``cxr-node synth``."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import numpy as np
 import pydicom
 import pytest
 
-from models import cli_synth
+from dicom_node.cli import synth as cli_synth
+from models.datasets.rsna_layout import read_rsna_labels
 from models.findings import RSNA_CLASSES
-from models.rsna_layout import read_rsna_labels
-from models.synth import (
+from models.phantoms.synth import (
     CR_IMAGE_STORAGE,
     DX_IMAGE_STORAGE,
     SC_IMAGE_STORAGE,

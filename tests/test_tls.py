@@ -1,4 +1,4 @@
-"""TLS contexts of ``dicom_node.tls`` against real peers: a pynetdicom SCP checked with dcmtk
+"""TLS contexts of ``dicom_node.transport.tls`` against real peers: a pynetdicom SCP checked with dcmtk
 ``echoscu +tls``, and a pynetdicom SCU talking to dcmtk ``storescp +tls``."""
 
 from __future__ import annotations
@@ -15,7 +15,13 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import SecondaryCaptureImageStorage, Verification  # type: ignore[attr-defined]
 from tls_certs import Pki, echoscu_tls, free_port, have_dcmtk_tls, have_openssl, make_pki, wait_for_port
 
-from dicom_node.tls import TlsConfigError, check_key_permissions, client_context, scu_tls_args, server_context
+from dicom_node.transport.tls import (
+    TlsConfigError,
+    check_key_permissions,
+    client_context,
+    scu_tls_args,
+    server_context,
+)
 
 needs_openssl = pytest.mark.skipif(not have_openssl(), reason="openssl CLI not on PATH")
 needs_dcmtk = pytest.mark.skipif(not have_dcmtk_tls(), reason="dcmtk echoscu/storescp with TLS not on PATH")

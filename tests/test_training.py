@@ -19,7 +19,7 @@ PNEUMONIAMNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "pneu
 
 @pytest.fixture(scope="module")
 def phantoms(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from models.synth import write_rsna_dataset
+    from models.phantoms.synth import write_rsna_dataset
 
     root = tmp_path_factory.mktemp("phantoms")
     write_rsna_dataset(root, 60, 4242, size=256)
@@ -36,7 +36,7 @@ def trained_classifier(phantoms: Path, tmp_path_factory: pytest.TempPathFactory)
 
 
 def test_classification_training_lowers_loss_and_writes_loadable_bundle(trained_classifier) -> None:
-    from models.bundle_loader import load_bundle
+    from models.inference.bundle_loader import load_bundle
 
     cfg, summary = trained_classifier
     losses = [h["train_loss"] for h in summary["history"]]
@@ -49,7 +49,7 @@ def test_classification_training_lowers_loss_and_writes_loadable_bundle(trained_
     sizes = training["split"]["sizes"]
     assert sizes["train"] + sizes["val"] + sizes["test"] == 60
     # the exact split ships with the bundle so that `cxr-node evaluate` tests on what training held out
-    from models.split import read_split
+    from models.datasets.split import read_split
 
     saved = read_split(cfg.out_dir / "split.json")
     assert {k: len(v) for k, v in saved.items()} == sizes
@@ -77,7 +77,7 @@ def test_resume_refuses_a_checkpoint_of_another_image_size(trained_classifier) -
 
 
 def test_detection_training_runs_and_writes_loadable_bundle(phantoms: Path, tmp_path: Path) -> None:
-    from models.bundle_loader import load_bundle
+    from models.inference.bundle_loader import load_bundle
 
     torch.set_num_threads(2)
     cfg = TrainConfig(task="detection", data_dirs=(phantoms,), out_dir=tmp_path / "det", epochs=1,
@@ -93,7 +93,7 @@ def test_detection_training_runs_and_writes_loadable_bundle(phantoms: Path, tmp_
 
 def _opacity_mask(seed: int) -> tuple[np.ndarray, np.ndarray]:
     """A phantom's opacity pixels (with minus without the opacity) and its boxes as xyxy."""
-    from models.synth import make_phantom
+    from models.phantoms.synth import make_phantom
 
     with_op = make_phantom(np.random.default_rng(seed), size=256, kind="Lung Opacity")
     without = make_phantom(np.random.default_rng(seed), size=256, kind="Lung Opacity", render_opacity=False)
@@ -176,9 +176,9 @@ def test_train_config_validates() -> None:
 @pytest.mark.skipif(not PNEUMONIAMNIST.is_file(), reason="shared PneumoniaMNIST file not present")
 def test_pneumoniamnist_training_images_equal_the_engine_path() -> None:
     """The training loader's upsampling of PneumoniaMNIST matches decode+prepare of the DICOM wrapper."""
-    from models.dicom_image import load_source_image
-    from models.holdout import pneumoniamnist_dicom
-    from models.preprocess import prepare
+    from models.evaluation.holdout import pneumoniamnist_dicom
+    from models.imaging.dicom_image import load_source_image
+    from models.imaging.preprocess import prepare
 
     data = load_pneumoniamnist(PNEUMONIAMNIST, "val", (96, 96))
     with np.load(PNEUMONIAMNIST) as z:
@@ -192,7 +192,7 @@ def test_pneumoniamnist_training_images_equal_the_engine_path() -> None:
 
 def test_prepared_cache_roundtrip_and_boxes_per_image(phantoms: Path) -> None:
     """All boxes of a patient land on its one image (scaled to the model size); the cache returns the same data."""
-    from models.rsna_layout import read_rsna_labels
+    from models.datasets.rsna_layout import read_rsna_labels
     from models.training.data import CACHE_DIR_NAME, load_rsna_prepared
 
     labels = read_rsna_labels(phantoms)
@@ -226,7 +226,7 @@ def test_pneumoniamnist_alone_trains_the_two_class_head_and_picks_a_threshold_on
 ) -> None:
     """The trainer's PneumoniaMNIST-only mode: no RSNA folder, the shipped Normal / Pneumonia head,
     the bundle's own centre-crop preprocessing, the decision threshold chosen on the val split."""
-    from models.bundle_loader import load_bundle
+    from models.inference.bundle_loader import load_bundle
 
     torch.set_num_threads(2)
     out = tmp_path / "cls"
@@ -276,9 +276,9 @@ def test_pneumoniamnist_alone_refuses_a_head_with_classes_it_has_no_labels_for(s
 
 def test_bottleneck_training_images_equal_the_engine_path(small_npz: Path) -> None:
     """With the shipped preprocessing, a training image is what the engine makes of its DICOM wrapper."""
-    from models.dicom_image import load_source_image
-    from models.holdout import pneumoniamnist_dicom
-    from models.preprocess import Preprocessing, prepare
+    from models.evaluation.holdout import pneumoniamnist_dicom
+    from models.imaging.dicom_image import load_source_image
+    from models.imaging.preprocess import Preprocessing, prepare
 
     spec = Preprocessing(method="centre-crop", bottleneck=28, quantise_levels=256, normalise="standardise")
     data = load_pneumoniamnist(small_npz, "val", (64, 64), preprocessing=spec, class_names=("Normal", "Pneumonia"),

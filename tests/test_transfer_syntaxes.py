@@ -18,8 +18,8 @@ import pytest
 from pydicom import uid
 from pydicom.encaps import encapsulate, generate_frames
 
-from models.dicom_image import load_source_image
 from models.errors import ImageDecodeError
+from models.imaging.dicom_image import load_source_image
 
 try:  # tests/ is on sys.path under pytest's default "prepend" import mode (no tests/__init__.py)
     from dicom_factory import cxr_like_array, have_dcmtk, make_dataset, transcode_dcmtk
@@ -248,7 +248,7 @@ def test_trailing_bytes_after_eoi_are_tolerated(tmp_path: Path) -> None:
 def test_jpeg_baseline_is_decoded_with_pillow_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """JPEG Baseline goes to Pillow (GIL released, ~4x faster than pylibjpeg; BENCHMARKS.md) and
     gives the same image as the default decoder order, to within JPEG's IDCT rounding."""
-    import models.dicom_image as dicom_image
+    import models.imaging.dicom_image as dicom_image
 
     assert dicom_image.PREFERRED_DECODER[uid.JPEGBaseline8Bit] == "pillow"
     encoded = transcode_dcmtk(_source("u8"), "dcmcjpeg", ["+eb", "+un"], tmp_path)
@@ -273,7 +273,7 @@ def test_jpeg_baseline_is_decoded_with_pillow_first(tmp_path: Path, monkeypatch:
 def test_failing_preferred_decoder_falls_back_to_the_default_order(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import models.dicom_image as dicom_image
+    import models.imaging.dicom_image as dicom_image
 
     encoded = transcode_dcmtk(_source("u8"), "dcmcjpeg", ["+eb", "+un"], tmp_path)
     monkeypatch.setattr(dicom_image, "PREFERRED_DECODER", {uid.JPEGBaseline8Bit: "no-such-plugin"})
@@ -328,7 +328,7 @@ def test_codestream_larger_than_the_header_is_refused_before_decoding(
     before it failed: the frame header is now checked against Rows x Columns and nothing is decoded.
     With junk between two segments (the fuzzer's find: the decoders skip it, a strict parser gave up
     and let the stream through to a 3.4 GB allocation) the frame header is found all the same."""
-    import models.dicom_image as dicom_image
+    import models.imaging.dicom_image as dicom_image
 
     def no_decode(*_a: object, **_k: object) -> np.ndarray:
         raise AssertionError("the decoder must not run")
@@ -342,7 +342,7 @@ def test_a_bomb_pillow_refuses_is_not_handed_to_another_decoder(monkeypatch: pyt
     """Defence in depth behind the size check: Pillow's DecompressionBombError ends the decode."""
     from PIL import Image
 
-    import models.dicom_image as dicom_image
+    import models.imaging.dicom_image as dicom_image
 
     calls: list[str] = []
 
@@ -370,7 +370,7 @@ def test_jpeg_2000_codestream_size_is_checked(tmp_path: Path) -> None:
 @pytest.mark.parametrize("case", [_param(c) for c in CASES if c.transfer_syntax.is_encapsulated])
 def test_every_encoder_declares_the_header_size(case: Case, tmp_path: Path) -> None:
     """The frame-header parser finds Rows x Columns in what dcmtk and pydicom's encoders write."""
-    from models.dicom_image import codestream_frame_size
+    from models.imaging.dicom_image import codestream_frame_size
 
     if case.needs and not have_dcmtk(*case.needs):
         pytest.skip(f"dcmtk tool(s) {case.needs} not on PATH")
@@ -387,7 +387,7 @@ def test_every_encoder_declares_the_header_size(case: Case, tmp_path: Path) -> N
 def test_jp2_wrapped_codestream_size_is_checked() -> None:
     """A JP2 file (boxes around the codestream; not DICOM-conformant, but decoders read it) is
     measured by the codestream it wraps."""
-    from models.dicom_image import codestream_frame_size
+    from models.imaging.dicom_image import codestream_frame_size
 
     siz = b"\xff\x4f\xff\x51\x00\x29\x00\x00" + (9000).to_bytes(4, "big") + (7000).to_bytes(4, "big") + b"\x00" * 8
     jp2 = b"\x00\x00\x00\x0cjP  \r\n\x87\n" + b"\x00\x00\x00\x14ftypjp2 " + b"\x00" * 12 + b"\x00\x00\x00\x00jp2c" + siz

@@ -1,4 +1,4 @@
-"""Deterministic UIDs (dicom_node.uids): same inputs, same UIDs; anything that changes a result's
+"""Deterministic UIDs (dicom_node.results.uids): same inputs, same UIDs; anything that changes a result's
 content (source, weights, decision settings) changes them."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from pydicom.uid import UID
 
-from dicom_node import uids
+from dicom_node.results import uids
 from models.findings import FindingCode, Findings, Heatmap, ModelInfo
 
 M1 = (ModelInfo("cxr_classification", "0.1.0", "aaaaaaaaaaaa"), ModelInfo("cxr_opacity_detection", "0.1.0", "bbbbbbbbbbbb"))
@@ -144,7 +144,7 @@ def test_uids_are_stable_across_processes() -> None:
     import sys
 
     code = (
-        "import sys; sys.path.insert(0, 'tests'); from test_uids import F1; from dicom_node import uids; "
+        "import sys; sys.path.insert(0, 'tests'); from test_uids import F1; from dicom_node.results import uids; "
         "print(uids.instance_uid(F1, 'SR'))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)

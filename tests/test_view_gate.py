@@ -1,11 +1,11 @@
-"""models.view_gate: lateral/oblique views and non-chest images are not analysed."""
+"""models.inference.view_gate: lateral/oblique views and non-chest images are not analysed."""
 
 from __future__ import annotations
 
 import pytest
 from pydicom.dataset import Dataset
 
-from models.view_gate import not_analysable_reason
+from models.inference.view_gate import not_analysable_reason
 
 # Real headers carry lower-case CS values; pydicom warns about them, the gate must cope.
 pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR CS")

@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from dicom_node.testing.local_orthanc import free_port  # noqa: F401  (the one copy; tests import it from here)
+
 DAYS = "2"
 
 
@@ -120,12 +122,6 @@ def make_pki(folder: Path) -> Pki:
         "extendedKeyUsage=clientAuth",
     ])  # fmt: skip
     return Pki(folder, ca[0], ca[1], server[0], server[1], client[0], client[1], rogue_ca[0], rogue[0], rogue[1])
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for_port(port: int, timeout: float = 15.0, proc: subprocess.Popen[bytes] | None = None) -> None:

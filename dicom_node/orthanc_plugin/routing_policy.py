@@ -5,9 +5,9 @@ Three places apply it, and so they cannot disagree:
 * the Orthanc plug-in (``routing_rules`` / ``cxr_router.py``) decides which instances it forwards,
   from Orthanc's ``simplified-tags``; this module runs inside Orthanc's embedded interpreter, so it
   imports nothing outside the standard library (it is a sibling of the plug-in script);
-* the node's SCP (``dicom_node.routing``) decides which received instances are analysed, from the
-  data set's header (``models.view_gate.header_tags`` turns it into the same mapping);
-* the engine's view gate (``models.view_gate.not_analysable_reason``) refuses what is not a frontal
+* the node's SCP (``dicom_node.scp.routing``) decides which received instances are analysed, from the
+  data set's header (``models.inference.view_gate.header_tags`` turns it into the same mapping);
+* the engine's view gate (``models.inference.view_gate.not_analysable_reason``) refuses what is not a frontal
   chest image with the body-part and view tests below; when the routers let an image through, the
   gate agrees, so it only speaks for images that reach the engine some other way (``cxr-node infer``,
   widened ``route_*`` settings), and then its refusal becomes a "not evaluated" SR.

@@ -69,7 +69,7 @@ def update_metadata(bundle_dir: Path, *, training: dict[str, Any], training_data
         node["training_data"] = training_data
     # metrics measured on a held-out set belong to other weights now
     if node.get("metrics"):
-        node["metrics"] = {"note": "stale metrics removed after re-training; re-run `python -m models.holdout`"}
+        node["metrics"] = {"note": "stale metrics removed after re-training; re-run `python -m models.evaluation.holdout`"}
     try:
         meta["network_data_format"]["inputs"]["image"]["spatial_shape"] = list(image_size)
     except (KeyError, TypeError):

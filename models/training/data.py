@@ -1,7 +1,7 @@
 """Training data: RSNA-layout folders decoded once, prepared like at inference, cached.
 
-Every image goes through exactly the inference path (``models.dicom_image.load_source_image``
-then ``models.preprocess.prepare``), so the network sees in training what it will see in
+Every image goes through exactly the inference path (``models.imaging.dicom_image.load_source_image``
+then ``models.imaging.preprocess.prepare``), so the network sees in training what it will see in
 the engine. The prepared arrays (float16) and the boxes in model-input pixels (``xyxy``)
 are cached in ``<data>/.cxr_node_cache/`` so that later runs skip the DICOM decoding.
 """
@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from models.findings import LUNG_OPACITY_INDEX, RSNA_CLASSES
-from models.preprocess import LETTERBOX, Preprocessing
+from models.imaging.preprocess import LETTERBOX, Preprocessing
 
 logger = logging.getLogger(__name__)
 
@@ -128,8 +128,8 @@ def _prepare_one(job: tuple[str, str, tuple[int, int], list[tuple[float, float, 
     try:
         import pydicom
 
-        from models.dicom_image import load_source_image
-        from models.preprocess import Preprocessing, prepare
+        from models.imaging.dicom_image import load_source_image
+        from models.imaging.preprocess import Preprocessing, prepare
 
         ds = pydicom.dcmread(path)
         src = load_source_image(ds)
@@ -150,12 +150,12 @@ def _prepare_one(job: tuple[str, str, tuple[int, int], list[tuple[float, float, 
 
 def _preprocessing_code_hash() -> str:
     """Hash of the decoding/preprocessing source, so that a code change invalidates the cache."""
-    import models.dicom_image
-    import models.geometry
-    import models.preprocess
+    import models.imaging.dicom_image
+    import models.imaging.geometry
+    import models.imaging.preprocess
 
     h = hashlib.sha1()
-    for mod in (models.dicom_image, models.preprocess, models.geometry):
+    for mod in (models.imaging.dicom_image, models.imaging.preprocess, models.imaging.geometry):
         h.update(Path(str(mod.__file__)).read_bytes())
     return h.hexdigest()[:12]
 
@@ -181,11 +181,11 @@ def load_rsna_prepared(
 ) -> PreparedSet:
     """Decode and prepare the RSNA-layout folder ``data_dir`` (or the given patients of it).
 
-    ``labels`` is ``models.rsna_layout.read_rsna_labels(data_dir)`` (read here when None).
-    Images go through the bundle's ``preprocessing`` (``models.preprocess.prepare``), as in the engine.
+    ``labels`` is ``models.datasets.rsna_layout.read_rsna_labels(data_dir)`` (read here when None).
+    Images go through the bundle's ``preprocessing`` (``models.imaging.preprocess.prepare``), as in the engine.
     Images that cannot be decoded are logged and skipped. Labels index the RSNA classes.
     """
-    from models.rsna_layout import read_rsna_labels
+    from models.datasets.rsna_layout import read_rsna_labels
 
     data_dir = Path(data_dir)
     size = (int(image_size[0]), int(image_size[1]))
@@ -257,13 +257,13 @@ def load_pneumoniamnist(
     positive_class: str = RSNA_CLASSES[LUNG_OPACITY_INDEX],
 ) -> PreparedSet:
     """One split (``train``/``val``/``test``) of a PneumoniaMNIST-layout ``.npz``, each image through the
-    bundle's ``preprocessing`` (``models.preprocess.prepare``, exactly as the engine prepares a DICOM).
+    bundle's ``preprocessing`` (``models.imaging.preprocess.prepare``, exactly as the engine prepares a DICOM).
 
     Label 1 (pneumonia) becomes ``positive_class``, 0 becomes "Normal", both indexes into
     ``class_names`` (the head being trained). No boxes.
     """
-    from models.dicom_image import SourceImage
-    from models.preprocess import prepare
+    from models.imaging.dicom_image import SourceImage
+    from models.imaging.preprocess import prepare
     from models.training.head import ClassifierHead
 
     if split not in ("train", "val", "test"):

@@ -2,7 +2,7 @@
 
 Runs the bundle's network on the prepared images (same preprocessing as the engine)
 and writes ``metrics.json`` to ``output_dir``. This is the quick per-bundle check;
-``models.holdout`` measures both bundles through the real inference engine.
+``models.evaluation.holdout`` measures both bundles through the real inference engine.
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ def evaluate_bundle(
     split: str | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Evaluate one bundle on ``data_dir`` (all patients, or one split of ``models.split`` with ``seed``)."""
+    """Evaluate one bundle on ``data_dir`` (all patients, or one split of ``models.datasets.split`` with ``seed``)."""
+    from models.datasets.rsna_layout import read_rsna_labels
+    from models.datasets.split import split_patients
+    from models.imaging.preprocess import Preprocessing
     from models.networks import image_size_of, load_bundle_parser, load_state_dict_file
-    from models.preprocess import Preprocessing
-    from models.rsna_layout import read_rsna_labels
-    from models.split import split_patients
     from models.training.data import load_rsna_prepared
     from models.training.head import ClassifierHead
     from models.training.trainer import (

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
-from models.preprocess import LETTERBOX, Preprocessing
+from models.imaging.preprocess import LETTERBOX, Preprocessing
 from models.training import bundle_io
 from models.training.augment import AugmentConfig, augment
 from models.training.config import TrainConfig
@@ -58,7 +58,7 @@ class _AugmentedSet(Dataset):
         return img, int(self.data.labels[i]), boxes
 
 
-#: File in the bundle folder holding the patient-level split training used (models.split format).
+#: File in the bundle folder holding the patient-level split training used (models.datasets.split format).
 SPLIT_FILE_NAME = "split.json"
 
 def _collate(batch: Sequence[tuple[torch.Tensor, int, np.ndarray]]) -> tuple[torch.Tensor, torch.Tensor, list]:
@@ -76,7 +76,7 @@ def _batches(data: PreparedSet, batch_size: int) -> Iterator[tuple[int, torch.Te
 
 
 def _auc(y: np.ndarray, s: np.ndarray) -> float:
-    from models.metrics import roc_auc
+    from models.evaluation.metrics import roc_auc
 
     if len(np.unique(y)) < 2:
         return float("nan")
@@ -141,7 +141,7 @@ def _xyxy_to_xywh(b: np.ndarray) -> list[tuple[float, float, float, float]]:
 
 def detection_metrics(preds: Sequence[np.ndarray], data: PreparedSet, threshold: float) -> dict[str, Any]:
     """RSNA mAP, recall and precision at IoU 0.4 of the predictions with score >= ``threshold``."""
-    from models.metrics import detection_recall, rsna_map
+    from models.evaluation.metrics import detection_recall, rsna_map
 
     pairs = []
     n_pred = 0
@@ -192,8 +192,8 @@ def resolve_device(device: str) -> torch.device:
 
 def _split(cfg: TrainConfig) -> tuple[dict[str, Any], dict[str, list[str]], dict[str, Path]]:
     """Read the labels of every data folder, cap to ``max_images``, split patient-level."""
-    from models.rsna_layout import read_rsna_labels
-    from models.split import split_patients
+    from models.datasets.rsna_layout import read_rsna_labels
+    from models.datasets.split import split_patients
 
     labels: dict[str, Any] = {}
     origin: dict[str, Path] = {}
@@ -232,7 +232,7 @@ def _class_counts(data: PreparedSet) -> dict[str, int]:
 def choose_decision_threshold(probs: np.ndarray, data: PreparedSet) -> dict[str, Any]:
     """The image-level operating threshold, chosen on validation data: Youden's J (sensitivity +
     specificity - 1) maximal; with its validation sensitivity and specificity."""
-    from models.metrics import youden_threshold
+    from models.evaluation.metrics import youden_threshold
 
     y = data.positive
     p = probs[:, data.positive_index]
@@ -306,7 +306,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         labels, split, origin = _split(cfg)
         # the exact patient split travels with the bundle: `cxr-node evaluate` reads it, so its test split
         # is the one training held out even when --max-images or several --data folders changed the patient set
-        from models.split import write_split
+        from models.datasets.split import write_split
 
         write_split(out_dir / SPLIT_FILE_NAME, split, seed=cfg.seed, fractions=cfg.fractions)
         sets_train.append(_load_split(cfg, labels, split["train"], origin, size, preprocessing))

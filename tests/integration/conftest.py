@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from integration_helpers import NodeProcess, Ports, Stack, StoreSCP
 
-from dicom_node.orthanc.local import LocalOrthanc, free_port, orthanc_binary
+from dicom_node.testing.local_orthanc import LocalOrthanc, free_port, orthanc_binary
 
 # tests/ holds helpers shared with the unit tests (e.g. sr_ohif_view); it is on sys.path when the
 # whole suite runs, not when only tests/integration/ is collected
@@ -98,13 +98,13 @@ def node_factory(tmp_path: Path, ports: Ports) -> Iterator[Callable[..., NodePro
 
 @pytest.fixture(scope="session")
 def phantom_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    """Three small RSNA-style CXR phantoms from ``models.synth`` (session-scoped)."""
-    from models.synth import write_rsna_dataset
+    """Three small RSNA-style CXR phantoms from ``models.phantoms.synth`` (session-scoped)."""
+    from models.phantoms.synth import write_rsna_dataset
 
     out = tmp_path_factory.mktemp("phantoms")
     write_rsna_dataset(out, n=3, seed=7, size=256)
     files = sorted((out / "stage_2_train_images").glob("*.dcm"))
-    assert files, f"models.synth wrote no DICOM files under {out}"
+    assert files, f"models.phantoms.synth wrote no DICOM files under {out}"
     return files
 
 

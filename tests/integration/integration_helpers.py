@@ -16,7 +16,7 @@ import pydicom
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from dicom_node.orthanc.local import (
+from dicom_node.testing.local_orthanc import (
     NODE_AET,
     ORTHANC_AET,
     PUSHER_AET,

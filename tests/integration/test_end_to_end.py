@@ -17,9 +17,9 @@ import pytest
 from integration_helpers import REPO, Stack, dciodvfy_errors, make_image, write
 from pydicom.uid import generate_uid
 
-from dicom_node.orthanc.local import LocalOrthanc, storescu, wait_until
-from dicom_node.sr_codes import NotEvaluatedReason
-from dicom_node.sr_read import read_sr
+from dicom_node.results.sr.codes import NotEvaluatedReason
+from dicom_node.results.sr.read import read_sr
+from dicom_node.testing.local_orthanc import LocalOrthanc, storescu, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -63,7 +63,7 @@ def _events(stack_node: Any, event: str, sop_uid: str) -> list[dict[str, Any]]:
 @pytest.fixture(scope="module")
 def engine() -> Iterator[Any]:
     """The inference engine, in-process, with the node's defaults (for comparing findings)."""
-    from models.engine import InferenceEngine
+    from models.inference.engine import InferenceEngine
 
     eng = InferenceEngine(REPO / "monai_bundles", device="cpu", num_threads=1, decode_workers=1)
     yield eng
@@ -131,7 +131,7 @@ def test_the_sr_in_orthanc_says_what_cxr_node_infer_json_says(
     probability and boxes as ``cxr-node infer --json`` on the same file (same defaults, one rule)."""
     import argparse
 
-    from models import cli_infer
+    from dicom_node.cli import infer as cli_infer
 
     _push(stack.orthanc.dicom_port, phantom_files)  # (again: the same instances give the same results)
     parser = argparse.ArgumentParser()
@@ -326,7 +326,7 @@ def test_local_orthanc_runs_with_nagle_off(stack: Stack) -> None:
 
 
 def test_orthanc_environment_keeps_an_explicit_value() -> None:
-    from dicom_node.orthanc.local import orthanc_environment
+    from dicom_node.testing.local_orthanc import orthanc_environment
 
     assert orthanc_environment({"PATH": "/bin"}) == {"PATH": "/bin", "TCP_NODELAY": "1"}
     assert orthanc_environment({"TCP_NODELAY": "0"})["TCP_NODELAY"] == "0"

@@ -46,11 +46,11 @@ from ohif_server import OhifServer, ohif_dist
 from sr_ohif_view import OhifMeasurement, ohif_measurements
 
 from dicom_node.orthanc.config import DEBIAN_DICOMWEB_PLUGIN
-from dicom_node.orthanc.local import LocalOrthanc, free_port, storescu, wait_until
-from dicom_node.results_common import SC_SERIES_DESCRIPTION, SR_SERIES_DESCRIPTION
-from dicom_node.results_sr import build_not_evaluated_sr
-from dicom_node.sr_codes import NotEvaluatedReason
-from dicom_node.sr_read import read_sr
+from dicom_node.results.common import SC_SERIES_DESCRIPTION, SR_SERIES_DESCRIPTION
+from dicom_node.results.sr.build import build_not_evaluated_sr
+from dicom_node.results.sr.codes import NotEvaluatedReason
+from dicom_node.results.sr.read import read_sr
+from dicom_node.testing.local_orthanc import LocalOrthanc, free_port, storescu, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -8,7 +8,7 @@ import pydicom
 import pytest
 from integration_helpers import StoreSCP, make_image, write
 
-from dicom_node.orthanc.local import LocalOrthanc, storescu, wait_until
+from dicom_node.testing.local_orthanc import LocalOrthanc, storescu, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -133,7 +133,7 @@ def test_shipped_config_runs_with_environment_variables(binaries, ports, tmp_pat
     import httpx
 
     from dicom_node.orthanc.config import PLUGIN_SCRIPT, load_shipped_config
-    from dicom_node.orthanc.local import orthanc_binary
+    from dicom_node.testing.local_orthanc import orthanc_binary
 
     cfg = load_shipped_config()
     cfg.update({"HttpPort": ports.http, "DicomPort": ports.dicom, "StorageDirectory": str(tmp_path / "db"),

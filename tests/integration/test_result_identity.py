@@ -16,8 +16,8 @@ import pydicom
 import pytest
 from integration_helpers import PUSHER_AET
 
-from dicom_node.orthanc.local import LocalOrthanc, storescu, wait_until
-from dicom_node.sr_read import read_sr
+from dicom_node.results.sr.read import read_sr
+from dicom_node.testing.local_orthanc import LocalOrthanc, storescu, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -12,7 +12,7 @@ import pytest
 from integration_helpers import NodeProcess, make_image
 
 from dicom_node.orthanc.config import DicomTls
-from dicom_node.orthanc.local import LocalOrthanc, echoscu, free_port, wait_until
+from dicom_node.testing.local_orthanc import LocalOrthanc, echoscu, free_port, wait_until
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tls_certs import _leaf, have_openssl, make_pki  # noqa: E402
@@ -29,7 +29,7 @@ def test_tls_on_both_hops(binaries: None, tmp_path: Path) -> None:  # type: igno
     from pynetdicom import AE
     from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-    from dicom_node.tls import client_context, scu_tls_args
+    from dicom_node.transport.tls import client_context, scu_tls_args
 
     pki = make_pki(tmp_path / "pki")
     orthanc_crt, orthanc_key = _leaf(pki.folder, "orthanc", "ORTHANC", (pki.ca_crt, pki.ca_key), BOTH)

@@ -13,7 +13,7 @@ import signal
 import sys
 from typing import Any
 
-import models.dicom_image as dicom_image
+import models.imaging.dicom_image as dicom_image
 
 MARKER = os.environ["CXR_TEST_POISON_MARKER"]
 _real = dicom_image.load_source_image

@@ -33,7 +33,7 @@ for _p in (REPO / "tests" / "integration", REPO / "bench", REPO / "tests"):
 
 from integration_helpers import NodeProcess  # noqa: E402
 
-from dicom_node.orthanc.local import PUSHER_AET, LocalOrthanc, free_port, orthanc_binary, wait_until  # noqa: E402
+from dicom_node.testing.local_orthanc import PUSHER_AET, LocalOrthanc, free_port, orthanc_binary, wait_until  # noqa: E402
 
 SCALE = float(os.environ.get("CXR_RELIABILITY_SCALE", "0.25"))
 if not SCALE > 0:
@@ -100,7 +100,7 @@ def phantom_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def phantoms(folder: Path, n: int, *, seed: int, size: int = 256, start: int = 0) -> list[Path]:
     """``n`` RSNA-style phantoms (JPEG baseline SC) of ``size``² pixels."""
-    from models.synth import write_rsna_dataset
+    from models.phantoms.synth import write_rsna_dataset
 
     out = folder / f"rsna-{size}-{seed}-{start}-{n}"
     write_rsna_dataset(out, n=n, seed=seed, size=size, start_index=start)

@@ -31,7 +31,7 @@ from reliability_helpers import (
     wait_for,
 )
 
-from dicom_node.orthanc.local import LocalOrthanc
+from dicom_node.testing.local_orthanc import LocalOrthanc
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -3,7 +3,7 @@
 Definition of "twice" used here:
 
 * in Orthanc, a result can never be stored twice: result SOP Instance UIDs are deterministic
-  (source SOP Instance UID + model versions, ``dicom_node.uids``) and Orthanc keeps one
+  (source SOP Instance UID + model versions, ``dicom_node.results.uids``) and Orthanc keeps one
   instance per SOP Instance UID. The test checks Orthanc holds exactly one SR and one SC per
   source image and nothing else;
 * a *delivery* (C-STORE of a result by the node) may be repeated only when the crash hit
@@ -36,7 +36,7 @@ from reliability_helpers import (
     wait_for,
 )
 
-from dicom_node.orthanc.local import LocalOrthanc
+from dicom_node.testing.local_orthanc import LocalOrthanc
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -8,8 +8,8 @@ import struct
 import pytest
 from hostile import _elem, _encapsulated, _split, base_dataset, encode, part10
 
-from models.dicom_image import load_source_image
 from models.errors import ImageDecodeError
+from models.imaging.dicom_image import load_source_image
 
 #: Frame 0 of fuzzer crash input ``crash-c51596e5`` (16x16, 16-bit, RLE Lossless, 2 segments): the
 #: second segment decodes past the end of the frame and pylibjpeg-rle's Rust decoder panics
@@ -98,7 +98,7 @@ def test_jpeg_with_junk_before_a_huge_frame_header_is_refused_before_decoding(mo
 
     import pydicom
 
-    import models.dicom_image as dicom_image
+    import models.imaging.dicom_image as dicom_image
 
     def no_decode(*_a: object, **_k: object) -> None:
         raise AssertionError("the decoder must not run")

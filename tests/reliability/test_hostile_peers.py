@@ -21,7 +21,7 @@ import pytest
 from integration_helpers import NodeProcess, make_image, write
 from reliability_helpers import journal_rows, report, wait_for
 
-from dicom_node.orthanc.local import LocalOrthanc, WaitTimeout, free_port
+from dicom_node.testing.local_orthanc import LocalOrthanc, WaitTimeout, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -157,7 +157,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-de
 
 
 def test_a_client_that_never_handshakes_does_not_block_the_tls_scp(dcmtk: None, tmp_path: Path, pki) -> None:  # type: ignore[no-untyped-def]
-    from dicom_node.tls import client_context, scu_tls_args
+    from dicom_node.transport.tls import client_context, scu_tls_args
 
     ctx = client_context(pki.ca_crt, pki.client_crt, pki.client_key)
     tls_args = scu_tls_args(ctx, "127.0.0.1")

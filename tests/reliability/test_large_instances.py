@@ -22,7 +22,7 @@ from pydicom.dataset import FileMetaDataset
 from pynetdicom import _config
 from reliability_helpers import journal_rows, make_node, report, scaled, send_files, wait_for
 
-from dicom_node.orthanc.local import LocalOrthanc
+from dicom_node.testing.local_orthanc import LocalOrthanc
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

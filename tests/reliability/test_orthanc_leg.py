@@ -26,7 +26,7 @@ import pytest
 from integration_helpers import make_image, write
 from reliability_helpers import SCALE, journal_rows, orthanc_sop_uids, phantoms, report, scaled, wait_for
 
-from dicom_node.orthanc.local import LocalOrthanc, free_port, storescu
+from dicom_node.testing.local_orthanc import LocalOrthanc, free_port, storescu
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -31,7 +31,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import _config
 from reliability_helpers import REPO, journal_rows, make_node, report, send_files, wait_for
 
-from dicom_node.orthanc.local import LocalOrthanc, free_port
+from dicom_node.testing.local_orthanc import LocalOrthanc, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

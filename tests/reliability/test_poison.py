@@ -19,7 +19,7 @@ import pytest
 from integration_helpers import NodeProcess
 from reliability_helpers import journal_rows, orthanc_sop_uids, phantoms, report, send_files, wait_for
 
-from dicom_node.orthanc.local import LocalOrthanc, ProcessExited
+from dicom_node.testing.local_orthanc import LocalOrthanc, ProcessExited
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -12,10 +12,10 @@ from hostile import _elem, _split, base_dataset, encode, part10
 from pynetdicom import _config
 from reliability_helpers import send_files
 
-from dicom_node.journal import Journal
-from dicom_node.receive import MAX_REASON_CHARS, Receiver
+from dicom_node.scp.receive import MAX_REASON_CHARS, Receiver
 from dicom_node.settings import NodeSettings
-from dicom_node.spool import Spool
+from dicom_node.storage.journal import Journal
+from dicom_node.storage.spool import Spool
 
 pytestmark = pytest.mark.integration
 
@@ -43,7 +43,7 @@ def test_skip_reason_from_a_wrong_vr_is_clipped_and_printable(
     port = receiver.start()
     monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
     try:
-        with caplog.at_level(logging.INFO, logger="dicom_node.receive"):
+        with caplog.at_level(logging.INFO, logger="dicom_node.scp.receive"):
             log = send_files(port, [path], calling="PYSCU")
     finally:
         receiver.stop(5)

@@ -44,7 +44,7 @@ from replica_helpers import (
     study_uids,
 )
 
-from dicom_node.orthanc.local import PUSHER_AET, LocalOrthanc, WaitTimeout, free_port, storescu
+from dicom_node.testing.local_orthanc import PUSHER_AET, LocalOrthanc, WaitTimeout, free_port, storescu
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

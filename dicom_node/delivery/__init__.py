@@ -1,0 +1,1 @@
+"""The delivery step: result objects C-STOREd back to Orthanc with retry/backoff."""

@@ -1,0 +1,379 @@
+"""Delivery of result objects: C-STORE SCU (and optional Orthanc REST) with persisted retry/backoff.
+
+One association per destination and batch, presenting only the (SOP class, transfer syntax)
+pairs being sent; files are sent from the spool as stored (no re-encode). Outcomes:
+
+* success or warning status -> delivered;
+* transient (connection refused, timeout, association aborted, rejected-transient, 0xA7xx,
+  other failures) -> exponential backoff ``retry_base_s * 2**(n-1)`` capped at ``retry_max_s``,
+  jittered, stored in the journal (``attempts``, ``next_attempt_at``) so it survives restarts;
+* permanent (association rejected-permanent, e.g. calling AE not recognised; 0xCxxx, 0xA9xx,
+  0x0122, presentation context refused; HTTP 4xx) -> logged at ERROR and retried every
+  ``permanent_retry_s``: never dropped, never a hot loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+import ssl
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pynetdicom import AE
+
+from dicom_node.node_metrics import NodeMetrics
+from dicom_node.settings import Destination, NodeSettings
+from dicom_node.storage.journal import Job, Journal, OutboxItem
+from dicom_node.storage.spool import Spool
+from dicom_node.transport.tcp_options import NODELAY_HANDLERS
+
+logger = logging.getLogger(__name__)
+
+#: pynetdicom accepts at most 128 presentation contexts per association.
+MAX_CONTEXTS = 120
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Result of one delivery attempt of one item."""
+
+    delivered: bool
+    permanent: bool = False
+    error: str | None = None
+    status: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.delivered == (self.error is not None):
+            raise ValueError(f"an outcome is either delivered or has an error, got {self!r}")
+
+
+DELIVERED = Outcome(True)
+
+
+def classify_status(status: int) -> Outcome:
+    """Map a C-STORE response status to an ``Outcome``."""
+    if status == 0x0000 or status in (0x0001, 0x0107, 0x0116) or 0xB000 <= status <= 0xBFFF:
+        return Outcome(True, status=status)
+    text = f"C-STORE status 0x{status:04X}"
+    if 0xA700 <= status <= 0xA7FF or status in (0x0110, 0x0213):
+        return Outcome(
+            False, permanent=False, error=text + " (out of resources / processing failure)", status=status
+        )
+    if 0xC000 <= status <= 0xCFFF or 0xA900 <= status <= 0xA9FF or status in (0x0122, 0x0124, 0x0211, 0x0212):
+        return Outcome(False, permanent=True, error=text + " (refused)", status=status)
+    return Outcome(False, permanent=False, error=text, status=status)
+
+
+def backoff_delay(attempts: int, base_s: float, max_s: float, *, rng: random.Random | None = None) -> float:
+    """Jittered exponential backoff after ``attempts`` failed attempts (>= 1): in [0.5, 1] x min(max, base*2**(n-1))."""
+    if attempts < 1:
+        raise ValueError(f"attempts must be >= 1, got {attempts!r}")
+    raw = min(max_s, base_s * (2 ** min(attempts - 1, 30)))
+    r = (rng or random).uniform(0.5, 1.0)
+    return raw * r
+
+
+class DicomSender:
+    """Sends a batch of spool files to one DICOM destination over one association."""
+
+    def __init__(
+        self, calling_aet: str, timeout_s: float, *, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
+        self.calling_aet = calling_aet
+        self.timeout_s = timeout_s
+        self.ssl_context = ssl_context
+
+    def send(self, dest: Destination, items: Sequence[OutboxItem]) -> list[Outcome]:
+        """One outcome per item, in order."""
+        ae = AE(ae_title=self.calling_aet)
+        ae.acse_timeout = self.timeout_s
+        ae.dimse_timeout = self.timeout_s
+        ae.network_timeout = self.timeout_s
+        ae.connection_timeout = self.timeout_s
+        pairs = list(dict.fromkeys((i.sop_class_uid, i.transfer_syntax) for i in items))[:MAX_CONTEXTS]
+        for sop_class, ts in pairs:
+            ae.add_requested_context(sop_class, ts)
+        requested = set(pairs)
+        tls_args = None
+        if self.ssl_context is not None:
+            from dicom_node.transport.tls import scu_tls_args
+
+            tls_args = scu_tls_args(self.ssl_context, dest.host)
+        assoc = ae.associate(
+            dest.host, dest.port, ae_title=dest.ae_title, tls_args=tls_args, evt_handlers=NODELAY_HANDLERS
+        )
+        if not assoc.is_established:
+            if assoc.is_rejected:
+                prim = assoc.acceptor.primitive
+                result = getattr(prim, "result", None)
+                why = f"association rejected ({getattr(prim, 'result_str', result)}, {getattr(prim, 'reason_str', '')})"
+                return [Outcome(False, permanent=result != 0x02, error=why)] * len(items)
+            # pynetdicom reports a refused/timed-out TCP connection as an aborted association
+            why = "connection failed (refused or timed out) or association aborted"
+            return [Outcome(False, error=why)] * len(items)
+        accepted = {(cx.abstract_syntax, cx.transfer_syntax[0]) for cx in assoc.accepted_contexts}
+        outcomes: list[Outcome] = []
+        try:
+            for n, item in enumerate(items):
+                if not assoc.is_established:
+                    outcomes.extend([Outcome(False, error="association lost")] * (len(items) - n))
+                    break
+                if (item.sop_class_uid, item.transfer_syntax) not in requested:
+                    outcomes.append(
+                        Outcome(False, error="deferred: too many SOP class/transfer syntax pairs")
+                    )
+                    continue
+                if (item.sop_class_uid, item.transfer_syntax) not in accepted:
+                    outcomes.append(
+                        Outcome(
+                            False,
+                            permanent=True,
+                            error=f"presentation context refused for {item.sop_class_uid} / {item.transfer_syntax}",
+                        )
+                    )
+                    continue
+                if not Path(item.path).is_file():
+                    outcomes.append(Outcome(False, permanent=True, error=f"result file missing: {item.path}"))
+                    continue
+                status = assoc.send_c_store(Path(item.path))
+                if "Status" not in status:
+                    outcomes.append(
+                        Outcome(False, error="no C-STORE response (timeout or association aborted)")
+                    )
+                else:
+                    outcomes.append(classify_status(int(status.Status)))
+        finally:
+            if assoc.is_established:
+                assoc.release()
+        return outcomes
+
+
+class RestSender:
+    """Sends spool files to an Orthanc REST endpoint (``POST /instances``) with pyorthanc."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+
+    def send(self, dest: Destination, items: Sequence[OutboxItem]) -> list[Outcome]:
+        import httpx
+        from pyorthanc import Orthanc
+
+        outcomes: list[Outcome] = []
+        client = Orthanc(dest.url, username=dest.username, password=dest.password, timeout=self.timeout_s)
+        try:
+            for item in items:
+                try:
+                    client.post_instances(Path(item.path).read_bytes())
+                    outcomes.append(DELIVERED)
+                except (httpx.TransportError, OSError) as exc:
+                    outcomes.append(Outcome(False, error=f"{type(exc).__name__}: {exc}"))
+                except httpx.HTTPError as exc:  # pyorthanc raises HTTPError("HTTP code: 401, ...")
+                    code = _http_code(exc)
+                    permanent = code is not None and 400 <= code < 500 and code not in (408, 429)
+                    outcomes.append(Outcome(False, permanent=permanent, error=f"HTTP {code} from {dest}"))
+        finally:
+            client.close()
+        return outcomes
+
+
+def _http_code(exc: Exception) -> int | None:
+    response = getattr(exc, "response", None)
+    try:
+        if response is not None:
+            return int(response.status_code)
+    except (RuntimeError, AttributeError, TypeError, ValueError):
+        pass
+    m = re.search(r"HTTP code: (\d{3})", str(exc))
+    return int(m.group(1)) if m else None
+
+
+def scu_ssl_context(settings: NodeSettings) -> ssl.SSLContext | None:
+    """The SCU's TLS context when ``tls_scu`` is on (built once; the node's certificate, if
+    configured, is presented as client certificate), else ``None``."""
+    if not settings.tls_scu:
+        return None
+    from dicom_node.transport.tls import TlsConfigError, client_context
+
+    if settings.tls_ca_file is None:  # NodeSettings refuses this already
+        raise TlsConfigError("tls_scu needs tls_ca_file to verify the destination, got None")
+    return client_context(
+        settings.tls_ca_file,
+        settings.tls_cert_file,
+        settings.tls_key_file,
+        check_hostname=settings.tls_check_hostname,
+    )
+
+
+class Deliverer:
+    """Background thread delivering due outbox rows to their destinations."""
+
+    def __init__(
+        self,
+        settings: NodeSettings,
+        journal: Journal,
+        spool: Spool,
+        *,
+        on_job_delivered: Callable[[Job], None] | None = None,
+        rng: random.Random | None = None,
+        metrics: NodeMetrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.journal = journal
+        self.spool = spool
+        self.metrics = metrics
+        self.destinations: dict[str, Destination] = {d.key: d for d in settings.destinations}
+        self.dicom = DicomSender(
+            settings.ae_title, settings.network_timeout_s, ssl_context=scu_ssl_context(settings)
+        )
+        self.rest = RestSender(settings.network_timeout_s)
+        self.on_job_delivered = on_job_delivered
+        self._rng = rng or random.Random()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start the delivery thread (resumes every pending outbox row)."""
+        if self._thread is not None:
+            raise RuntimeError("deliverer already started")
+        self._thread = threading.Thread(target=self._run, name="cxr-deliver", daemon=True)
+        self._thread.start()
+
+    def wake(self, _job_id: int | None = None) -> None:
+        """New outbox rows are waiting."""
+        self._wake.set()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop after the current batch (bounded by the network timeout)."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                sent = self.run_once()
+            except Exception:
+                logger.exception("delivery loop error", extra={"event": "deliver_error"})
+                sent = 0
+            if sent:
+                continue
+            wait = self.settings.poll_interval_s
+            due = self.journal.next_due_at()
+            if due is not None:
+                wait = min(wait, max(0.0, due - time.time()))
+            self._wake.wait(timeout=max(wait, 0.01))
+            self._wake.clear()
+
+    def run_once(self) -> int:
+        """Deliver one batch per destination of the rows due now; returns how many rows were attempted."""
+        batch = self.settings.delivery_batch_size
+        due = self.journal.due_outbox(time.time(), limit=batch * max(1, len(self.destinations)) * 4)
+        groups: dict[str, list[OutboxItem]] = {}
+        for item in due:
+            group = groups.setdefault(item.destination, [])
+            if len(group) < batch:
+                group.append(item)
+        attempted = 0
+        for key, items in groups.items():
+            if self._stop.is_set():
+                break
+            attempted += len(items)
+            self._deliver(key, items)
+        return attempted
+
+    def _deliver(self, key: str, items: list[OutboxItem]) -> None:
+        dest = self.destinations.get(key)
+        t0 = time.perf_counter()
+        if dest is None:
+            outcomes = [
+                Outcome(False, permanent=True, error=f"destination {key} is no longer configured")
+            ] * len(items)
+        else:
+            sender = self.dicom if dest.kind == "dicom" else self.rest
+            try:
+                outcomes = sender.send(dest, items)
+            except Exception as exc:  # a bug or an unexpected library error: transient, never lost
+                logger.exception(
+                    "delivery to %s raised", key, extra={"event": "deliver_error", "destination": key}
+                )
+                outcomes = [Outcome(False, error=f"{type(exc).__name__}: {exc}")] * len(items)
+        ms = (time.perf_counter() - t0) * 1000 / max(1, len(items))
+        for item, outcome in zip(items, outcomes, strict=True):
+            self._record(item, outcome, ms)
+
+    def _record(self, item: OutboxItem, outcome: Outcome, ms: float) -> None:
+        fields = {
+            "job_id": item.job_id,
+            "sop_instance_uid": item.sop_instance_uid,
+            "sop_class_uid": item.sop_class_uid,
+            "destination": item.destination,
+        }
+        if outcome.delivered:
+            # logged before the journal commit: the log holds every C-STORE the destination accepted,
+            # also one whose commit a crash cut off (that result is sent again and logged twice)
+            logger.info(
+                "delivered", extra={"event": "delivered", "attempts": item.attempts + 1, "ms": ms, **fields}
+            )
+            job = self.journal.mark_delivered(item.id)
+            if self.metrics is not None:
+                dest = self.destinations.get(item.destination)
+                self.metrics.delivered(
+                    dest.ae_title if dest is not None and dest.kind == "dicom" else item.destination
+                )
+            if job is not None:
+                self._job_done(job)
+            return
+        attempts = item.attempts + 1
+        s = self.settings
+        if outcome.permanent:
+            delay = s.permanent_retry_s * self._rng.uniform(0.9, 1.0)
+            level, what = logging.ERROR, "delivery refused (permanent), will retry slowly"
+        else:
+            delay = backoff_delay(attempts, s.retry_base_s, s.retry_max_s, rng=self._rng)
+            level, what = logging.WARNING, "delivery failed (transient), will retry"
+        self.journal.mark_attempt_failed(
+            item.id, outcome.error or "", time.time() + delay, permanent=outcome.permanent
+        )
+        if self.metrics is not None:
+            self.metrics.failed("deliver")
+        logger.log(
+            level,
+            "%s: %s",
+            what,
+            outcome.error,
+            extra={
+                "event": "delivery_failed",
+                "attempts": attempts,
+                "retry_in_s": delay,
+                "permanent": outcome.permanent,
+                **fields,
+            },
+        )
+
+    def _job_done(self, job: Job) -> None:
+        if not self.settings.keep_delivered:
+            paths = [o.path for o in self.journal.outbox(job_id=job.id)]
+            if job.path:
+                paths.append(job.path)
+            in_use = self.journal.paths_in_use(paths)
+            for p in dict.fromkeys(paths):
+                if p not in in_use:
+                    self.spool.remove(p)
+        logger.info(
+            "job delivered",
+            extra={
+                "event": "job_delivered",
+                "job_id": job.id,
+                "sop_instance_uid": job.sop_instance_uid,
+                "ms": (time.time() - job.received_at) * 1000,
+            },
+        )
+        if self.on_job_delivered is not None:
+            self.on_job_delivered(job)

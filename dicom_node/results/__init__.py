@@ -1,0 +1,1 @@
+"""The result objects sent back: TID 1500 SR (``sr/``), Secondary Capture overlay (``sc/``), deterministic UIDs."""

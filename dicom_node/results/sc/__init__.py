@@ -1,0 +1,1 @@
+"""The Secondary Capture overlay: build, canvas rendering, heatmap, text."""

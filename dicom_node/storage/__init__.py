@@ -1,0 +1,1 @@
+"""Durable state: the spool of received instances, the SQLite journal (jobs + outbox), retention."""

@@ -1,0 +1,1 @@
+"""Evaluation reports (predictions, figures, markdown, plots), metrics, the held-out measurement."""

@@ -1,0 +1,1 @@
+"""Deterministic synthetic CXR phantoms in RSNA layout."""
