@@ -21,6 +21,13 @@ one SC per image). Reported per configuration (median of ``--repeats`` runs):
 
     python bench/end_to_end.py --n 64 --senders 1 2 4 --batch-sizes 1 4 16 32 --repeats 3 --device cpu
 
+Paced-latency mode (``--paced RATE``): instead of a burst, one modality sends one image every
+1/RATE s over one open association (``bench/paced.py``); latency per image runs from the start of
+its C-STORE to the node's ``job_delivered`` line (Orthanc answered success for SR and SC), and
+p50/p95/p99/max are reported per batch size, with the node's CPU ms per image and the host load:
+
+    python bench/end_to_end.py --paced 1 --n 60 --batch-sizes 8 --warmup 4 --repeats 1
+
 ``--device cuda`` runs the same measurement on a GPU box.
 """
 
@@ -177,6 +184,110 @@ def one_run(orthanc: LocalOrthanc, files: Sequence[Path], *, senders: int, batch
     }
 
 
+def paced_run(orthanc: LocalOrthanc, files: Sequence[Path], *, rate: float, batch: int, device: str,
+              workdir: Path, timeout: float, extra_env: dict[str, str],
+              warmup: Sequence[Path] = ()) -> dict[str, Any]:  # fmt: skip
+    """Start a node, deliver ``warmup`` images, then push ``files`` at ``rate`` images/s
+    (``bench/paced.py``) and wait for 2·N results in Orthanc: latency per image, CPU per image."""
+    from paced import PacedPush, latencies_s, latency_summary
+
+    node = NodeProcess(workdir=workdir, port=free_port(), orthanc_dicom_port=orthanc.dicom_port,
+                       env_overrides={"CXR_NODE_BATCH_SIZE": str(batch), "CXR_NODE_DEVICE": device,
+                                      "CXR_NODE_HTTP_PORT": "0", "CXR_NODE_DECODE_WORKERS": "2", **extra_env})  # fmt: skip
+    wipe(orthanc)
+    node.start(timeout=300)
+    try:
+        assert node.proc is not None and orthanc.proc is not None
+        pid, opid = node.proc.pid, orthanc.proc.pid
+        if warmup:
+            PacedPush(warmup, node.port, rate, calling=PUSHER_AET, called="AINODE").run()
+            wait_until(lambda: orthanc_count(orthanc) >= 2 * len(warmup), timeout, interval=0.1,
+                       what="the warm-up results in Orthanc")  # fmt: skip
+            wipe(orthanc)
+        cpu = CpuMeter({"node": lambda: [pid], "result processes": lambda: child_pids(pid),
+                        "orthanc": lambda: [opid]}).start()  # fmt: skip
+        load0 = hardware()["load_1m"]
+        push = PacedPush(files, node.port, rate, calling=PUSHER_AET, called="AINODE")
+        push.run()
+        wait_until(lambda: orthanc_count(orthanc) >= 2 * len(files), timeout, interval=0.1,
+                   what=f"{2 * len(files)} results in Orthanc")  # fmt: skip
+        cpu_s = cpu.stop()
+        deadline = time.monotonic() + 10
+        while True:  # the job_delivered line follows the last outbox row's commit
+            try:
+                lat = latencies_s(push, node.log_records())
+                break
+            except RuntimeError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        rss = peak_rss_bytes(pid)
+    finally:
+        node.stop()
+    return {
+        "rate": rate,
+        **latency_summary(lat),
+        "c_store_ack_p50_ms": median(push.acked_ms),
+        "peak_rss_mb": rss / 2**20,
+        "load_1m_before_after": [load0, hardware()["load_1m"]],
+        **{f"cpu_ms_{k.replace(' ', '_')}": 1000 * v / len(files) for k, v in cpu_s.items()},
+    }
+
+
+def run_paced(args: argparse.Namespace) -> dict[str, Any]:
+    """``--paced``: latency at a fixed arrival rate, one row per batch size (median of the repeats)."""
+    scratch: Path = args.scratch
+    files = rsna_phantoms(scratch / "phantoms", args.n, seed=21, size=args.size)
+    warmup = rsna_phantoms(scratch / "phantoms", args.warmup, seed=97, size=args.size) if args.warmup else []
+    work = Path(tempfile.mkdtemp(prefix="e2e-paced-", dir=scratch))
+    orthanc = LocalOrthanc(workdir=work / "orthanc", http_port=free_port(), dicom_port=free_port(),
+                           node_port=free_port(), auto_forward=False)  # fmt: skip
+    extra = dict(kv.split("=", 1) for kv in args.env)
+    rows = []
+    try:
+        orthanc.start()
+        for batch in args.batch_sizes:
+            runs = []
+            for rep in range(args.repeats):
+                runs.append(paced_run(orthanc, files, rate=args.paced, batch=batch, device=args.device,
+                                      workdir=work / f"node-{batch}-{rep}", timeout=args.timeout,
+                                      extra_env=extra, warmup=warmup))  # fmt: skip
+                print(f"paced {args.paced}/s batch={batch} rep={rep}: {runs[-1]}", file=sys.stderr, flush=True)
+            row: dict[str, Any] = {"batch": batch, "runs_p50_s": [round(r["p50_s"], 3) for r in runs],
+                                   "load_1m": [r["load_1m_before_after"] for r in runs]}  # fmt: skip
+            for key, val in runs[0].items():
+                if isinstance(val, (int, float)):
+                    row[key] = median([r[key] for r in runs])
+            rows.append(row)
+    finally:
+        orthanc.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    return {"hardware": hardware(), "n": args.n, "size": args.size, "device": args.device, "warmup": args.warmup,
+            "paced": args.paced, "repeats": args.repeats, "env": extra, "rows": rows}  # fmt: skip
+
+
+def paced_markdown(report: dict[str, Any]) -> str:
+    hw = report["hardware"]
+    lines = [
+        f"Hardware: {hw['cpu']}, {hw['cores']} logical cores (shared), GPU: {hw.get('gpu') or 'none'}; "
+        f"device {report['device']}; {report['n']} RSNA-style {report['size']}² JPEG SC at {report['paced']} "
+        f"image/s over one association (after {report['warmup']} warm-up images); median of {report['repeats']} "
+        f"runs; extra env {report['env'] or '-'}.",
+        "",
+        "| batch | p50 / p95 / p99 / max latency (s), C-STORE start → SR + SC in Orthanc | C-STORE ack p50 (ms) "
+        "| CPU ms per image: node / result processes / Orthanc | peak RSS (MiB) | 1-min load before → after |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in report["rows"]:
+        loads = ", ".join(f"{a:.2f} → {b:.2f}" for a, b in r["load_1m"])
+        lines.append(
+            f"| {r['batch']} | {r['p50_s']:.3f} / {r['p95_s']:.3f} / {r['p99_s']:.3f} / {r['max_s']:.3f} "
+            f"| {r['c_store_ack_p50_ms']:.1f} | {r['cpu_ms_node']:.0f} / {r['cpu_ms_result_processes']:.0f} / "
+            f"{r['cpu_ms_orthanc']:.0f} | {r['peak_rss_mb']:.0f} | {loads} |"
+        )
+    return "\n".join(lines)
+
+
 class ModelOnly:
     """Model-only throughput of both bundles chained (H3b's ``time_model``), measured right after
     each end-to-end run so that both see the same host load (the VM is shared)."""
@@ -322,6 +433,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--model-images", type=int, default=16, help="images per model-only measurement")
     p.add_argument("--timeout", type=float, default=900.0, help="per run, seconds")
     p.add_argument("--env", nargs="*", default=[], help="extra CXR_NODE_*=value for the node")
+    p.add_argument("--paced", type=float, default=None, metavar="RATE",
+                   help="paced-latency mode: one image every 1/RATE s (bench/paced.py), one row per batch size")  # fmt: skip
     p.add_argument(
         "--variants",
         nargs="+",
@@ -332,6 +445,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_output_arguments(p)
     args = p.parse_args(argv)
     args.scratch.mkdir(parents=True, exist_ok=True)
+    if args.paced is not None:
+        return emit_report(run_paced(args), args.json, paced_markdown)
     return emit_report(run(args), args.json, to_markdown)
 
 

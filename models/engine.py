@@ -8,6 +8,11 @@ serves :meth:`InferenceEngine.submit` calls from any thread::
                                   max_wait_ms) ──▶ classifier + detector on the batch
                                   ──▶ Findings ──▶ future.set_result
 
+The batch thread waits for a batch to fill only while more submitted instances are still being
+decoded: when the last of them reaches the queue (or fails), the decode side posts a flush
+marker and the batch runs at once. A lone image therefore never waits ``max_wait_ms``; under
+load, instances that queue up while a batch runs still form the next batch.
+
 Lateral / non-chest instances never reach the models (``Findings(analysed=False)``).
 Decode problems fail that instance's future with :class:`~models.errors.ImageDecodeError`.
 An exception while running a batch fails only the futures of that batch (each item is
@@ -91,6 +96,8 @@ class _Item:
 
 
 _STOP = object()
+#: posted by the decode side when no submitted instance is left on its way to the queue
+_FLUSH = object()
 #: attribute of a ``submit(..., keep_image=True)`` future that holds the decoded SourceImage
 _IMAGE_ATTR = "_cxr_source_image"
 
@@ -229,6 +236,7 @@ class InferenceEngine:
 
         self._lock = threading.Lock()
         self._closed = False
+        self._upstream = 0  # submitted, not yet queued or failed (guarded by _lock)
         self._stats_lock = threading.Lock()
         self._counts: collections.Counter[str] = collections.Counter()
         self._batch_sizes: collections.Counter[int] = collections.Counter()
@@ -307,7 +315,8 @@ class InferenceEngine:
             if self._closed:
                 raise RuntimeError("InferenceEngine is closed")
             self._count("submitted")
-            self._decode_pool.submit(self._decode_task, ds, future, t0, keep_image)
+            self._upstream += 1
+            self._decode_pool.submit(self._tracked, self._decode_task, ds, future, t0, keep_image)
         return future
 
     def submit_array(self, image: Any) -> Future[Findings]:
@@ -318,7 +327,8 @@ class InferenceEngine:
             if self._closed:
                 raise RuntimeError("InferenceEngine is closed")
             self._count("submitted")
-            self._decode_pool.submit(self._prepare_task, image, future, t0, 0.0)
+            self._upstream += 1
+            self._decode_pool.submit(self._tracked, self._prepare_task, image, future, t0, 0.0)
         return future
 
     def analyse(self, ds: pydicom.Dataset, timeout: float | None = None) -> Findings:
@@ -471,6 +481,18 @@ class InferenceEngine:
         item.t_enqueued = time.perf_counter()
         self._queue.put(item)
 
+    def _tracked(self, task: Any, *args: Any) -> None:
+        """Run a decode-side ``task``; when it was the last submitted instance on its way, wake the
+        batch thread (``_FLUSH``) so that it runs what is queued instead of waiting for more."""
+        try:
+            task(*args)
+        finally:
+            with self._lock:
+                self._upstream -= 1
+                idle = self._upstream == 0
+            if idle:
+                self._queue.put(_FLUSH)
+
     # ------------------------------------------------------------------ batch side
     def _batch_loop(self) -> None:
         stop = False
@@ -478,9 +500,13 @@ class InferenceEngine:
             first = self._queue.get()
             if first is _STOP:
                 break
+            if first is _FLUSH:
+                continue
             batch = [first]
             deadline = time.perf_counter() + self._max_wait_s
             while len(batch) < self._max_batch_size:
+                if self._upstream == 0 and self._queue.empty():
+                    break  # nothing else submitted: waiting could not fill the batch
                 remaining = deadline - time.perf_counter()
                 try:
                     nxt = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
@@ -489,6 +515,10 @@ class InferenceEngine:
                 if nxt is _STOP:
                     stop = True
                     break
+                if nxt is _FLUSH:
+                    if self._upstream == 0:
+                        break
+                    continue  # more were submitted since: keep filling
                 batch.append(nxt)
             self._run_batch_safely(batch)
 
