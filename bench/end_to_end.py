@@ -292,7 +292,7 @@ class ModelOnly:
     """Model-only throughput of both bundles chained (H3b's ``time_model``), measured right after
     each end-to-end run so that both see the same host load (the VM is shared)."""
 
-    def __init__(self, device: str, images: int) -> None:
+    def __init__(self, device: str, images: int, bundles: Path = REPO / "monai_bundles") -> None:
         import torch
 
         from models.bundle_loader import load_bundle
@@ -302,8 +302,8 @@ class ModelOnly:
         if self.device.type == "cpu":
             torch.set_num_threads(2)  # what the node gets (OMP_NUM_THREADS=2)
         self.images = images
-        self.cls = load_bundle(REPO / "monai_bundles" / DEFAULT_CLASSIFICATION_BUNDLE, device=self.device)
-        self.det = load_bundle(REPO / "monai_bundles" / DEFAULT_DETECTION_BUNDLE, device=self.device)
+        self.cls = load_bundle(bundles / DEFAULT_CLASSIFICATION_BUNDLE, device=self.device)
+        self.det = load_bundle(bundles / DEFAULT_DETECTION_BUNDLE, device=self.device)
 
     def images_per_s(self, batch: int) -> dict[str, float]:
         """Classifier, detector and both chained (1 / (1/c + 1/d)) at ``batch``, ~``images`` images each."""
@@ -335,8 +335,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                          env_overrides=env)  # fmt: skip
         by_variant[variant] = orthancs[key]
     rows = []
-    models = ModelOnly(args.device, args.model_images)
     extra = dict(kv.split("=", 1) for kv in args.env)
+    models = ModelOnly(args.device, args.model_images, Path(extra.get("CXR_NODE_BUNDLES_DIR") or REPO / "monai_bundles"))
     try:
         for orthanc in orthancs.values():
             orthanc.start()
@@ -432,7 +432,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--device", default="cpu", help="cpu | cuda")
     p.add_argument("--model-images", type=int, default=16, help="images per model-only measurement")
     p.add_argument("--timeout", type=float, default=900.0, help="per run, seconds")
-    p.add_argument("--env", nargs="*", default=[], help="extra CXR_NODE_*=value for the node")
+    p.add_argument("--env", nargs="*", default=[],
+                   help="extra CXR_NODE_*=value for the node (CXR_NODE_BUNDLES_DIR also sets the model-only bundles,"
+                        " e.g. the seed-size ones of bench/seed_bundles.py)")  # fmt: skip
     p.add_argument("--paced", type=float, default=None, metavar="RATE",
                    help="paced-latency mode: one image every 1/RATE s (bench/paced.py), one row per batch size")  # fmt: skip
     p.add_argument(

@@ -79,7 +79,8 @@ def log_epoch(record: dict[str, Any]) -> float:
 
 @dataclass
 class PacedPush:
-    """Sends ``files`` to ``host:port`` at ``rate`` images/s over one association; ``sent`` counts."""
+    """Sends ``files`` (or ``count`` data sets made by ``make(i)``) to ``host:port`` at ``rate``
+    images/s over one association; ``sent`` counts."""
 
     files: Sequence[Path]
     port: int
@@ -87,29 +88,34 @@ class PacedPush:
     calling: str
     called: str
     host: str = "127.0.0.1"
+    make: Callable[[int], pydicom.Dataset] | None = None
+    count: int = 0
     started: dict[str, float] = field(default_factory=dict)  # SOP Instance UID -> epoch s at C-STORE start
     acked_ms: list[float] = field(default_factory=list)  # C-STORE request -> response, ms
     sent: int = 0
 
     def run(self) -> None:
-        """Push every file on schedule; RuntimeError when the association fails or a status is not success."""
+        """Push every image on schedule; RuntimeError when the association fails or a status is not success."""
         from pynetdicom import AE
 
         from dicom_node.tcp_options import NODELAY_HANDLERS
 
         if self.rate <= 0:
             raise ValueError(f"rate must be > 0 images/s, got {self.rate!r}")
-        datasets = [pydicom.dcmread(f) for f in self.files]  # read ahead: the schedule times only the C-STORE
+        if self.make is None:
+            files = [pydicom.dcmread(f) for f in self.files]  # read ahead: the schedule times only the C-STORE
+            self.make, self.count = files.__getitem__, len(files)
+        first = self.make(0)
         ae = AE(ae_title=self.calling)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
-        for pair in dict.fromkeys((str(d.SOPClassUID), str(d.file_meta.TransferSyntaxUID)) for d in datasets):
-            ae.add_requested_context(*pair)
+        ae.add_requested_context(str(first.SOPClassUID), str(first.file_meta.TransferSyntaxUID))
         assoc = ae.associate(self.host, self.port, ae_title=self.called, evt_handlers=NODELAY_HANDLERS)
         if not assoc.is_established:
             raise RuntimeError(f"no association with {self.called}@{self.host}:{self.port}")
         try:
             t0 = time.perf_counter()
-            for i, ds in enumerate(datasets):
+            for i in range(self.count):
+                ds = first if i == 0 else self.make(i)
                 delay = t0 + i / self.rate - time.perf_counter()
                 if delay > 0:
                     time.sleep(delay)
