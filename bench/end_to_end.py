@@ -26,7 +26,10 @@ Paced-latency mode (``--paced RATE``): instead of a burst, one modality sends on
 its C-STORE to the node's ``job_delivered`` line (Orthanc answered success for SR and SC), and
 p50/p95/p99/max are reported per batch size, with the node's CPU ms per image and the host load:
 
-    python bench/end_to_end.py --paced 1 --n 60 --batch-sizes 8 --warmup 4 --repeats 1
+    python bench/end_to_end.py --paced 1 --n 60 --batch-sizes 8 --warmup 4 --repeats 1 [--baseline-tree DIR]
+
+``--baseline-tree DIR`` runs a second node from another source tree (``git archive <commit> | tar -x
+-C DIR``), interleaved with this one run by run: before/after under the same host load.
 
 ``--device cuda`` runs the same measurement on a GPU box.
 """
@@ -243,22 +246,31 @@ def run_paced(args: argparse.Namespace) -> dict[str, Any]:
     orthanc = LocalOrthanc(workdir=work / "orthanc", http_port=free_port(), dicom_port=free_port(),
                            node_port=free_port(), auto_forward=False)  # fmt: skip
     extra = dict(kv.split("=", 1) for kv in args.env)
+    # code variants, interleaved run by run: this tree, and (--baseline-tree) another checkout's
+    # dicom_node/models (e.g. `git archive <commit> | tar -x -C DIR`), same bundles and settings
+    trees = {"current": {}}
+    if getattr(args, "baseline_tree", None):
+        trees["baseline"] = {"PYTHONPATH": str(Path(args.baseline_tree).resolve())}
     rows = []
     try:
         orthanc.start()
         for batch in args.batch_sizes:
-            runs = []
+            runs: dict[str, list[dict[str, Any]]] = {t: [] for t in trees}
             for rep in range(args.repeats):
-                runs.append(paced_run(orthanc, files, rate=args.paced, batch=batch, device=args.device,
-                                      workdir=work / f"node-{batch}-{rep}", timeout=args.timeout,
-                                      extra_env=extra, warmup=warmup))  # fmt: skip
-                print(f"paced {args.paced}/s batch={batch} rep={rep}: {runs[-1]}", file=sys.stderr, flush=True)
-            row: dict[str, Any] = {"batch": batch, "runs_p50_s": [round(r["p50_s"], 3) for r in runs],
-                                   "load_1m": [r["load_1m_before_after"] for r in runs]}  # fmt: skip
-            for key, val in runs[0].items():
-                if isinstance(val, (int, float)):
-                    row[key] = median([r[key] for r in runs])
-            rows.append(row)
+                for tree, tree_env in trees.items():
+                    runs[tree].append(paced_run(orthanc, files, rate=args.paced, batch=batch, device=args.device,
+                                                workdir=work / f"node-{tree}-{batch}-{rep}", timeout=args.timeout,
+                                                extra_env={**extra, **tree_env}, warmup=warmup))  # fmt: skip
+                    print(f"paced {args.paced}/s {tree} batch={batch} rep={rep}: {runs[tree][-1]}", file=sys.stderr,
+                          flush=True)  # fmt: skip
+            for tree, truns in runs.items():
+                row: dict[str, Any] = {"variant": tree, "batch": batch,
+                                       "runs_p50_s": [round(r["p50_s"], 3) for r in truns],
+                                       "load_1m": [r["load_1m_before_after"] for r in truns]}  # fmt: skip
+                for key, val in truns[0].items():
+                    if isinstance(val, (int, float)):
+                        row[key] = median([r[key] for r in truns])
+                rows.append(row)
     finally:
         orthanc.stop()
         shutil.rmtree(work, ignore_errors=True)
@@ -274,14 +286,16 @@ def paced_markdown(report: dict[str, Any]) -> str:
         f"image/s over one association (after {report['warmup']} warm-up images); median of {report['repeats']} "
         f"runs; extra env {report['env'] or '-'}.",
         "",
-        "| batch | p50 / p95 / p99 / max latency (s), C-STORE start → SR + SC in Orthanc | C-STORE ack p50 (ms) "
-        "| CPU ms per image: node / result processes / Orthanc | peak RSS (MiB) | 1-min load before → after |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "| variant | batch | p50 / p95 / p99 / max latency (s), C-STORE start → SR + SC in Orthanc (p50 of each run) "
+        "| C-STORE ack p50 (ms) | CPU ms per image: node / result processes / Orthanc | peak RSS (MiB) "
+        "| 1-min load before → after |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["rows"]:
         loads = ", ".join(f"{a:.2f} → {b:.2f}" for a, b in r["load_1m"])
         lines.append(
-            f"| {r['batch']} | {r['p50_s']:.3f} / {r['p95_s']:.3f} / {r['p99_s']:.3f} / {r['max_s']:.3f} "
+            f"| {r.get('variant', 'current')} | {r['batch']} | {r['p50_s']:.3f} / {r['p95_s']:.3f} / "
+            f"{r['p99_s']:.3f} / {r['max_s']:.3f} ({', '.join(map(str, r['runs_p50_s']))}) "
             f"| {r['c_store_ack_p50_ms']:.1f} | {r['cpu_ms_node']:.0f} / {r['cpu_ms_result_processes']:.0f} / "
             f"{r['cpu_ms_orthanc']:.0f} | {r['peak_rss_mb']:.0f} | {loads} |"
         )
@@ -435,6 +449,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--env", nargs="*", default=[],
                    help="extra CXR_NODE_*=value for the node (CXR_NODE_BUNDLES_DIR also sets the model-only bundles,"
                         " e.g. the seed-size ones of bench/seed_bundles.py)")  # fmt: skip
+    p.add_argument("--baseline-tree", type=Path, default=None,
+                   help="with --paced: also run the node from this source tree (its dicom_node/models), interleaved")  # fmt: skip
     p.add_argument("--paced", type=float, default=None, metavar="RATE",
                    help="paced-latency mode: one image every 1/RATE s (bench/paced.py), one row per batch size")  # fmt: skip
     p.add_argument(

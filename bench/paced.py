@@ -1,8 +1,10 @@
 """Paced pushes into a running ``cxr-node serve``: per-image latency and the node's memory over time.
 
-One modality (this process, pynetdicom, one association kept open, ``TCP_NODELAY``) sends one
-image every ``1 / rate`` seconds on a fixed schedule (a late send does not shift the next ones).
-For each image the clock starts just before its C-STORE request is sent and stops at the node's
+One modality (this process, pynetdicom, ``TCP_NODELAY``) sends one image every ``1 / rate`` seconds
+on a fixed schedule (a late send does not shift the next ones), each over its own association as
+Orthanc forwards a study (an association kept open would also keep pynetdicom's 1-ms DUL polling
+busy in the node for the whole run). For each image the clock starts just before its association
+is requested (the start of the C-STORE exchange) and stops at the node's
 ``job_delivered`` log line for that instance: Orthanc has answered success for both the SR and
 the SC, so both are stored there. Log lines carry millisecond UTC timestamps of the same host
 clock. Meanwhile the resident memory of the node and of its child processes (the result-building
@@ -90,44 +92,58 @@ class PacedPush:
     host: str = "127.0.0.1"
     make: Callable[[int], pydicom.Dataset] | None = None
     count: int = 0
+    #: as Orthanc forwards a study: associate, C-STORE, release for each image (False: one association)
+    one_association_per_image: bool = True
     started: dict[str, float] = field(default_factory=dict)  # SOP Instance UID -> epoch s at C-STORE start
-    acked_ms: list[float] = field(default_factory=list)  # C-STORE request -> response, ms
+    acked_ms: list[float] = field(
+        default_factory=list
+    )  # association request -> C-STORE response (+ release), ms
     sent: int = 0
 
     def run(self) -> None:
-        """Push every image on schedule; RuntimeError when the association fails or a status is not success."""
-        from pynetdicom import AE
-
-        from dicom_node.tcp_options import NODELAY_HANDLERS
-
+        """Push every image on schedule; RuntimeError when an association fails or a status is not success."""
         if self.rate <= 0:
             raise ValueError(f"rate must be > 0 images/s, got {self.rate!r}")
         if self.make is None:
-            files = [pydicom.dcmread(f) for f in self.files]  # read ahead: the schedule times only the C-STORE
+            files = [
+                pydicom.dcmread(f) for f in self.files
+            ]  # read ahead: the schedule times only the C-STORE
             self.make, self.count = files.__getitem__, len(files)
-        first = self.make(0)
-        ae = AE(ae_title=self.calling)
-        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
-        ae.add_requested_context(str(first.SOPClassUID), str(first.file_meta.TransferSyntaxUID))
-        assoc = ae.associate(self.host, self.port, ae_title=self.called, evt_handlers=NODELAY_HANDLERS)
-        if not assoc.is_established:
-            raise RuntimeError(f"no association with {self.called}@{self.host}:{self.port}")
+        assoc = None
         try:
             t0 = time.perf_counter()
             for i in range(self.count):
-                ds = first if i == 0 else self.make(i)
+                ds = self.make(i)
                 delay = t0 + i / self.rate - time.perf_counter()
                 if delay > 0:
                     time.sleep(delay)
                 self.started[str(ds.SOPInstanceUID)] = time.time()
                 c0 = time.perf_counter()
+                if assoc is None or not assoc.is_established:
+                    assoc = self._associate(ds)
                 status = assoc.send_c_store(ds)
+                if self.one_association_per_image:
+                    assoc.release()
                 self.acked_ms.append((time.perf_counter() - c0) * 1000)
                 if "Status" not in status or int(status.Status) != 0:
                     raise RuntimeError(f"C-STORE {i} answered {status!r}")
                 self.sent += 1
         finally:
-            assoc.release()
+            if assoc is not None and assoc.is_established:
+                assoc.release()
+
+    def _associate(self, ds: pydicom.Dataset) -> Any:
+        from pynetdicom import AE
+
+        from dicom_node.tcp_options import NODELAY_HANDLERS
+
+        ae = AE(ae_title=self.calling)
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
+        ae.add_requested_context(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID))
+        assoc = ae.associate(self.host, self.port, ae_title=self.called, evt_handlers=NODELAY_HANDLERS)
+        if not assoc.is_established:
+            raise RuntimeError(f"no association with {self.called}@{self.host}:{self.port}")
+        return assoc
 
 
 def latencies_s(push: PacedPush, records: Sequence[dict[str, Any]]) -> list[float]:
