@@ -16,7 +16,10 @@ SC build + encode SR + SC + receive + deliver (issue 15 point 1). Each row gives
 medians of the repeats, and the least CPU time of the repeats (on a shared host, where other
 processes inflate CPU time through cache and core contention, the least is the steadier figure).
 
-    python bench/profile_stages.py --n 16 --batch 8 [--device cpu]
+    python bench/profile_stages.py --n 16 --batch 8 [--device cpu] [--no-gc-freeze]
+
+Like the node (``dicom_node/gc_freeze.py``), it freezes its start-up objects (torch, the models)
+for the garbage collector before timing; ``--no-gc-freeze`` measures the node as it was before.
 """
 
 from __future__ import annotations
@@ -51,6 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--no-gc-freeze", action="store_true",
+                   help="leave the start-up objects to the garbage collector (the node before dicom_node/gc_freeze.py)")  # fmt: skip
     p.add_argument("--scratch", type=Path, default=Path(tempfile.gettempdir()) / "cxr-bench")
     args = p.parse_args(argv)
 
@@ -73,6 +78,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     plain = InferenceEngine(REPO / "monai_bundles", device=args.device, max_batch_size=args.batch,
                             decode_workers=1, num_threads=args.threads, warmup=True, heatmaps=False)  # fmt: skip
     sizes = [b.image_size for b in eng.bundles]
+    if not args.no_gc_freeze:  # as the node and its result processes do after start-up
+        import gc
+
+        gc.collect()
+        gc.freeze()
     try:
         futures = [eng.submit(d, keep_image=True) for d in dss]
         findings = [f.result() for f in futures]

@@ -162,9 +162,12 @@ def _pool_init(parent_pid: int) -> None:
 
 
 def _pool_warmup() -> int:
-    """Runs once in each new pool process: imports the result builders ahead of the first job."""
+    """Runs once in each new pool process: imports the result builders ahead of the first job and
+    freezes those start-up objects for the garbage collector (``dicom_node.gc_freeze``)."""
     import dicom_node.results  # noqa: F401
+    from dicom_node.gc_freeze import freeze_long_lived
 
+    freeze_long_lived()
     return os.getpid()
 
 

@@ -11,6 +11,7 @@ in the journal and is resumed by the next start. The health endpoint stops last.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -23,6 +24,7 @@ from typing import Any
 
 from dicom_node.analyse import Analyser, AnalysisWorker, BuildResults
 from dicom_node.deliver import Deliverer
+from dicom_node.gc_freeze import freeze_long_lived
 from dicom_node.health_http import HealthServer, start_health_server
 from dicom_node.journal import Journal
 from dicom_node.node_metrics import NodeMetrics
@@ -221,6 +223,7 @@ class NodeService:
             if s.retention_hours > 0:
                 self.purger = Purger(self.journal, self.spool, s.retention_hours * 3600, s.purge_interval_s)
                 self.purger.start()
+            freeze_long_lived()  # models loaded: keep full collections off them (dicom_node/gc_freeze.py)
         except BaseException:
             self._shutdown_parts()
             raise
@@ -250,6 +253,7 @@ class NodeService:
         self._started = False
         logger.info("stopping", extra={"event": "stopping"})
         self._shutdown_parts(timeout)
+        gc.unfreeze()  # what start() froze may be collected again (a process that starts nodes again, tests)
         logger.info("stopped", extra={"event": "stopped"})
 
     def _shutdown_parts(self, timeout: float = 30.0) -> None:
