@@ -340,7 +340,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="e2e-", dir=scratch))
     orthancs: dict[str, LocalOrthanc] = {}
     by_variant: dict[str, LocalOrthanc] = {}
-    for variant in args.variants:
+    variant_env = {v: VARIANTS[v] for v in args.variants}
+    if getattr(args, "baseline_tree", None):  # another source tree's node, interleaved (see --paced)
+        variant_env["baseline"] = {"PYTHONPATH": str(Path(args.baseline_tree).resolve())}
+    for variant in variant_env:
         env = ORTHANC_ENV.get(variant, {})
         key = json.dumps(env, sort_keys=True)
         if key not in orthancs:
@@ -355,13 +358,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for orthanc in orthancs.values():
             orthanc.start()
         for senders, batch in configs:
-            runs: dict[str, list[dict[str, Any]]] = {v: [] for v in args.variants}
+            runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variant_env}
             for rep in range(args.repeats):
-                for variant in args.variants:  # interleaved: host load hits every variant alike
+                for variant in variant_env:  # interleaved: host load hits every variant alike
                     runs[variant].append(one_run(
                         by_variant[variant], files, senders=senders, batch=batch, device=args.device,
                         workdir=work / f"node-{variant}-{senders}-{batch}-{rep}", timeout=args.timeout,
-                        extra_env={**extra, **VARIANTS[variant]}, warmup=warmup))  # fmt: skip
+                        extra_env={**extra, **variant_env[variant]}, warmup=warmup))  # fmt: skip
                     mo = models.images_per_s(batch)
                     runs[variant][-1]["model_only_images_s"] = mo["both"]
                     runs[variant][-1]["ratio"] = runs[variant][-1]["images_s"] / mo["both"]
@@ -450,7 +453,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="extra CXR_NODE_*=value for the node (CXR_NODE_BUNDLES_DIR also sets the model-only bundles,"
                         " e.g. the seed-size ones of bench/seed_bundles.py)")  # fmt: skip
     p.add_argument("--baseline-tree", type=Path, default=None,
-                   help="with --paced: also run the node from this source tree (its dicom_node/models), interleaved")  # fmt: skip
+                   help="also run the node from this source tree (its dicom_node/models), interleaved run by run")  # fmt: skip
     p.add_argument("--paced", type=float, default=None, metavar="RATE",
                    help="paced-latency mode: one image every 1/RATE s (bench/paced.py), one row per batch size")  # fmt: skip
     p.add_argument(
