@@ -8,10 +8,12 @@ serves :meth:`InferenceEngine.submit` calls from any thread::
                                   max_wait_ms) ──▶ classifier + detector on the batch
                                   ──▶ Findings ──▶ future.set_result
 
-The batch thread waits for a batch to fill only while more submitted instances are still being
-decoded: when the last of them reaches the queue (or fails), the decode side posts a flush
-marker and the batch runs at once. A lone image therefore never waits ``max_wait_ms``; under
-load, instances that queue up while a batch runs still form the next batch.
+When the batch thread was idle until an image arrived, it waits for a batch to fill only while
+more submitted instances are still being decoded: when the last of them reaches the queue (or
+fails), the decode side posts a flush marker and the batch runs at once. A lone image therefore
+never waits ``max_wait_ms``. When an image was already waiting as the previous batch ended (the
+engine is busy), it waits up to ``max_wait_ms`` for the batch to fill, as before: under load the
+models keep their batch sizes.
 
 Lateral / non-chest instances never reach the models (``Findings(analysed=False)``).
 Decode problems fail that instance's future with :class:`~models.errors.ImageDecodeError`.
@@ -497,7 +499,10 @@ class InferenceEngine:
     def _batch_loop(self) -> None:
         stop = False
         while not stop:
-            first = self._queue.get()
+            try:  # an item already waiting: the engine is busy, fill batches as before
+                first, busy = self._queue.get_nowait(), True
+            except queue.Empty:  # idle until this item came: run it as soon as nothing else is on its way
+                first, busy = self._queue.get(), False
             if first is _STOP:
                 break
             if first is _FLUSH:
@@ -505,7 +510,7 @@ class InferenceEngine:
             batch = [first]
             deadline = time.perf_counter() + self._max_wait_s
             while len(batch) < self._max_batch_size:
-                if self._upstream == 0 and self._queue.empty():
+                if not busy and self._upstream == 0 and self._queue.empty():
                     break  # nothing else submitted: waiting could not fill the batch
                 remaining = deadline - time.perf_counter()
                 try:
@@ -516,9 +521,9 @@ class InferenceEngine:
                     stop = True
                     break
                 if nxt is _FLUSH:
-                    if self._upstream == 0:
+                    if not busy and self._upstream == 0:
                         break
-                    continue  # more were submitted since: keep filling
+                    continue  # busy, or more were submitted since: keep filling
                 batch.append(nxt)
             self._run_batch_safely(batch)
 
