@@ -54,6 +54,7 @@ from dicom_node.journal import Journal
 from dicom_node.node_metrics import NodeMetrics, skip_reason_category
 from dicom_node.peer_access import PeerPolicy
 from dicom_node.routing import RoutingRules
+from dicom_node.scp_contexts import SupportedContexts
 from dicom_node.settings import NodeSettings
 from dicom_node.spool import InstanceTooLargeError, Spool, StagedFile, is_out_of_space
 from dicom_node.tcp_options import NODELAY_HANDLERS
@@ -375,6 +376,7 @@ class Receiver:
     ) -> ScpServer:
         """``AE.start_server(block=False)`` with :class:`ScpServer` (TLS handshake off the accept loop)."""
         server = self.ae.make_server(address, evt_handlers=handlers, ssl_context=ssl_context, server_class=ScpServer)
+        server.contexts = SupportedContexts(server.contexts)  # copied per association: cheaply (scp_contexts.py)
         server.handshake_timeout_s = self.settings.tls_handshake_timeout_s
         server.request_timeout_s = self.settings.association_request_timeout_s
         server.max_pending = max(64, 8 * self.settings.max_associations)
