@@ -22,8 +22,8 @@ one SC per image). Reported per configuration (median of ``--repeats`` runs):
     python bench/end_to_end.py --n 64 --senders 1 2 4 --batch-sizes 1 4 16 32 --repeats 3 --device cpu
 
 Paced-latency mode (``--paced RATE``): instead of a burst, one modality sends one image every
-1/RATE s over one open association (``bench/paced.py``); latency per image runs from the start of
-its C-STORE to the node's ``job_delivered`` line (Orthanc answered success for SR and SC), and
+1/RATE s, each over its own association (``bench/paced.py``); latency per image runs from its
+association request to the node's ``job_delivered`` line (Orthanc answered success for SR and SC), and
 p50/p95/p99/max are reported per batch size, with the node's CPU ms per image and the host load:
 
     python bench/end_to_end.py --paced 1 --n 60 --batch-sizes 8 --warmup 4 --repeats 1 [--baseline-tree DIR]
@@ -283,11 +283,11 @@ def paced_markdown(report: dict[str, Any]) -> str:
     lines = [
         f"Hardware: {hw['cpu']}, {hw['cores']} logical cores (shared), GPU: {hw.get('gpu') or 'none'}; "
         f"device {report['device']}; {report['n']} RSNA-style {report['size']}² JPEG SC at {report['paced']} "
-        f"image/s over one association (after {report['warmup']} warm-up images); median of {report['repeats']} "
+        f"image/s, one association per image (after {report['warmup']} warm-up images); median of {report['repeats']} "
         f"runs; extra env {report['env'] or '-'}.",
         "",
-        "| variant | batch | p50 / p95 / p99 / max latency (s), C-STORE start → SR + SC in Orthanc (p50 of each run) "
-        "| C-STORE ack p50 (ms) | CPU ms per image: node / result processes / Orthanc | peak RSS (MiB) "
+        "| variant | batch | p50 / p95 / p99 / max latency (s), association request → SR + SC in Orthanc (p50 of each run) "
+        "| associate + C-STORE + release p50 (ms) | CPU ms per image: node / result processes / Orthanc | peak RSS (MiB) "
         "| 1-min load before → after |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
