@@ -53,7 +53,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import pydicom
     from pydicom.uid import generate_uid
 
-    base = [pydicom.dcmread(f) for f in rsna_phantoms(args.scratch / "phantoms", args.distinct, seed=31, size=1024)]
+    base = [
+        pydicom.dcmread(f)
+        for f in rsna_phantoms(args.scratch / "phantoms", args.distinct, seed=31, size=1024)
+    ]
 
     def make(i: int) -> pydicom.Dataset:
         ds = base[i % len(base)]
@@ -75,7 +78,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         assert node.proc is not None
         pid = node.proc.pid
         load0 = hardware()["load_1m"]
-        push = PacedPush([], node.port, args.rate, calling=PUSHER_AET, called="AINODE", make=make, count=args.n)
+        push = PacedPush(
+            [], node.port, args.rate, calling=PUSHER_AET, called="AINODE", make=make, count=args.n
+        )
         t0 = time.perf_counter()
         with RssSampler(pid, args.rss_interval, lambda: push.sent) as rss:
             push.run()
@@ -144,7 +149,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=2000, help="images pushed")
     p.add_argument("--rate", type=float, default=4.0, help="images/s")
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--distinct", type=int, default=16, help="distinct phantoms, sent round-robin with fresh UIDs")
+    p.add_argument(
+        "--distinct", type=int, default=16, help="distinct phantoms, sent round-robin with fresh UIDs"
+    )
     p.add_argument("--rss-interval", type=float, default=2.0, help="seconds between RSS samples")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait for the last delivery")
     p.add_argument("--env", nargs="*", default=[], help="extra CXR_NODE_*=value for the node")
