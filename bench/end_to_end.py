@@ -21,6 +21,16 @@ one SC per image). Reported per configuration (median of ``--repeats`` runs):
 
     python bench/end_to_end.py --n 64 --senders 1 2 4 --batch-sizes 1 4 16 32 --repeats 3 --device cpu
 
+Paced-latency mode (``--paced RATE``): instead of a burst, one modality sends one image every
+1/RATE s, each over its own association (``bench/paced.py``); latency per image runs from its
+association request to the node's ``job_delivered`` line (Orthanc answered success for SR and SC), and
+p50/p95/p99/max are reported per batch size, with the node's CPU ms per image and the host load:
+
+    python bench/end_to_end.py --paced 1 --n 60 --batch-sizes 8 --warmup 4 --repeats 1 [--baseline-tree DIR]
+
+``--baseline-tree DIR`` runs a second node from another source tree (``git archive <commit> | tar -x
+-C DIR``), interleaved with this one run by run: before/after under the same host load.
+
 ``--device cuda`` runs the same measurement on a GPU box.
 """
 
@@ -165,11 +175,126 @@ def one_run(orthanc: LocalOrthanc, files: Sequence[Path], *, senders: int, batch
     }
 
 
+def paced_run(orthanc: LocalOrthanc, files: Sequence[Path], *, rate: float, batch: int, device: str,
+              workdir: Path, timeout: float, extra_env: dict[str, str],
+              warmup: Sequence[Path] = ()) -> dict[str, Any]:  # fmt: skip
+    """Start a node, deliver ``warmup`` images, then push ``files`` at ``rate`` images/s
+    (``bench/paced.py``) and wait for 2·N results in Orthanc: latency per image, CPU per image."""
+    from paced import PacedPush, latencies_s, latency_summary
+
+    node = NodeProcess(workdir=workdir, port=free_port(), orthanc_dicom_port=orthanc.dicom_port,
+                       env_overrides={"CXR_NODE_BATCH_SIZE": str(batch), "CXR_NODE_DEVICE": device,
+                                      "CXR_NODE_HTTP_PORT": "0", "CXR_NODE_DECODE_WORKERS": "2", **extra_env})  # fmt: skip
+    wipe(orthanc)
+    node.start(timeout=300)
+    try:
+        assert node.proc is not None and orthanc.proc is not None
+        pid, opid = node.proc.pid, orthanc.proc.pid
+        if warmup:
+            PacedPush(warmup, node.port, rate, calling=PUSHER_AET, called="AINODE").run()
+            wait_until(lambda: orthanc_count(orthanc) >= 2 * len(warmup), timeout, interval=0.1,
+                       what="the warm-up results in Orthanc")  # fmt: skip
+            wipe(orthanc)
+        cpu = CpuMeter({"node": lambda: [pid], "result processes": lambda: child_pids(pid),
+                        "orthanc": lambda: [opid]}).start()  # fmt: skip
+        load0 = hardware()["load_1m"]
+        push = PacedPush(files, node.port, rate, calling=PUSHER_AET, called="AINODE")
+        push.run()
+        wait_until(lambda: orthanc_count(orthanc) >= 2 * len(files), timeout, interval=0.1,
+                   what=f"{2 * len(files)} results in Orthanc")  # fmt: skip
+        cpu_s = cpu.stop()
+        deadline = time.monotonic() + 10
+        while True:  # the job_delivered line follows the last outbox row's commit
+            try:
+                lat = latencies_s(push, node.log_records())
+                break
+            except RuntimeError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        rss = peak_rss_bytes(pid)
+    finally:
+        node.stop()
+    return {
+        "rate": rate,
+        **latency_summary(lat),
+        "c_store_ack_p50_ms": median(push.acked_ms),
+        "peak_rss_mb": rss / 2**20,
+        "load_1m_before_after": [load0, hardware()["load_1m"]],
+        **{f"cpu_ms_{k.replace(' ', '_')}": 1000 * v / len(files) for k, v in cpu_s.items()},
+    }
+
+
+def run_paced(args: argparse.Namespace) -> dict[str, Any]:
+    """``--paced``: latency at a fixed arrival rate, one row per batch size (median of the repeats)."""
+    scratch: Path = args.scratch
+    files = rsna_phantoms(scratch / "phantoms", args.n, seed=21, size=args.size)
+    warmup = rsna_phantoms(scratch / "phantoms", args.warmup, seed=97, size=args.size) if args.warmup else []
+    work = Path(tempfile.mkdtemp(prefix="e2e-paced-", dir=scratch))
+    orthanc = LocalOrthanc(workdir=work / "orthanc", http_port=free_port(), dicom_port=free_port(),
+                           node_port=free_port(), auto_forward=False)  # fmt: skip
+    extra = dict(kv.split("=", 1) for kv in args.env)
+    # code variants, interleaved run by run: this tree, and (--baseline-tree) another checkout's
+    # dicom_node/models (e.g. `git archive <commit> | tar -x -C DIR`), same bundles and settings
+    trees = {"current": {}}
+    if getattr(args, "baseline_tree", None):
+        trees["baseline"] = {"PYTHONPATH": str(Path(args.baseline_tree).resolve())}
+    rows = []
+    try:
+        orthanc.start()
+        for batch in args.batch_sizes:
+            runs: dict[str, list[dict[str, Any]]] = {t: [] for t in trees}
+            for rep in range(args.repeats):
+                for tree, tree_env in trees.items():
+                    runs[tree].append(paced_run(orthanc, files, rate=args.paced, batch=batch, device=args.device,
+                                                workdir=work / f"node-{tree}-{batch}-{rep}", timeout=args.timeout,
+                                                extra_env={**extra, **tree_env}, warmup=warmup))  # fmt: skip
+                    print(f"paced {args.paced}/s {tree} batch={batch} rep={rep}: {runs[tree][-1]}", file=sys.stderr,
+                          flush=True)  # fmt: skip
+            for tree, truns in runs.items():
+                row: dict[str, Any] = {"variant": tree, "batch": batch,
+                                       "runs_p50_s": [round(r["p50_s"], 3) for r in truns],
+                                       "load_1m": [r["load_1m_before_after"] for r in truns]}  # fmt: skip
+                for key, val in truns[0].items():
+                    if isinstance(val, (int, float)):
+                        row[key] = median([r[key] for r in truns])
+                rows.append(row)
+    finally:
+        orthanc.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    return {"hardware": hardware(), "n": args.n, "size": args.size, "device": args.device, "warmup": args.warmup,
+            "paced": args.paced, "repeats": args.repeats, "env": extra, "rows": rows}  # fmt: skip
+
+
+def paced_markdown(report: dict[str, Any]) -> str:
+    hw = report["hardware"]
+    lines = [
+        f"Hardware: {hw['cpu']}, {hw['cores']} logical cores (shared), GPU: {hw.get('gpu') or 'none'}; "
+        f"device {report['device']}; {report['n']} RSNA-style {report['size']}² JPEG SC at {report['paced']} "
+        f"image/s, one association per image (after {report['warmup']} warm-up images); median of {report['repeats']} "
+        f"runs; extra env {report['env'] or '-'}.",
+        "",
+        "| variant | batch | p50 / p95 / p99 / max latency (s), association request → SR + SC in Orthanc (p50 of each run) "
+        "| associate + C-STORE + release p50 (ms) | CPU ms per image: node / result processes / Orthanc | peak RSS (MiB) "
+        "| 1-min load before → after |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in report["rows"]:
+        loads = ", ".join(f"{a:.2f} → {b:.2f}" for a, b in r["load_1m"])
+        lines.append(
+            f"| {r.get('variant', 'current')} | {r['batch']} | {r['p50_s']:.3f} / {r['p95_s']:.3f} / "
+            f"{r['p99_s']:.3f} / {r['max_s']:.3f} ({', '.join(map(str, r['runs_p50_s']))}) "
+            f"| {r['c_store_ack_p50_ms']:.1f} | {r['cpu_ms_node']:.0f} / {r['cpu_ms_result_processes']:.0f} / "
+            f"{r['cpu_ms_orthanc']:.0f} | {r['peak_rss_mb']:.0f} | {loads} |"
+        )
+    return "\n".join(lines)
+
+
 class ModelOnly:
     """Model-only throughput of both bundles chained (H3b's ``time_model``), measured right after
     each end-to-end run so that both see the same host load (the VM is shared)."""
 
-    def __init__(self, device: str, images: int) -> None:
+    def __init__(self, device: str, images: int, bundles: Path = REPO / "monai_bundles") -> None:
         import torch
 
         from models.inference.bundle_loader import load_bundle
@@ -183,8 +308,8 @@ class ModelOnly:
         if self.device.type == "cpu":
             torch.set_num_threads(2)  # what the node gets (OMP_NUM_THREADS=2)
         self.images = images
-        self.cls = load_bundle(REPO / "monai_bundles" / DEFAULT_CLASSIFICATION_BUNDLE, device=self.device)
-        self.det = load_bundle(REPO / "monai_bundles" / DEFAULT_DETECTION_BUNDLE, device=self.device)
+        self.cls = load_bundle(bundles / DEFAULT_CLASSIFICATION_BUNDLE, device=self.device)
+        self.det = load_bundle(bundles / DEFAULT_DETECTION_BUNDLE, device=self.device)
 
     def images_per_s(self, batch: int) -> dict[str, float]:
         """Classifier, detector and both chained (1 / (1/c + 1/d)) at ``batch``, ~``images`` images each."""
@@ -207,7 +332,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="e2e-", dir=scratch))
     orthancs: dict[str, LocalOrthanc] = {}
     by_variant: dict[str, LocalOrthanc] = {}
-    for variant in args.variants:
+    variant_env = {v: VARIANTS[v] for v in args.variants}
+    if getattr(args, "baseline_tree", None):  # another source tree's node, interleaved (see --paced)
+        variant_env["baseline"] = {"PYTHONPATH": str(Path(args.baseline_tree).resolve())}
+    for variant in variant_env:
         env = ORTHANC_ENV.get(variant, {})
         key = json.dumps(env, sort_keys=True)
         if key not in orthancs:
@@ -216,19 +344,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                          env_overrides=env)  # fmt: skip
         by_variant[variant] = orthancs[key]
     rows = []
-    models = ModelOnly(args.device, args.model_images)
     extra = dict(kv.split("=", 1) for kv in args.env)
+    models = ModelOnly(args.device, args.model_images, Path(extra.get("CXR_NODE_BUNDLES_DIR") or REPO / "monai_bundles"))
     try:
         for orthanc in orthancs.values():
             orthanc.start()
         for senders, batch in configs:
-            runs: dict[str, list[dict[str, Any]]] = {v: [] for v in args.variants}
+            runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variant_env}
             for rep in range(args.repeats):
-                for variant in args.variants:  # interleaved: host load hits every variant alike
+                for variant in variant_env:  # interleaved: host load hits every variant alike
                     runs[variant].append(one_run(
                         by_variant[variant], files, senders=senders, batch=batch, device=args.device,
                         workdir=work / f"node-{variant}-{senders}-{batch}-{rep}", timeout=args.timeout,
-                        extra_env={**extra, **VARIANTS[variant]}, warmup=warmup))  # fmt: skip
+                        extra_env={**extra, **variant_env[variant]}, warmup=warmup))  # fmt: skip
                     mo = models.images_per_s(batch)
                     runs[variant][-1]["model_only_images_s"] = mo["both"]
                     runs[variant][-1]["ratio"] = runs[variant][-1]["images_s"] / mo["both"]
@@ -313,7 +441,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--device", default="cpu", help="cpu | cuda")
     p.add_argument("--model-images", type=int, default=16, help="images per model-only measurement")
     p.add_argument("--timeout", type=float, default=900.0, help="per run, seconds")
-    p.add_argument("--env", nargs="*", default=[], help="extra CXR_NODE_*=value for the node")
+    p.add_argument("--env", nargs="*", default=[],
+                   help="extra CXR_NODE_*=value for the node (CXR_NODE_BUNDLES_DIR also sets the model-only bundles,"
+                        " e.g. the seed-size ones of bench/seed_bundles.py)")  # fmt: skip
+    p.add_argument("--baseline-tree", type=Path, default=None,
+                   help="also run the node from this source tree (its dicom_node/models), interleaved run by run")  # fmt: skip
+    p.add_argument("--paced", type=float, default=None, metavar="RATE",
+                   help="paced-latency mode: one image every 1/RATE s (bench/paced.py), one row per batch size")  # fmt: skip
     p.add_argument(
         "--variants",
         nargs="+",
@@ -324,6 +458,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_output_arguments(p)
     args = p.parse_args(argv)
     args.scratch.mkdir(parents=True, exist_ok=True)
+    if args.paced is not None:
+        return emit_report(run_paced(args), args.json, paced_markdown)
     return emit_report(run(args), args.json, to_markdown)
 
 

@@ -70,9 +70,17 @@ def _sync(device: torch.device) -> None:
 
 
 def time_model(
-    bundle: LoadedBundle, batch_size: int, *, iterations: int, warmup: int, device: torch.device
+    bundle: LoadedBundle,
+    batch_size: int,
+    *,
+    iterations: int,
+    warmup: int,
+    device: torch.device,
+    fp16: bool | None = None,
 ) -> dict[str, Any]:
-    """Run ``bundle``'s model on a random batch; returns images/s and per-batch latency (ms)."""
+    """Run ``bundle``'s model on a random batch; returns images/s and per-batch latency (ms).
+
+    ``fp16``: None = the engine's choice (fp16 autocast on CUDA, fp32 on CPU); True/False forces it (CUDA)."""
     h, w = bundle.image_size
     model = bundle.detector if bundle.kind == "detection" else bundle.network
     assert model is not None
@@ -80,7 +88,8 @@ def time_model(
     x = torch.rand(batch_size, 1, h, w, generator=gen)
     if device.type == "cuda":
         x = x.pin_memory().to(device, non_blocking=True)
-    autocast = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else nullcontext()
+    half = device.type == "cuda" if fp16 is None else fp16 and device.type == "cuda"
+    autocast = torch.autocast("cuda", dtype=torch.float16) if half else nullcontext()
     times: list[float] = []
     with torch.inference_mode(), autocast:
         for i in range(warmup + iterations):
@@ -97,6 +106,7 @@ def time_model(
         "image_size": [h, w],
         "batch_size": batch_size,
         "iterations": iterations,
+        "precision": "fp16 autocast" if half else "fp32",
         "images_per_s": batch_size * iterations / total,
         "batch_ms_median": statistics.median(times) * 1000.0,
     }

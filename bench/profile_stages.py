@@ -7,13 +7,19 @@ image, as the node calls it; also split into positive images with a heatmap and 
 overlay's text caches are cleared before each of these rows, so every image renders its own text
 as it would in the node, except the header band shared by all), the heatmap's share of it
 (``blend_heatmap`` alone), the engine without heatmaps (the Grad-CAM's share of the engine), and
-encoding both results (``dataset_bytes``). The sum is what the node spends per image
-besides receiving and delivering. Each row gives the wall time and the process CPU time
+encoding both results (``dataset_bytes``), and the DICOM I/O (``bench/stage_io.py``): receiving
+(the node's SCP, spool file and journal row, fed by storescu) and delivering (SR + SC by the node's
+``DicomSender``, one association per image, to storescp --ignore). The last line sums what the
+node spends per image outside the model forward (and its Grad-CAM): decode + prepare + SR build +
+SC build + encode SR + SC + receive + deliver (issue 15 point 1). Each row gives the wall time and the process CPU time
 (``time.process_time``: all threads; the engine's threads are idle during the result stages),
 medians of the repeats, and the least CPU time of the repeats (on a shared host, where other
 processes inflate CPU time through cache and core contention, the least is the steadier figure).
 
-    python bench/profile_stages.py --n 16 --batch 8 [--device cpu]
+    python bench/profile_stages.py --n 16 --batch 8 [--device cpu] [--no-gc-freeze]
+
+Like the node (``dicom_node/gc_freeze.py``), it freezes its start-up objects (torch, the models)
+for the garbage collector before timing; ``--no-gc-freeze`` measures the node as it was before.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, hardware, rsna_phantoms  # noqa: E402
+from stage_io import deliver_ms, receive_ms  # noqa: E402
 
 
 def per_image_ms(fn: Callable[[], Any], n: int) -> tuple[float, float]:
@@ -47,6 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--no-gc-freeze", action="store_true",
+                   help="leave the start-up objects to the garbage collector (the node before dicom_node/gc_freeze.py)")  # fmt: skip
     p.add_argument("--scratch", type=Path, default=Path(tempfile.gettempdir()) / "cxr-bench")
     args = p.parse_args(argv)
 
@@ -69,6 +78,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     plain = InferenceEngine(REPO / "monai_bundles", device=args.device, max_batch_size=args.batch,
                             decode_workers=1, num_threads=args.threads, warmup=True, heatmaps=False)  # fmt: skip
     sizes = [b.image_size for b in eng.bundles]
+    if not args.no_gc_freeze:  # as the node and its result processes do after start-up
+        import gc
+
+        gc.collect()
+        gc.freeze()
     try:
         futures = [eng.submit(d, keep_image=True) for d in dss]
         findings = [f.result() for f in futures]
@@ -125,6 +139,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             rows.setdefault("encode SR alone", []).append(per_image_ms(lambda: [dataset_bytes(x) for x in srs], args.n))
             rows.setdefault("encode SC alone", []).append(per_image_ms(lambda: [dataset_bytes(x) for x in scs], args.n))
+            pairs = [(dataset_bytes(a), dataset_bytes(b)) for a, b in zip(srs, scs, strict=True)]
+            rows.setdefault(RECEIVE, []).append(receive_ms(files, args.scratch))
+            rows.setdefault(DELIVER, []).append(deliver_ms(pairs, args.scratch))
     finally:
         eng.close()
         plain.close()
@@ -135,7 +152,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, vals in rows.items():
         wall, cpu = statistics.median(v[0] for v in vals), statistics.median(v[1] for v in vals)
         print(f"| {name} | {wall:.1f} | {cpu:.1f} | {min(v[1] for v in vals):.1f} |")
+    outside = [k for k in rows if k.startswith(OUTSIDE_THE_FORWARD)]
+    med = sum(statistics.median(v[1] for v in rows[k]) for k in outside)
+    least = sum(min(v[1] for v in rows[k]) for k in outside)
+    print(f"| **outside the model forward** (sum of: {'; '.join(k.split(' (')[0] for k in outside)}) "
+          f"| | **{med:.1f}** | **{least:.1f}** |")  # fmt: skip
     return 0
+
+
+RECEIVE = "receive: C-STORE into the node's SCP, spool file, journal row (storescu, one association)"
+DELIVER = "deliver: SR + SC C-STORE by DicomSender, one association per image (storescp --ignore)"
+#: the rows summed as "outside the model forward" (prefixes of the row names)
+OUTSIDE_THE_FORWARD = ("decode (", "prepare (", "SR build (", "SC build (overlay", "encode SR + SC", RECEIVE, DELIVER)
 
 
 if __name__ == "__main__":

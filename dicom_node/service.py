@@ -11,6 +11,7 @@ in the journal and is resumed by the next start. The health endpoint stops last.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -22,6 +23,7 @@ from types import FrameType
 from typing import Any
 
 from dicom_node.delivery.deliver import Deliverer
+from dicom_node.gc_freeze import freeze_long_lived
 from dicom_node.health_http import HealthServer, start_health_server
 from dicom_node.node_metrics import NodeMetrics
 from dicom_node.pipeline.analyse import Analyser, AnalysisWorker, BuildEncoded
@@ -86,7 +88,7 @@ def _build_engine(s: NodeSettings) -> Analyser:
 class NodeService:
     """The running node. ``analyser``/``build_encoded`` may be injected (tests); by default the
     ``InferenceEngine`` is built from the settings and the result pool runs
-    ``dicom_node.results.build.build.build_encoded_results``.
+    ``dicom_node.results.build.build_encoded_results``.
     ``analyser_factory`` (called by ``start()`` where the engine would be built, after the health
     endpoint is up; the service closes what it returns) stands in for a slow model load in tests.
     ``metrics`` and ``health`` (the HTTP port) are public for tests and tools."""
@@ -224,6 +226,7 @@ class NodeService:
             if s.retention_hours > 0:
                 self.purger = Purger(self.journal, self.spool, s.retention_hours * 3600, s.purge_interval_s)
                 self.purger.start()
+            freeze_long_lived()  # models loaded: keep full collections off them (dicom_node/gc_freeze.py)
         except BaseException:
             self._shutdown_parts()
             raise
@@ -253,6 +256,7 @@ class NodeService:
         self._started = False
         logger.info("stopping", extra={"event": "stopping"})
         self._shutdown_parts(timeout)
+        gc.unfreeze()  # what start() froze may be collected again (a process that starts nodes again, tests)
         logger.info("stopped", extra={"event": "stopped"})
 
     def _shutdown_parts(self, timeout: float = 30.0) -> None:

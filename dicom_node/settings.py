@@ -276,7 +276,7 @@ class NodeSettings(BaseSettings):
     bundles_dir: Path = Field(Path("monai_bundles"), description="folder holding the MONAI bundles")
     device: str = Field("auto", description="inference device: auto, cpu, cuda or cuda:N")
     batch_size: int = Field(8, ge=1, le=256, description="maximum inference batch size")
-    max_wait_ms: float = Field(20.0, ge=0, description="how long the engine waits to fill a batch")
+    max_wait_ms: float = Field(20.0, ge=0, description="how long a busy engine waits to fill a batch (a lone image never waits)")
     decode_workers: int = Field(2, ge=1, le=64, description="threads decoding DICOM pixel data")
     result_workers: int | None = Field(
         None,
@@ -321,7 +321,7 @@ class NodeSettings(BaseSettings):
         600.0, gt=0, description="retry delay after a permanent refusal (association rejected, 0xCxxx)"
     )
     network_timeout_s: float = Field(30.0, gt=0, description="connect/ACSE/DIMSE timeout of the SCU")
-    poll_interval_s: float = Field(0.5, gt=0, le=60, description="how often idle workers look for work")
+    poll_interval_s: float = Field(0.5, gt=0, le=60, description="fallback poll of idle workers (new work wakes them at once; retries and backoff use it)")
 
     # --- health / metrics HTTP ---
     http_bind: str = Field(

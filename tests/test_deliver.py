@@ -402,3 +402,40 @@ def test_scu_switches_nagle_off(tmp_path: Path, storescp, monkeypatch: pytest.Mo
     finally:
         q.close()
     assert len(seen) == 2 and all(seen), seen
+
+
+@pytest.mark.integration
+@needs_dcmtk
+def test_results_are_recorded_before_the_association_release_finishes(
+    tmp_path: Path, storescp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The delivered rows are committed while the A-RELEASE is still running (on a helper thread),
+    and the deliverer's stop waits for that release."""
+    import threading
+
+    from pynetdicom.association import Association
+
+    port, _out, _, start = storescp
+    start()
+    releasing, go_on = threading.Event(), threading.Event()
+    states_at_release: list[str] = []
+    real = Association.release
+
+    def held_release(self: Association) -> None:
+        releasing.set()
+        assert go_on.wait(30), "the test never let the release go on"
+        real(self)
+
+    monkeypatch.setattr(Association, "release", held_release)
+    q = Queue(tmp_path, f"DEST@127.0.0.1:{port}")
+    try:
+        assert q.deliverer.run_once() == 2  # returns while the release is held
+        assert releasing.wait(30)
+        states_at_release.append(q.journal.get_job(q.job_id).state)
+        assert q.pending() == []
+        go_on.set()
+    finally:
+        go_on.set()
+        q.close()
+    assert states_at_release == ["delivered"]
+    assert q.deliverer.dicom._releases._shutdown  # stop() waited for the pending release

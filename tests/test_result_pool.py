@@ -7,7 +7,7 @@ import os
 import signal
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +15,7 @@ import pydicom
 import pytest
 from _results_data import findings_for, rsna_source, three_boxes
 
-from dicom_node.pipeline.analyse import AnalysisWorker
+from dicom_node.pipeline.analyse import AnalysisWorker, _build_in_pool, joined_builds
 from dicom_node.results.build import (
     EncodedResult,
     build_encoded_results,
@@ -291,3 +291,54 @@ def test_pool_processes_exit_when_the_node_process_dies(tmp_path: Path) -> None:
     while time.monotonic() < deadline and any(alive(p) for p in pids):
         time.sleep(0.1)
     assert not any(alive(p) for p in pids), f"pool processes {pids} outlived the node"
+
+
+def test_sr_and_sc_of_an_image_are_two_pool_jobs_stored_together(tmp_path: Path) -> None:
+    """With two result processes an analysed image's SR and SC are submitted as two jobs (built at
+    the same time); the job is marked analysed once, with its SR queued before its SC."""
+    spool, journal = _spool_jobs(tmp_path, 2, 128)
+    worker = AnalysisWorker(journal, spool, FakeAnalyser(), destinations=["pacs"], batch_size=2,
+                            poll_interval_s=0.05, result_workers=2)  # fmt: skip
+    submitted: list[tuple[str, ...]] = []
+    real_new_pool = worker._new_pool
+
+    def spied_pool() -> object:
+        pool = real_new_pool()
+        real_submit = pool.submit
+
+        def submit(fn: object, *args: object) -> object:
+            if fn is _build_in_pool:
+                submitted.append(tuple(args[5]) if len(args) > 5 else ("sr", "sc"))  # (build_encoded, path, findings, image, level, parts)
+            return real_submit(fn, *args)
+
+        pool.submit = submit  # type: ignore[method-assign]
+        return pool
+
+    worker._new_pool = spied_pool  # type: ignore[method-assign]
+    _run_worker(worker, journal, 2)
+    assert sorted(submitted) == [("sc",), ("sc",), ("sr",), ("sr",)]
+    for job in journal.jobs(state="analysed"):
+        rows = sorted(journal.outbox(job_id=job.id), key=lambda o: o.id)
+        assert [str(pydicom.dcmread(o.path, stop_before_pixels=True).Modality) for o in rows] == ["SR", "OT"]
+    journal.close()
+
+
+def test_joined_builds_keeps_order_and_fails_with_the_first_failing_part() -> None:
+    a, b = Future(), Future()
+    joined = joined_builds([a, b])
+    b.set_result((["sc"], ["log sc"]))
+    assert not joined.done()  # waits for every part
+    a.set_result((["sr"], ["log sr"]))
+    assert joined.result(timeout=1) == (["sr", "sc"], ["log sr", "log sc"])
+    c, d = Future(), Future()
+    failed = joined_builds([c, d])
+    d.set_exception(ValueError("sc broke"))
+    c.set_result((["sr"], []))
+    with pytest.raises(ValueError, match="sc broke"):
+        failed.result(timeout=1)
+    e, f = Future(), Future()
+    cancelled = joined_builds([e, f])
+    e.cancel()
+    f.set_result(([], []))
+    with pytest.raises(CancelledError):
+        cancelled.result(timeout=1)

@@ -21,10 +21,12 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from pynetdicom import AE
+from pynetdicom.association import Association
 
 from dicom_node.node_metrics import NodeMetrics
 from dicom_node.settings import Destination, NodeSettings
@@ -79,7 +81,12 @@ def backoff_delay(attempts: int, base_s: float, max_s: float, *, rng: random.Ran
 
 
 class DicomSender:
-    """Sends a batch of spool files to one DICOM destination over one association."""
+    """Sends a batch of spool files to one DICOM destination over one association.
+
+    The outcomes are returned as soon as the last C-STORE response is in; the association's
+    release (A-RELEASE and the DUL thread's stop, ~12 ms with pynetdicom) runs on a helper thread
+    meanwhile, so delivered results are recorded without waiting for it. ``close()`` waits for
+    the pending releases."""
 
     def __init__(
         self, calling_aet: str, timeout_s: float, *, ssl_context: ssl.SSLContext | None = None
@@ -87,6 +94,17 @@ class DicomSender:
         self.calling_aet = calling_aet
         self.timeout_s = timeout_s
         self.ssl_context = ssl_context
+        self._releases = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cxr-release")
+
+    def close(self) -> None:
+        """Wait for the releases still running (idempotent)."""
+        self._releases.shutdown(wait=True)
+
+    def _release(self, assoc: Association) -> None:
+        try:
+            self._releases.submit(_release_quietly, assoc)
+        except RuntimeError:  # closed (stopping): release here
+            _release_quietly(assoc)
 
     def send(self, dest: Destination, items: Sequence[OutboxItem]) -> list[Outcome]:
         """One outcome per item, in order."""
@@ -149,8 +167,17 @@ class DicomSender:
                     outcomes.append(classify_status(int(status.Status)))
         finally:
             if assoc.is_established:
-                assoc.release()
+                self._release(assoc)
         return outcomes
+
+
+def _release_quietly(assoc: Association) -> None:
+    """Release ``assoc``; a failure only means the peer already closed it (the results are in)."""
+    try:
+        if assoc.is_established:
+            assoc.release()
+    except Exception as exc:  # pragma: no cover - pynetdicom internals
+        logger.warning("association release failed: %s", exc, extra={"event": "release_failed"})
 
 
 class RestSender:
@@ -254,6 +281,7 @@ class Deliverer:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        self.dicom.close()
 
     def _run(self) -> None:
         while not self._stop.is_set():

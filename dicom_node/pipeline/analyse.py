@@ -23,9 +23,11 @@ does not decode the source a second time. SR + SC are built in a ``ProcessPoolEx
 (``result_workers`` >= 1 processes, spawn context; the one result-building path) so that this
 CPU-heavy Python does not compete with the engine's batch thread for the GIL; the worker process
 returns the encoded files and this thread writes them to the outbox and marks the job analysed in
-one journal transaction. A pool process that dies fails (retries) only the jobs it had; the pool
-is recreated. Tests inject their own builder (``build_encoded``: a picklable module-level function,
-it runs in the pool like the real one).
+one journal transaction. With two or more result processes an analysed image's SR and SC are built
+at the same time, one per process (the image's results are stored once both are in): a lone image
+waits for the longer of the two builds instead of their sum. A pool process that dies fails
+(retries) only the jobs it had; the pool is recreated. Tests inject their own builder
+(``build_encoded``: a picklable module-level function, it runs in the pool like the real one, whole).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Protocol
@@ -113,19 +115,26 @@ class _KeepRecords(logging.Handler):
 
 
 def _build_in_pool(
-    build_encoded: BuildEncoded | None, source_path: str, findings_json: dict, image: object, log_level: int
+    build_encoded: BuildEncoded | None,
+    source_path: str,
+    findings_json: dict,
+    image: object,
+    log_level: int,
+    parts: tuple[str, ...] = ("sr", "sc"),
 ) -> tuple[list, list[logging.LogRecord]]:
     """Pool-process job: ``build_encoded`` (None: ``dicom_node.results.build.build_encoded_results``) plus
     the log records it wrote (a spawned process has no log handlers; the node re-emits them so none are lost)."""
-    if build_encoded is None:
-        from dicom_node.results.build import build_encoded_results as build_encoded
+    from dicom_node.results.build import build_encoded_results
 
     root = logging.getLogger()
     root.setLevel(log_level)
     keep = _KeepRecords()
     root.addHandler(keep)
     try:
-        encoded = list(build_encoded(source_path, findings_json, image))  # type: ignore[misc]
+        if build_encoded is None:
+            encoded = build_encoded_results(source_path, findings_json, image, parts)  # type: ignore[arg-type]
+        else:
+            encoded = list(build_encoded(source_path, findings_json, image))  # type: ignore[misc]
     finally:
         root.removeHandler(keep)
     return encoded, keep.records
@@ -156,9 +165,12 @@ def _pool_init(parent_pid: int) -> None:
 
 
 def _pool_warmup() -> int:
-    """Runs once in each new pool process: imports the result builders ahead of the first job."""
+    """Runs once in each new pool process: imports the result builders ahead of the first job and
+    freezes those start-up objects for the garbage collector (``dicom_node.gc_freeze``)."""
     import dicom_node.results.build  # noqa: F401
+    from dicom_node.gc_freeze import freeze_long_lived
 
+    freeze_long_lived()
     return os.getpid()
 
 
@@ -400,15 +412,17 @@ class AnalysisWorker:
 
         assert self._pool is not None
         built = _Built(job=job, findings=findings, t0=t0, pool=self._pool)
+        args = (job.path, findings_to_dict(findings))
+        level = logging.getLogger().getEffectiveLevel()
         try:
-            built.future = self._pool.submit(
-                _build_in_pool,
-                self._build_encoded,
-                job.path,
-                findings_to_dict(findings),
-                image,
-                logging.getLogger().getEffectiveLevel(),
-            )
+            if findings.analysed and self.result_workers >= 2 and self._build_encoded is None:
+                # SR and SC at once, in two processes
+                built.future = joined_builds([
+                    self._pool.submit(_build_in_pool, None, *args, None, level, ("sr",)),
+                    self._pool.submit(_build_in_pool, None, *args, image, level, ("sc",)),
+                ])  # fmt: skip
+            else:
+                built.future = self._pool.submit(_build_in_pool, self._build_encoded, *args, image, level)
         except BrokenProcessPool as exc:
             self._pool_broken(built.pool, exc)
             self._retry_or_fail(job, exc, t0)
@@ -586,6 +600,40 @@ class AnalysisWorker:
                 "retry_in_s": delay,
             },
         )
+
+
+def joined_builds(parts: Sequence[Future]) -> Future:
+    """One future for several ``_build_in_pool`` jobs of one image: done when all are, its result
+    their encoded results and log records concatenated in the order of ``parts`` (SR before SC);
+    the first part's exception (or cancellation) otherwise."""
+    joined: Future = Future()
+    joined.set_running_or_notify_cancel()
+    lock = threading.Lock()
+    left = [len(parts)]
+
+    def part_done(_f: Future) -> None:
+        with lock:
+            left[0] -= 1
+            if left[0]:
+                return
+        encoded: list = []
+        records: list = []
+        for f in parts:
+            if f.cancelled():
+                joined.set_exception(CancelledError(f"result build cancelled ({len(parts)} parts)"))
+                return
+            exc = f.exception()
+            if exc is not None:
+                joined.set_exception(exc)
+                return
+            e, r = f.result()
+            encoded += e
+            records += r
+        joined.set_result((encoded, records))
+
+    for f in parts:
+        f.add_done_callback(part_done)
+    return joined
 
 
 def _accepts_keep_image(analyser: object) -> bool:

@@ -31,11 +31,16 @@ __all__ = [
 ]
 
 
+#: the result kinds ``build_results`` can build (``parts``): the SR, the SC overlay
+RESULT_PARTS = ("sr", "sc")
+
+
 def build_results(
     source: Dataset,
     findings: Findings,
     *,
     image: SourceImage | None = None,
+    parts: Sequence[str] = RESULT_PARTS,
 ) -> list[Dataset]:
     """Build the result objects for ``findings`` on ``source``: ``[SR]`` or ``[SR, SC]``.
 
@@ -48,11 +53,15 @@ def build_results(
     overlay cannot be rendered because the source pixels cannot be decoded, the error
     is logged and only the SR is returned. The image-level decision, its threshold and the
     reported boxes come with ``findings`` (decided once, in the engine). ValueError for
-    findings that do not belong to ``source``.
+    findings that do not belong to ``source``. ``parts`` builds only some of them (``("sr",)``
+    or ``("sc",)``: the node builds an analysed image's SR and SC in two processes at once).
     """
+    unknown = [p for p in parts if p not in RESULT_PARTS]
+    if unknown or not parts:
+        raise ValueError(f"parts must be a non-empty subset of {RESULT_PARTS}, got {tuple(parts)!r}")
     check_source_matches(source, findings)
-    results: list[Dataset] = [build_sr(source, findings)]
-    if findings.analysed:
+    results: list[Dataset] = [build_sr(source, findings)] if "sr" in parts else []
+    if findings.analysed and "sc" in parts:
         try:
             results.append(build_sc(source, findings, image=image))
         except ImageDecodeError as exc:
@@ -207,15 +216,18 @@ def build_encoded_results(
     source_path: str,
     findings_json: Mapping[str, Any],
     image: SourceImage | None = None,
+    parts: Sequence[str] = RESULT_PARTS,
 ) -> list[EncodedResult]:
-    """Process-pool entry point: read the spooled source, build its results, return them encoded.
+    """Process-pool entry point: read the spooled source, build its results (``parts``, see
+    :func:`build_results`), return them encoded.
 
     Arguments are plain picklable values: the spool path of the source instance, the findings
     as :func:`findings_to_dict` and the already decoded image (or None: the
     overlay then decodes the source itself).
     """
-    # with the decoded image at hand only the header is needed (a 2500x2048 DX is 10 MB of pixels)
-    # large elements (private blobs) stay on disk unless a builder reads them
-    source = pydicom.dcmread(source_path, stop_before_pixels=image is not None, defer_size=1 << 20)
+    # with the decoded image at hand, or no overlay to draw, only the header is needed (a 2500x2048
+    # DX is 10 MB of pixels); large elements (private blobs) stay on disk unless a builder reads them
+    header_only = image is not None or "sc" not in parts
+    source = pydicom.dcmread(source_path, stop_before_pixels=header_only, defer_size=1 << 20)
     findings = findings_from_json(findings_json)
-    return encode_results(build_results(source, findings, image=image))
+    return encode_results(build_results(source, findings, image=image, parts=parts))

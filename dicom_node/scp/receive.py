@@ -50,6 +50,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_node.node_metrics import NodeMetrics, skip_reason_category
 from dicom_node.scp import chunked
+from dicom_node.scp.contexts import SupportedContexts
 from dicom_node.scp.deflate_guard import bytes_inflate_beyond, file_inflates_beyond
 from dicom_node.scp.peer_access import PeerPolicy
 from dicom_node.scp.routing import RoutingRules
@@ -308,6 +309,7 @@ class Receiver:
     ) -> ScpServer:
         """``AE.start_server(block=False)`` with :class:`ScpServer` (TLS handshake off the accept loop)."""
         server = self.ae.make_server(address, evt_handlers=handlers, ssl_context=ssl_context, server_class=ScpServer)
+        server.contexts = SupportedContexts(server.contexts)  # copied per association: cheaply (contexts.py)
         server.handshake_timeout_s = self.settings.tls_handshake_timeout_s
         server.request_timeout_s = self.settings.association_request_timeout_s
         server.max_pending = max(64, 8 * self.settings.max_associations)

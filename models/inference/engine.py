@@ -8,6 +8,13 @@ serves :meth:`InferenceEngine.submit` calls from any thread::
                                   max_wait_ms) ──▶ classifier + detector on the batch
                                   ──▶ Findings ──▶ future.set_result
 
+When the batch thread was idle until an image arrived, it waits for a batch to fill only while
+more submitted instances are still being decoded: when the last of them reaches the queue (or
+fails), the decode side posts a flush marker and the batch runs at once. A lone image therefore
+never waits ``max_wait_ms``. When an image was already waiting as the previous batch ended (the
+engine is busy), it waits up to ``max_wait_ms`` for the batch to fill, as before: under load the
+models keep their batch sizes.
+
 Lateral / non-chest instances never reach the models (``Findings(analysed=False)``).
 Decode problems fail that instance's future with :class:`~models.errors.ImageDecodeError`.
 An exception while running a batch fails only the futures of that batch (each item is
@@ -91,6 +98,8 @@ class _Item:
 
 
 _STOP = object()
+#: posted by the decode side when no submitted instance is left on its way to the queue
+_FLUSH = object()
 #: attribute of a ``submit(..., keep_image=True)`` future that holds the decoded SourceImage
 _IMAGE_ATTR = "_cxr_source_image"
 
@@ -222,6 +231,7 @@ class InferenceEngine:
 
         self._lock = threading.Lock()
         self._closed = False
+        self._upstream = 0  # submitted, not yet queued or failed (guarded by _lock)
         self._stats_lock = threading.Lock()
         self._counts: collections.Counter[str] = collections.Counter()
         self._batch_sizes: collections.Counter[int] = collections.Counter()
@@ -308,7 +318,8 @@ class InferenceEngine:
             if self._closed:
                 raise RuntimeError("InferenceEngine is closed")
             self._count("submitted")
-            self._decode_pool.submit(task, item, future, t0, extra)
+            self._upstream += 1
+            self._decode_pool.submit(self._tracked, task, item, future, t0, extra)
         return future
 
     def analyse(self, ds: pydicom.Dataset, timeout: float | None = None) -> Findings:
@@ -461,16 +472,35 @@ class InferenceEngine:
         item.t_enqueued = time.perf_counter()
         self._queue.put(item)
 
+    def _tracked(self, task: Any, *args: Any) -> None:
+        """Run a decode-side ``task``; when it was the last submitted instance on its way, wake the
+        batch thread (``_FLUSH``) so that it runs what is queued instead of waiting for more."""
+        try:
+            task(*args)
+        finally:
+            with self._lock:
+                self._upstream -= 1
+                idle = self._upstream == 0
+            if idle:
+                self._queue.put(_FLUSH)
+
     # ------------------------------------------------------------------ batch side
     def _batch_loop(self) -> None:
         stop = False
         while not stop:
-            first = self._queue.get()
+            try:  # an item already waiting: the engine is busy, fill batches as before
+                first, busy = self._queue.get_nowait(), True
+            except queue.Empty:  # idle until this item came: run it as soon as nothing else is on its way
+                first, busy = self._queue.get(), False
             if first is _STOP:
                 break
+            if first is _FLUSH:
+                continue
             batch = [first]
             deadline = time.perf_counter() + self._max_wait_s
             while len(batch) < self._max_batch_size:
+                if not busy and self._upstream == 0 and self._queue.empty():
+                    break  # nothing else submitted: waiting could not fill the batch
                 remaining = deadline - time.perf_counter()
                 try:
                     nxt = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
@@ -479,6 +509,10 @@ class InferenceEngine:
                 if nxt is _STOP:
                     stop = True
                     break
+                if nxt is _FLUSH:
+                    if not busy and self._upstream == 0:
+                        break
+                    continue  # busy, or more were submitted since: keep filling
                 batch.append(nxt)
             self._run_batch_safely(batch)
 

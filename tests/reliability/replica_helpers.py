@@ -25,7 +25,14 @@ from pathlib import Path
 from reliability_helpers import SendLog, send_files
 
 from dicom_node.haproxy_config import Balancer, Replica, render_config, render_down_state
-from dicom_node.testing.local_orthanc import LocalOrthanc, ProcessExited, free_port, port_open, terminate, wait_until
+from dicom_node.testing.local_orthanc import (
+    LocalOrthanc,
+    ProcessExited,
+    free_port,
+    port_open,
+    terminate,
+    wait_until,
+)
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "integration"))

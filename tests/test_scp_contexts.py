@@ -1,0 +1,48 @@
+"""The per-association copy of the SCP's contexts (dicom_node/scp/contexts.py) is a deep copy in effect."""
+
+from __future__ import annotations
+
+import copy
+
+from pynetdicom.presentation import PresentationContext
+
+from dicom_node.scp.contexts import SupportedContexts
+from dicom_node.scp.receive import build_ae
+from dicom_node.settings import NodeSettings
+
+
+def _state(cx: PresentationContext) -> tuple:
+    return (cx.context_id, cx.abstract_syntax, tuple(cx.transfer_syntax), cx.scu_role, cx.scp_role, cx.as_scu,
+            cx.as_scp, cx.result)  # fmt: skip
+
+
+def test_copy_equals_a_deep_copy_and_is_independent(tmp_path) -> None:
+    contexts = build_ae(NodeSettings(spool_dir=tmp_path, destinations=[])).supported_contexts
+    fast = copy.deepcopy(SupportedContexts(contexts))
+    slow = copy.deepcopy(contexts)
+    assert [_state(c) for c in fast] == [_state(c) for c in slow]
+    assert len(fast) > 100
+    for original, copied in zip(contexts, fast, strict=True):
+        assert copied is not original and copied.transfer_syntax is not original.transfer_syntax
+    n = len(contexts[0].transfer_syntax)
+    fast[0].add_transfer_syntax("1.2.840.10008.1.2.4.80")  # the association changes its own copy only
+    fast[0].context_id = 99
+    assert len(contexts[0].transfer_syntax) == n and contexts[0].context_id != 99
+
+
+def test_the_receiver_serves_the_cheap_copy(tmp_path) -> None:
+    from dicom_node.scp.receive import Receiver
+    from dicom_node.storage.journal import Journal
+    from dicom_node.storage.spool import Spool
+
+    settings = NodeSettings(spool_dir=tmp_path / "spool", destinations=[], port=0, bind="127.0.0.1")
+    spool = Spool(settings.spool_dir)
+    journal = Journal(settings.journal_path)
+    receiver = Receiver(settings, spool, journal)
+    receiver.start()
+    try:
+        servers = receiver.ae._servers
+        assert servers and all(isinstance(s.contexts, SupportedContexts) for s in servers)
+    finally:
+        receiver.stop(5)
+        journal.close()
