@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from dicom_node.orthanc.config import PLUGIN_SCRIPT, SHIPPED_CONFIG, load_shipped_config
+from dicom_node.orthanc.config import load_shipped_config
 from dicom_node.settings import NodeSettings, parse_destination
 
 ROOT = Path(__file__).resolve().parents[1]
