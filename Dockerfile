@@ -1,80 +1,84 @@
 # syntax=docker/dockerfile:1
 #
-# cxr-ai-node container image.
+# cxr-ai-node container image, built from Debian 12 (bookworm-slim, Debian's python3 3.11) and a
+# wheelhouse: every Python package is installed from .wheelhouse/<VARIANT>/ (made on the build host by
+# scripts/build_images.sh with pip, which uses the host's indexes, proxy and CA certificates), mounted
+# into the build and never copied into a layer. The build itself needs no access to PyPI: an
+# air-gapped build host only needs the wheelhouse. Build with scripts/build_images.sh (podman or docker):
 #
-#   docker build -t cxr-ai-node:0.1.0 .                      # VARIANT=cuda (default)
-#   docker build -t cxr-ai-node:0.1.0-cpu --build-arg VARIANT=cpu .
+#   bash scripts/build_images.sh node                 # VARIANT=cuda (default; for hosts with an NVIDIA GPU)
+#   bash scripts/build_images.sh --variant cpu node   # VARIANT=cpu
 #
-# VARIANT=cuda installs the pinned torch/torchvision wheels from PyPI: they are CUDA-enabled
-#   (CUDA runtime libraries come as nvidia-* wheels, the host only needs the NVIDIA driver and the
-#   NVIDIA Container Toolkit) and fall back to the CPU when no GPU is visible.
-# VARIANT=cpu installs the same versions from the PyTorch CPU wheel index (+cpu builds): no CUDA
-#   libraries, an image several GB smaller, for hosts without a GPU.
-# The torch versions below must equal the pins in pyproject.toml (tests/test_dockerfile.py checks it).
+# VARIANT=cuda: torch/torchvision from PyPI (CUDA-enabled wheels; CUDA runtime libraries come as nvidia-*
+#   wheels, the host only needs the NVIDIA driver + Container Toolkit; falls back to the CPU without GPU).
+# VARIANT=cpu: the same versions from the PyTorch CPU wheel index (+cpu builds, no CUDA libraries).
+# The variant only decides which wheels scripts/build_images.sh puts into the wheelhouse.
+# The torch versions must equal the pins in pyproject.toml (tests/test_dockerfile.py checks it).
 #
 # See docs/DEPLOY.md.
 
-ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+ARG BASE_IMAGE=docker.io/library/debian:bookworm-slim
 
-# ------------------------------------------------------------------------------------------ build
-FROM ${PYTHON_IMAGE} AS build
+FROM ${BASE_IMAGE}
 
 ARG VARIANT=cuda
 ARG TORCH_VERSION=2.14.1
 ARG TORCHVISION_VERSION=0.29.1
-ARG TORCH_CPU_INDEX_URL=https://download.pytorch.org/whl/cpu
-
-ENV PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PYTHONDONTWRITEBYTECODE=1
+# digests of the wheelhouse's two parts (file names; wheels are immutable per name): a changed wheel
+# set invalidates the layer cache of the step that installs it
+ARG TORCH_WHEELS=unset
+ARG DEPS_WHEELS=unset
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
-RUN python -m venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH
+# Debian's Python 3.11; nothing else at run time (no compiler: every package comes as a wheel)
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3 python3-venv \
+ && rm -rf /var/lib/apt/lists/* \
+ && groupadd --system --gid 10001 cxr \
+ && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
+      --shell /usr/sbin/nologin cxr \
+ && install -d -m 0700 -o 10001 -g 10001 /var/lib/cxr-node
 
-# torch first (the largest layer; cached as long as VARIANT and the versions do not change)
-RUN case "${VARIANT}" in \
-      cuda) pip install --no-cache-dir "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}" ;; \
-      cpu)  pip install --no-cache-dir --index-url "${TORCH_CPU_INDEX_URL}" \
-                "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}" ;; \
-      *)    echo "VARIANT must be 'cuda' or 'cpu', got '${VARIANT}'" >&2; exit 1 ;; \
-    esac
+ENV PATH=/opt/venv/bin:$PATH \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_INDEX=1 \
+    PYTHONDONTWRITEBYTECODE=1
+
+# torch first: the largest layer, cached as long as the torch wheels do not change
+RUN --mount=type=bind,source=.wheelhouse/${VARIANT}/torch,target=/wheels \
+    echo "torch wheels ${TORCH_WHEELS}" \
+ && python3 -m venv /opt/venv \
+ && pip install --no-deps /wheels/*.whl \
+ && python -c "import torch, torchvision; assert torch.__version__.split('+')[0] == '${TORCH_VERSION}', torch.__version__; assert torchvision.__version__.split('+')[0] == '${TORCHVISION_VERSION}', torchvision.__version__"
+
+# the project's other dependencies, at the versions of constraints.txt (resolved into the wheelhouse)
+RUN --mount=type=bind,source=.wheelhouse/${VARIANT}/deps,target=/wheels \
+    echo "dependency wheels ${DEPS_WHEELS}" \
+ && pip install --no-deps /wheels/*.whl
 
 WORKDIR /src
-COPY pyproject.toml constraints.txt ./
+COPY pyproject.toml constraints.txt README.md ./
 COPY dicom_node ./dicom_node
 COPY models ./models
-# the project and its other dependencies at the versions the test suite passed with (constraints.txt);
-# the torch pins of pyproject.toml are already satisfied
-RUN pip install --no-cache-dir -c constraints.txt . \
- && python -c "import torch, monai, pynetdicom, highdicom, dicom_node, models; print('torch', torch.__version__)"
+# the project itself, without extras (no training/plotting packages); pip check proves the set complete
+RUN pip install --no-deps --no-build-isolation . \
+ && pip check \
+ && python -c "import torch, monai, pynetdicom, highdicom, dicom_node, models" \
+ && rm -rf /src /root/.cache
 
-# ---------------------------------------------------------------------------------------- runtime
-FROM ${PYTHON_IMAGE} AS runtime
-
-ARG VARIANT=cuda
 LABEL org.opencontainers.image.title="cxr-ai-node" \
       org.opencontainers.image.description="DICOM AI node for chest X-rays (MONAI bundles, TID 1500 SR + SC overlay)" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.version="0.1.0" \
       cxr-ai-node.variant="${VARIANT}"
 
-# unprivileged user; the spool (received instances, results, journal) is its only writable state
-RUN groupadd --system --gid 10001 cxr \
- && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
-      --shell /usr/sbin/nologin cxr \
- && install -d -m 0700 -o 10001 -g 10001 /var/lib/cxr-node
-
-COPY --from=build /opt/venv /opt/venv
 # model bundles baked in (read-only for the node user); mount a volume over /app/monai_bundles to update them
 COPY --chown=root:root monai_bundles /app/monai_bundles
 
-ENV PATH=/opt/venv/bin:$PATH \
-    PYTHONUNBUFFERED=1 \
-    PYTHONDONTWRITEBYTECODE=1 \
+ENV PYTHONUNBUFFERED=1 \
     HOME=/tmp \
-    MPLCONFIGDIR=/tmp/matplotlib \
     NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility \
     CXR_NODE_BIND=0.0.0.0 \

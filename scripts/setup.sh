@@ -24,6 +24,9 @@ if [[ "${1:-}" == "--ci" ]]; then
   APT_PACKAGES+=(docker-compose openssl orthanc-dicomweb chromium)
   # the scale-out test balances node replicas with Debian's HAProxy 2.6 (docs/SCALE.md)
   APT_PACKAGES+=(haproxy)
+  # container images and the compose chain (scripts/build_images.sh, docs/DEPLOY.md): podman with runc
+  # (crun refuses hybrid cgroup hosts), its network stack, and debootstrap to seed debian:bookworm-slim
+  APT_PACKAGES+=(podman runc netavark aardvark-dns iptables debootstrap)
   # npm fetches OHIF (`npm pack`); a Node.js from elsewhere (e.g. NodeSource) brings its own npm
   command -v npm >/dev/null || APT_PACKAGES+=(npm)
 fi

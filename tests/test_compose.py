@@ -7,13 +7,14 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
 import yaml
 
-from dicom_node.orthanc.config import PLUGIN_SCRIPT, SHIPPED_CONFIG, load_shipped_config
+from dicom_node.orthanc.config import load_shipped_config
 from dicom_node.settings import NodeSettings, parse_destination
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,7 +70,7 @@ def bind_mounts(service: dict[str, Any]) -> dict[str, tuple[str, str]]:
 
 # --------------------------------------------------------------------------------- structure
 def test_services_and_named_volumes(compose: dict[str, Any]) -> None:
-    assert set(compose["services"]) == {"orthanc", "cxr-node"}
+    assert set(compose["services"]) == {"orthanc", "cxr-node", "viewer"}
     declared = set(compose["volumes"])
     assert declared == {"orthanc-db", "cxr-spool"}
     for service in compose["services"].values():
@@ -95,7 +96,8 @@ def test_orthanc_publishes_only_http_and_dicom(orthanc: dict[str, Any]) -> None:
     assert set(orthanc["networks"]) == {"frontend", "backend"}
 
 
-def test_gpu_reservation(node: dict[str, Any]) -> None:
+def test_gpu_reservation() -> None:
+    node = load(ROOT / "deploy" / "compose.gpu.yml")["services"]["cxr-node"]
     (device,) = node["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia" and device["count"] == 1 and device["capabilities"] == ["gpu"]
 
@@ -103,7 +105,7 @@ def test_gpu_reservation(node: dict[str, Any]) -> None:
 def test_node_service_settings(node: dict[str, Any]) -> None:
     env = node["environment"]
     assert node["restart"] == "unless-stopped"
-    assert "/healthz" in node["healthcheck"]["test"]
+    assert "/readyz" in node["healthcheck"]["test"]
     assert node["read_only"] is True and "ALL" in node["cap_drop"]
     assert bind_mounts(node)[SPOOL] == ("cxr-spool", "rw")
     assert env["CXR_NODE_SPOOL_DIR"] == SPOOL
@@ -142,29 +144,35 @@ def test_node_and_orthanc_agree_with_the_shipped_orthanc_config(node: dict[str, 
     assert cfg["DicomModalities"][cfg["CxrAiNode"]["NodeModality"]]["AllowStore"] is True
 
 
-def test_orthanc_mounts_the_repositorys_config_and_plugin(orthanc: dict[str, Any]) -> None:
-    mounts = bind_mounts(orthanc)
-    config_target = next(t for t, (s, _) in mounts.items() if s.endswith(".json"))
-    source, mode = mounts[config_target]
-    assert (COMPOSE.parent / source).resolve() == SHIPPED_CONFIG.resolve()
-    assert PurePosixPath(config_target).parent == PurePosixPath("/etc/orthanc") and mode == "ro"
-    script = PurePosixPath(orthanc["environment"]["CXR_ORTHANC_PLUGIN_SCRIPT"])
-    plugin_source, plugin_mode = mounts[str(script.parent)]
-    assert (COMPOSE.parent / plugin_source / script.name).resolve() == PLUGIN_SCRIPT.resolve()
-    assert plugin_mode == "ro"
-    assert (PLUGIN_SCRIPT.parent / "routing_rules.py").is_file()  # imported by the script as a sibling
-    assert bind_mounts(orthanc)[cfg_storage()] == ("orthanc-db", "rw")
+def _entrypoint() -> Any:
+    """deploy/orthanc/entrypoint.py, with the config module it finds next to itself in the image."""
+    import importlib.util
+
+    import dicom_node.orthanc.config as config_module
+
+    sys.modules.setdefault("cxr_orthanc_config", config_module)
+    spec = importlib.util.spec_from_file_location("cxr_orthanc_entrypoint", ROOT / "deploy" / "orthanc" / "entrypoint.py")
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
 
 
-def cfg_storage() -> str:
-    return load_shipped_config()["StorageDirectory"]
-
-
-def test_every_placeholder_of_orthanc_json_is_set(orthanc: dict[str, Any]) -> None:
-    placeholders = set(re.findall(r"\$\{(\w+)\}", SHIPPED_CONFIG.read_text(encoding="utf-8")))
-    assert placeholders, "orthanc.json is expected to use ${VAR} placeholders"
-    missing = placeholders - set(orthanc["environment"])
-    assert not missing, f"orthanc.json placeholders without a value in compose: {sorted(missing)}"
+def test_orthanc_image_renders_the_shipped_config(orthanc: dict[str, Any]) -> None:
+    ep = _entrypoint()
+    env = {"ORTHANC_USER": "u", "ORTHANC_PASSWORD": "p", "CXR_NODE_HOST": "172.29.113.10",
+           "CXR_MODALITY_AET": "MODALITY", "CXR_MODALITY_HOST": "10.0.0.5"}  # fmt: skip
+    cfg = ep.container_config(env)
+    assert cfg["RegisteredUsers"] == {"u": "p"} and cfg["StorageDirectory"] == "/var/lib/orthanc/db"
+    assert [PurePosixPath(p).name for p in cfg["Plugins"]] == ["libOrthancPython.so", "libOrthancDicomWeb.so", "libOrthancGdcm.so"]
+    assert cfg["DicomModalities"]["cxr-node"]["Host"] == "172.29.113.10"
+    assert cfg["CxrAiNode"] == {**load_shipped_config()["CxrAiNode"], **{k: cfg["CxrAiNode"][k] for k in cfg["CxrAiNode"]}}
+    assert "DicomTlsEnabled" not in cfg
+    for name in ("ORTHANC_PASSWORD", "CXR_MODALITY_HOST"):
+        with pytest.raises(ep.ConfigError, match=name):
+            ep.container_config({**env, name: ""})
+    with pytest.raises(ep.ConfigError, match="CXR_ORTHANC_TLS_CERT"):
+        ep.container_config({**env, "CXR_ORTHANC_DICOM_TLS": "true"})
+    assert set(env) <= set(orthanc["environment"])
 
 
 def test_password_has_no_default(orthanc: dict[str, Any]) -> None:
@@ -180,13 +188,6 @@ def test_password_has_no_default(orthanc: dict[str, Any]) -> None:
     )  # fmt: skip
     assert example["ORTHANC_PASSWORD"] == "", ".env.example must not carry a usable password"
     assert ".env" in (ROOT / ".gitignore").read_text(encoding="utf-8").split()
-
-
-def test_viewer_and_python_plugins_enabled(orthanc: dict[str, Any]) -> None:
-    env = orthanc["environment"]
-    assert env["STONE_WEB_VIEWER_PLUGIN_ENABLED"] == "true" and env["OHIF_PLUGIN_ENABLED"] == "true"
-    assert re.fullmatch(r"orthancteam/orthanc:\d+\.\d+\.\d+", orthanc["image"])
-    assert "PythonScript" in load_shipped_config()  # enables the image's Python plug-in
 
 
 def test_orthanc_switches_nagle_off(orthanc: dict[str, Any]) -> None:
@@ -218,7 +219,7 @@ def test_cpu_override() -> None:
     assert set(override["services"]) == {"cxr-node"}
     assert node["build"]["args"]["VARIANT"] == "cpu"
     assert node["environment"]["CXR_NODE_DEVICE"] == "cpu"
-    assert node["deploy"]["resources"]["reservations"]["devices"] == {"__reset__": True}
+    assert "deploy" not in node, "the GPU reservation lives in deploy/compose.gpu.yml only"
 
 
 # ------------------------------------------------------------------------- docker-compose config
