@@ -1,4 +1,4 @@
-"""Metrics of a bundle on an RSNA-layout folder (``configs/evaluate.json``).
+"""Metrics of a bundle on an RSNA-layout folder (``models/training/configs/<bundle>/evaluate.json``).
 
 Runs the bundle's network on the prepared images (same preprocessing as the engine)
 and writes ``metrics.json`` to ``output_dir``. This is the quick per-bundle check;
