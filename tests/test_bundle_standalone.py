@@ -143,3 +143,11 @@ def _walk(obj: object, key: str = ""):
             yield from _walk(v, key)
     elif isinstance(obj, str):
         yield key, obj
+
+
+def test_the_node_never_imports_a_bundle_script(engine) -> None:
+    """Both bundles have a ``scripts`` package; the engine (both bundles loaded) imports neither."""
+    assert engine is not None
+    roots = [str((BUNDLES_DIR / name / "scripts").resolve()) for name in ("cxr_classification", "cxr_opacity_detection")]
+    loaded = [getattr(m, "__file__", None) or "" for m in list(sys.modules.values())]
+    assert [f for f in loaded if f.startswith(tuple(roots))] == []
