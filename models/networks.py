@@ -1,9 +1,9 @@
-"""Network builders used by the bundle configs and by the training code.
+"""Bundle configs as the training and evaluation code read them; box axis order; state-dict files.
 
-The bundle configs (``monai_bundles/*/configs/inference.json``) are the single source
-of truth for the architectures; the helpers here only assemble pieces that a plain
-``_target_`` config entry cannot express in one step (a ``RetinaNetDetector`` with
-its box selector, matcher and sampler already configured).
+The bundle configs (``monai_bundles/*/configs/inference.json``) are the single source of truth
+for the architectures and reference only MONAI components (a bundle is self-contained, see
+``monai_bundles/*/docs/README.md``); :func:`bundle_detector` instantiates a detection bundle's
+``detector`` with its ``detector_ops`` applied.
 """
 
 from __future__ import annotations
@@ -14,10 +14,7 @@ from typing import Any
 
 import torch
 from monai.apps.detection.networks.retinanet_detector import RetinaNetDetector
-from monai.apps.detection.utils.anchor_utils import AnchorGenerator
 from monai.bundle import ConfigParser
-from monai.networks.blocks.backbone_fpn_utils import BackboneWithFPN
-from monai.networks.blocks.feature_pyramid_network import LastLevelMaxPool
 
 #: keys of the ground-truth dicts given to ``RetinaNetDetector`` in training
 BOX_KEY = "boxes"
@@ -43,84 +40,21 @@ def monai_boxes_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
     return xyxy_to_monai_boxes(boxes)
 
 
-def resnet_fpn_feature_extractor(
-    backbone: torch.nn.Module,
-    spatial_dims: int,
-    returned_layers: Sequence[int] = (2, 3),
-    out_channels: int = 64,
-    trainable_layers: int = 5,
-) -> BackboneWithFPN:
-    """ResNet-FPN feature extractor like ``monai.apps.detection.networks.retinanet_network.resnet_fpn_feature_extractor``
-    but with a configurable FPN width.
+def bundle_detector(parser: ConfigParser) -> RetinaNetDetector:
+    """The ``detector`` of a detection bundle config with its ``detector_ops`` applied.
 
-    MONAI's builder fixes the FPN (and so the RetinaNet heads) at 256 channels; a 64-channel
-    FPN makes the heads about 16 times cheaper, which is what lets the detector train on a CPU.
-    Same layer selection and ``LastLevelMaxPool`` extra level as MONAI's.
+    The bundle builds the detector from MONAI components alone (``RetinaNetDetector`` around a
+    ``RetinaNet`` with a ResNet + ``BackboneWithFPN`` feature extractor); ``detector_ops`` (the
+    MONAI model-zoo convention) sets its target keys, box selector (score 0.05, NMS IoU 0.3,
+    10 boxes), ATSS matcher and hard-negative sampler. Boxes in and out are in MONAI's 2-D order
+    ``[row1, col1, row2, col2]`` (bundle ``box_format: "monai"``); convert with
+    :func:`xyxy_to_monai_boxes` / :func:`monai_boxes_to_xyxy`.
     """
-    layers = [int(k) for k in returned_layers]
-    if not layers or min(layers) < 1 or max(layers) > 4:
-        raise ValueError(f"returned_layers must be in [1, 4], got {returned_layers!r}")
-    if out_channels < 8 or out_channels % 8:
-        raise ValueError(f"out_channels must be a multiple of 8 (GroupNorm in the heads), got {out_channels!r}")
-    if not hasattr(backbone, "in_planes"):
-        raise ValueError(f"backbone must be a monai.networks.nets.resnet.ResNet, got {type(backbone).__name__}")
-    layers_to_train = ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable_layers]
-    if trainable_layers == 5:
-        layers_to_train.append("bn1")
-    for name, parameter in backbone.named_parameters():
-        if all(not name.startswith(layer) for layer in layers_to_train):
-            parameter.requires_grad_(False)
-    in_planes: int = backbone.in_planes  # type: ignore[assignment]
-    in_channels_stage2 = in_planes // 8
-    in_channels_list = [in_channels_stage2 * 2 ** (i - 1) for i in layers]
-    return BackboneWithFPN(
-        backbone,
-        {f"layer{k}": str(v) for v, k in enumerate(layers)},
-        in_channels_list,
-        int(out_channels),
-        extra_blocks=LastLevelMaxPool(spatial_dims),
-        spatial_dims=spatial_dims,
-    )
-
-
-def build_detector(
-    network: torch.nn.Module,
-    anchor_generator: AnchorGenerator,
-    *,
-    score_thresh: float = 0.05,
-    nms_thresh: float = 0.3,
-    detections_per_img: int = 10,
-    topk_candidates_per_level: int = 300,
-    atss_num_candidates: int = 4,
-    hard_negative_batch_size: int = 64,
-    positive_fraction: float = 0.3,
-) -> RetinaNetDetector:
-    """A ``RetinaNetDetector`` around ``network`` with inference and training settings applied.
-
-    Boxes in and out are in MONAI's 2-D order ``[row1, col1, row2, col2]`` in model-input pixels
-    (bundle ``box_format: "monai"``); convert with :func:`xyxy_to_monai_boxes` / :func:`monai_boxes_to_xyxy`.
-    """
-    if not 0.0 <= score_thresh < 1.0:
-        raise ValueError(f"score_thresh must be in [0, 1), got {score_thresh!r}")
-    if not 0.0 < nms_thresh <= 1.0:
-        raise ValueError(f"nms_thresh must be in (0, 1], got {nms_thresh!r}")
-    if detections_per_img < 1:
-        raise ValueError(f"detections_per_img must be >= 1, got {detections_per_img!r}")
-    detector = RetinaNetDetector(network=network, anchor_generator=anchor_generator, debug=False)
-    detector.set_target_keys(box_key=BOX_KEY, label_key=LABEL_KEY)
-    detector.set_box_selector_parameters(
-        score_thresh=score_thresh,
-        topk_candidates_per_level=topk_candidates_per_level,
-        nms_thresh=nms_thresh,
-        detections_per_img=detections_per_img,
-    )
-    detector.set_atss_matcher(num_candidates=atss_num_candidates, center_in_gt=False)
-    detector.set_hard_negative_sampler(
-        batch_size_per_image=hard_negative_batch_size,
-        positive_fraction=positive_fraction,
-        pool_size=20,
-        min_neg=16,
-    )
+    detector = parser.get_parsed_content("detector")
+    if not isinstance(detector, RetinaNetDetector):
+        raise ValueError(f"bundle 'detector' must be a RetinaNetDetector, got {type(detector).__name__}")
+    if "detector_ops" in parser:
+        parser.get_parsed_content("detector_ops")
     return detector
 
 

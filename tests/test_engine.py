@@ -295,8 +295,8 @@ def forced_box_bundles(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copytree(BUNDLES / DET, root / DET)
     cfg_file = root / DET / "configs" / "inference.json"
     cfg = json.loads(cfg_file.read_text())
-    cfg["detector"]["score_thresh"] = 0.0
-    cfg["detector"]["detections_per_img"] = 5
+    cfg["box_selector"]["score_thresh"] = 0.0
+    cfg["box_selector"]["detections_per_img"] = 5
     cfg_file.write_text(json.dumps(cfg))
     return root
 

@@ -1,4 +1,4 @@
-"""Training of the two bundles (``cxr-node train`` and the bundles' ``configs/train.json``).
+"""Training of the two bundles (``cxr-node train`` and ``models/training/configs/<bundle>/train.json``).
 
 Public API: :class:`TrainConfig`, :func:`train`, :func:`run_training` (the keyword entry
 point used by ``train.json``) and :func:`evaluate_bundle` (used by ``evaluate.json``).
@@ -22,7 +22,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def run_training(**kwargs: Any) -> dict[str, Any]:
-    """Keyword entry point for ``configs/train.json``: ``TrainConfig(**kwargs)`` then :func:`train`.
+    """Keyword entry point for ``models/training/configs/<bundle>/train.json``: ``TrainConfig(**kwargs)`` then :func:`train`.
 
     ``data_dirs`` may be one folder or a list; ``image_size`` None keeps the bundle's.
     """

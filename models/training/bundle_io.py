@@ -18,7 +18,7 @@ def shipped_bundle_dir(task: str) -> Path:
 
 
 def ensure_bundle(task: str, out_dir: Path) -> Path:
-    """Make ``out_dir`` a bundle folder: copy the shipped configs/docs there when it has none."""
+    """Make ``out_dir`` a bundle folder: copy the shipped configs/docs/scripts there when it has none."""
     out_dir = Path(out_dir)
     if (out_dir / "configs" / "inference.json").is_file():
         return out_dir
@@ -26,8 +26,9 @@ def ensure_bundle(task: str, out_dir: Path) -> Path:
     if not (src / "configs" / "inference.json").is_file():
         raise FileNotFoundError(f"no bundle template for {task!r} at {src}")
     (out_dir / "models").mkdir(parents=True, exist_ok=True)
-    for sub in ("configs", "docs"):
-        shutil.copytree(src / sub, out_dir / sub, dirs_exist_ok=True)
+    for sub in ("configs", "docs", "scripts"):  # scripts/: the bundle's standalone `monai.bundle run`
+        shutil.copytree(src / sub, out_dir / sub, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("__pycache__"))
     return out_dir
 
 

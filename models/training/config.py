@@ -15,7 +15,8 @@ BUNDLE_NAMES = {"classification": "cxr_classification", "detection": "cxr_opacit
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything a training run needs (``cxr-node train`` and ``configs/train.json`` build one)."""
+    """Everything a training run needs (``cxr-node train`` and ``models/training/configs/<bundle>/train.json``
+    build one)."""
 
     task: str
     #: RSNA-layout folders (patients of all of them are pooled before the split); may be empty for a

@@ -1,4 +1,4 @@
-"""Metrics of a bundle on an RSNA-layout folder (``configs/evaluate.json``).
+"""Metrics of a bundle on an RSNA-layout folder (``models/training/configs/<bundle>/evaluate.json``).
 
 Runs the bundle's network on the prepared images (same preprocessing as the engine)
 and writes ``metrics.json`` to ``output_dir``. This is the quick per-bundle check;
@@ -28,7 +28,7 @@ def evaluate_bundle(
     from models.datasets.rsna_layout import read_rsna_labels
     from models.datasets.split import split_patients
     from models.imaging.preprocess import Preprocessing
-    from models.networks import image_size_of, load_bundle_parser, load_state_dict_file
+    from models.networks import bundle_detector, image_size_of, load_bundle_parser, load_state_dict_file
     from models.training.data import load_rsna_prepared
     from models.training.head import ClassifierHead
     from models.training.trainer import (
@@ -60,7 +60,7 @@ def evaluate_bundle(
         probs = predict_classification(net.to(dev), data, dev, preprocessing=preprocessing)
         metrics = classification_metrics(probs, data, positive_column=head.positive_index)
     else:
-        det = parser.get_parsed_content("detector")
+        det = bundle_detector(parser)
         det.network.load_state_dict(load_state_dict_file(Path(bundle_dir) / "models" / "model.pt"))
         thr = float(parser.get_parsed_content("score_threshold"))
         metrics = detection_metrics(

@@ -275,7 +275,13 @@ def _json_safe(x: Any) -> Any:
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run one training; returns the summary also written to the bundle's ``metadata.json``."""
-    from models.networks import image_size_of, load_bundle_parser, save_state_dict_file, xyxy_to_monai_boxes
+    from models.networks import (
+        bundle_detector,
+        image_size_of,
+        load_bundle_parser,
+        save_state_dict_file,
+        xyxy_to_monai_boxes,
+    )
 
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
@@ -332,7 +338,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         model: torch.nn.Module = network
         train_labels = train_set.labels
     else:
-        model = parser.get_parsed_content("detector")
+        model = bundle_detector(parser)
         network = model.network
         train_labels = np.array([1 if len(b) else 0 for b in train_set.boxes], dtype=np.int64)
     if cfg.init_weights is not None:
