@@ -14,7 +14,6 @@ import os
 import secrets
 import shutil
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -113,13 +112,16 @@ def stack(images: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> I
             project.compose("down", "-v", "--timeout", "20", timeout=180, check=False)
 
 
-def _push(project: ComposeProject, tmp: Path, count: int, seed: int) -> list[str]:
-    """Send ``count`` CXR-like studies with storescu into Orthanc's published DICOM port."""
-    study_uids = []
+def _push(project: ComposeProject, tmp: Path, count: int, seed: int) -> dict[str, str]:
+    """Send ``count`` CXR-like studies with storescu into Orthanc's published DICOM port.
+
+    Returns {StudyInstanceUID: SOPInstanceUID} of the CXRs sent.
+    """
+    study_uids = {}
     files = []
     for index in range(count):
         ds = make_dataset(cxr_like_array(512, 512, seed=seed + index))
-        study_uids.append(str(ds.StudyInstanceUID))
+        study_uids[str(ds.StudyInstanceUID)] = str(ds.SOPInstanceUID)
         files.append(str(write(ds, tmp / f"cxr-{seed + index}.dcm")))
     subprocess.run(
         [
@@ -153,6 +155,12 @@ def _result_modalities(project: ComposeProject, study_uid: str) -> set[str]:
     return {s["MainDicomTags"].get("Modality", "") for s in series}
 
 
+def _node_received_one_of(project: ComposeProject, sop_uids: list[str]) -> bool:
+    """Whether the node's log has a "received" event (persisted, acknowledged) of one of the instances."""
+    logs = project.compose("logs", "--no-color", "cxr-node", timeout=60).stdout
+    return any('"received"' in line and any(uid in line for uid in sop_uids) for line in logs.splitlines())
+
+
 def _wait_results(project: ComposeProject, study_uids: list[str]) -> None:
     def complete() -> bool:
         return all({"DX", "SR", "OT"} <= _result_modalities(project, uid) for uid in study_uids)
@@ -164,15 +172,22 @@ def test_compose_chain_delivers_sr_and_sc_through_a_node_restart(
     stack: ComposeProject, tmp_path: Path
 ) -> None:
     first = _push(stack, tmp_path, 2, seed=0)
-    _wait_results(stack, first)
+    _wait_results(stack, list(first))
 
-    # restart the node while Orthanc routes the next studies to it: each still gets its SR + SC
+    # restart the node as soon as it has received (persisted, acknowledged) one of the next CXRs,
+    # while the others are routed to it or wait in its spool: each still gets its SR + SC
     second = _push(stack, tmp_path, 3, seed=100)
-    time.sleep(STABLE_AGE_S + 1)
+    wait_until(
+        lambda: _node_received_one_of(stack, list(second.values())),
+        RESULTS_TIMEOUT_S,
+        "the node receiving one of the 2nd batch",
+        step_s=0.5,
+    )
     stack.compose("restart", "cxr-node", timeout=180)
     stack.wait_healthy(("cxr-node",), timeout_s=HEALTHY_TIMEOUT_S)
-    _wait_results(stack, first + second)
-    for uid in first + second:
+    every = [*first, *second]
+    _wait_results(stack, every)
+    for uid in every:
         assert _result_modalities(stack, uid) == {"DX", "SR", "OT"}, uid
 
 
