@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 #
 # cxr-ai-node container image, built from Debian 12 (bookworm-slim, Debian's python3 3.11) and a
-# wheelhouse: every Python package is installed from .wheelhouse/<VARIANT>/ (made on the build host by
+# wheelhouse: every Python package is installed from .wheelhouse/{cuda,cpu}/ (made on the build host by
 # scripts/build_images.sh with pip, which uses the host's indexes, proxy and CA certificates), mounted
 # into the build and never copied into a layer. The build itself needs no access to PyPI: an
 # air-gapped build host only needs the wheelhouse. Build with scripts/build_images.sh (podman or docker):
@@ -12,7 +12,9 @@
 # VARIANT=cuda: torch/torchvision from PyPI (CUDA-enabled wheels; CUDA runtime libraries come as nvidia-*
 #   wheels, the host only needs the NVIDIA driver + Container Toolkit; falls back to the CPU without GPU).
 # VARIANT=cpu: the same versions from the PyTorch CPU wheel index (+cpu builds, no CUDA libraries).
-# The variant only decides which wheels scripts/build_images.sh puts into the wheelhouse.
+# The variant only decides which wheels scripts/build_images.sh puts into the wheelhouse (WHEELHOUSE) and the
+# image's label: VARIANT is declared after the install steps, so two variants built from the same wheelhouse
+# (the CPU variant where no PyTorch CPU index is reachable, see docs/DEPLOY.md) share every layer but the last.
 # The torch versions must equal the pins in pyproject.toml (tests/test_dockerfile.py checks it).
 #
 # See docs/DEPLOY.md.
@@ -21,7 +23,8 @@ ARG BASE_IMAGE=docker.io/library/debian:bookworm-slim
 
 FROM ${BASE_IMAGE}
 
-ARG VARIANT=cuda
+# folder of the build context holding torch/ and deps/ (scripts/build_images.sh sets it)
+ARG WHEELHOUSE=.wheelhouse/cuda
 ARG TORCH_VERSION=2.14.1
 ARG TORCHVISION_VERSION=0.29.1
 # digests of the wheelhouse's two parts (file names; wheels are immutable per name): a changed wheel
@@ -47,14 +50,14 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1
 
 # torch first: the largest layer, cached as long as the torch wheels do not change
-RUN --mount=type=bind,source=.wheelhouse/${VARIANT}/torch,target=/wheels \
+RUN --mount=type=bind,source=${WHEELHOUSE}/torch,target=/wheels \
     echo "torch wheels ${TORCH_WHEELS}" \
  && python3 -m venv /opt/venv \
  && pip install --no-deps /wheels/*.whl \
  && python -c "import torch, torchvision; assert torch.__version__.split('+')[0] == '${TORCH_VERSION}', torch.__version__; assert torchvision.__version__.split('+')[0] == '${TORCHVISION_VERSION}', torchvision.__version__"
 
 # the project's other dependencies, at the versions of constraints.txt (resolved into the wheelhouse)
-RUN --mount=type=bind,source=.wheelhouse/${VARIANT}/deps,target=/wheels \
+RUN --mount=type=bind,source=${WHEELHOUSE}/deps,target=/wheels \
     echo "dependency wheels ${DEPS_WHEELS}" \
  && pip install --no-deps /wheels/*.whl
 
@@ -68,6 +71,7 @@ RUN pip install --no-deps --no-build-isolation . \
  && python -c "import torch, monai, pynetdicom, highdicom, dicom_node, models" \
  && rm -rf /src /root/.cache
 
+ARG VARIANT=cuda
 LABEL org.opencontainers.image.title="cxr-ai-node" \
       org.opencontainers.image.description="DICOM AI node for chest X-rays (MONAI bundles, TID 1500 SR + SC overlay)" \
       org.opencontainers.image.licenses="Apache-2.0" \

@@ -5,8 +5,9 @@
 #
 #   base        seed docker.io/library/debian:bookworm-slim locally when no such image exists
 #               (debootstrap --variant=minbase bookworm + import; needs root): nothing is pulled
-#   wheelhouse  .wheelhouse/<variant>/{torch,deps}: every Python wheel the node image installs,
-#               made here with pip (this host's indexes, proxy and CA certificates)
+#   wheelhouse  .wheelhouse/{cuda,cpu}/{torch,deps}: every Python wheel the node image installs,
+#               made here with pip (this host's indexes, proxy and CA certificates); the cpu variant
+#               uses .wheelhouse/cuda when TORCH_CPU_INDEX_URL is empty (same wheels, shared layers)
 #   node        cxr-ai-node:TAG (cuda) or cxr-ai-node:TAG-cpu (cpu), from ./Dockerfile (runs wheelhouse first)
 #   orthanc     cxr-ai-orthanc:TAG, from deploy/orthanc/Dockerfile (Debian's Orthanc + our config/plug-in)
 #   viewer      cxr-ai-viewer:TAG, from deploy/viewer/Dockerfile (OHIF from npm, served by Debian's nginx)
@@ -18,7 +19,8 @@
 #                          /etc/ssl/certs/ca-certificates.crt); for networks whose TLS proxy only the host
 #                          trusts. Never stored in an image. CXR_BUILD_CA= (empty) passes none.
 #   TORCH_CPU_INDEX_URL    where --variant cpu gets torch (default https://download.pytorch.org/whl/cpu);
-#                          empty: pip's configured sources (then the CPU image holds what they offer)
+#                          empty: pip's configured sources (then the CPU image holds what they offer:
+#                          the CUDA wheels, and shares the cuda image's layers)
 #   CXR_BUILD_NICE         nice level of the builds (default 10)
 # Podman runs with CONTAINERS_CONF=deploy/podman/containers.conf (see that file) unless set.
 # Image sizes: bash scripts/build_images.sh sizes
@@ -58,7 +60,7 @@ while [[ $# -gt 0 ]]; do
     --tag) TAG="${2:?--tag needs a value}"; shift 2 ;;
     base|wheelhouse|node|orthanc|viewer|sizes) targets+=("$1"); shift ;;
     all) targets+=(base node orthanc viewer); shift ;;
-    -h|--help) sed -n '2,27p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    -h|--help) sed -n '2,26p' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) die "unknown argument '$1' (see --help)" ;;
   esac
 done
@@ -130,19 +132,26 @@ EOF
 
 wheel_names_digest() { (cd "$1" && ls -1 -- *.whl | sort | sha256sum | cut -c1-16); }
 
+# The wheelhouse of the variant: .wheelhouse/cpu holds the PyTorch CPU index's torch; without such an index
+# (TORCH_CPU_INDEX_URL empty) the CPU variant takes pip's configured sources, i.e. the same wheels as the
+# CUDA variant, and shares .wheelhouse/cuda, so both images share every layer but their label.
+wheelhouse_dir() {
+  if [[ "$VARIANT" == cpu && -n "$TORCH_CPU_INDEX_URL" ]]; then echo .wheelhouse/cpu; else echo .wheelhouse/cuda; fi
+}
+
 make_wheelhouse() {
-  local wh=".wheelhouse/$VARIANT" start=$SECONDS
-  local stamp="$wh/.inputs" want
-  want="$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1) $VARIANT ${TORCH_PINS[*]} $TORCH_CPU_INDEX_URL"
+  local wh start=$SECONDS want
+  wh="$(wheelhouse_dir)"
+  local stamp="$wh/.inputs" torch_src=()
+  if [[ "$wh" == .wheelhouse/cpu ]]; then
+    torch_src=(--index-url "$TORCH_CPU_INDEX_URL" --extra-index-url https://pypi.org/simple)
+  fi
+  want="$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1) ${TORCH_PINS[*]} ${torch_src[*]}"
   if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
     log "wheelhouse $wh up to date"
     return
   fi
   rm -rf "$wh" && mkdir -p "$wh/torch" "$wh/deps"
-  local torch_src=()
-  if [[ "$VARIANT" == cpu && -n "$TORCH_CPU_INDEX_URL" ]]; then
-    torch_src=(--index-url "$TORCH_CPU_INDEX_URL" --extra-index-url https://pypi.org/simple)
-  fi
   log "wheelhouse $wh: ${TORCH_PINS[*]} ${torch_src[*]}"
   "${NICE[@]}" "$PIP_PYTHON" -m pip download -q -d "$wh/torch" -c constraints.txt "${torch_src[@]}" "${TORCH_PINS[@]}"
   log "wheelhouse $wh: the project's other dependencies (pip wheel -c constraints.txt ., no extras)"
@@ -162,8 +171,12 @@ make_wheelhouse() {
 
 build_node() {
   make_wheelhouse
-  local wh=".wheelhouse/$VARIANT"
-  engine_build "$(node_image)" Dockerfile --build-arg "VARIANT=$VARIANT" \
+  local wh
+  wh="$(wheelhouse_dir)"
+  # the variant's label also on the command line: podman's layer cache reuses a LABEL instruction whose
+  # build argument changed, so a cuda build after a cpu one from the same wheelhouse was labelled "cpu"
+  engine_build "$(node_image)" Dockerfile --build-arg "VARIANT=$VARIANT" --build-arg "WHEELHOUSE=$wh" \
+    --label "cxr-ai-node.variant=$VARIANT" \
     --build-arg "TORCH_WHEELS=$(wheel_names_digest "$wh/torch")" \
     --build-arg "DEPS_WHEELS=$(wheel_names_digest "$wh/deps")"
 }

@@ -218,6 +218,7 @@ def test_cpu_override() -> None:
     node = override["services"]["cxr-node"]
     assert set(override["services"]) == {"cxr-node"}
     assert node["build"]["args"]["VARIANT"] == "cpu"
+    assert node["build"]["args"]["WHEELHOUSE"] == ".wheelhouse/cpu"
     assert node["environment"]["CXR_NODE_DEVICE"] == "cpu"
     assert "deploy" not in node, "the GPU reservation lives in deploy/compose.gpu.yml only"
 
