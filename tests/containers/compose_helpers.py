@@ -5,16 +5,28 @@ from __future__ import annotations
 import base64
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+
+from dicom_node.testing.local_orthanc import free_port
+from tests.dicom_factory import cxr_like_array, make_dataset, write
+
+#: the AE title of the test's modality (the storescu on this host) in every project's .env
+MODALITY_AET = "CXRMODALITY"
+#: how long a stack may take to pass every health check (model load on 2 shared cores included)
+HEALTHY_TIMEOUT_S = 420.0
+#: how long the SR + SC of the pushed CXRs may take to arrive in Orthanc
+RESULTS_TIMEOUT_S = 300.0
 
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str, step_s: float = 2.0) -> None:
@@ -34,8 +46,9 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str, step_
 class PodmanService:
     """``podman system service --time=0 unix://<socket>`` for docker-compose (DOCKER_HOST), stopped on exit."""
 
-    def __init__(self, socket: Path, env: dict[str, str]) -> None:
+    def __init__(self, socket: Path, env: dict[str, str], repo: Path) -> None:
         self.socket = socket
+        self.repo = repo
         self.env = dict(env, DOCKER_HOST=f"unix://{socket}")
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -59,6 +72,68 @@ class PodmanService:
         except subprocess.TimeoutExpired:
             os.killpg(self._process.pid, signal.SIGKILL)
             self._process.wait(timeout=20)
+
+
+@dataclass(frozen=True)
+class StackNetworks:
+    """Fixed subnets of one test project (each project its own, so that stacks never collide).
+
+    ``prefix`` is the first three octets of the frontend subnet ("172.29.212"); the backend subnet is the
+    next /24. A sender on this host reaches Orthanc's published DICOM port from the frontend gateway (.1):
+    the project's ``CXR_MODALITY_HOST`` (docs/DEPLOY.md, "Modality on the same host").
+    """
+
+    prefix: str
+
+    def __post_init__(self) -> None:
+        octets = self.prefix.split(".")
+        if len(octets) != 3 or not all(o.isdigit() and int(o) < 255 for o in octets):
+            raise ValueError(f"prefix must be three octets below 255, got {self.prefix!r}")
+
+    @property
+    def _backend_prefix(self) -> str:
+        a, b, c = self.prefix.split(".")
+        return f"{a}.{b}.{int(c) + 1}"
+
+    @property
+    def frontend_subnet(self) -> str:
+        return f"{self.prefix}.0/24"
+
+    @property
+    def frontend_gateway(self) -> str:
+        return f"{self.prefix}.1"
+
+    @property
+    def backend_subnet(self) -> str:
+        return f"{self._backend_prefix}.0/24"
+
+    @property
+    def node_ip(self) -> str:
+        return f"{self._backend_prefix}.10"
+
+
+def write_env_file(path: Path, networks: StackNetworks, ports: Mapping[str, int], password: str,
+                   extra: Mapping[str, str] | None = None) -> None:  # fmt: skip
+    """The project's .env (mode 0600): credentials, the modality, fixed subnets, free published ports."""
+    lines = {
+        "ORTHANC_USER": "cxrtest",
+        "ORTHANC_PASSWORD": password,
+        "CXR_MODALITY_AET": MODALITY_AET,
+        "CXR_MODALITY_HOST": networks.frontend_gateway,
+        "CXR_FRONTEND_SUBNET": networks.frontend_subnet,
+        "CXR_BACKEND_SUBNET": networks.backend_subnet,
+        "CXR_NODE_IP": networks.node_ip,
+        "ORTHANC_HTTP_BIND": "127.0.0.1",
+        "ORTHANC_HTTP_PORT": str(ports["http"]),
+        "ORTHANC_DICOM_BIND": "127.0.0.1",
+        "ORTHANC_DICOM_PORT": str(ports["dicom"]),
+        "VIEWER_BIND": "127.0.0.1",
+        "VIEWER_PORT": str(ports["viewer"]),
+        "CXR_ORTHANC_STABLE_AGE": "3",
+        **(extra or {}),
+    }
+    path.write_text("".join(f"{k}={v}\n" for k, v in lines.items()), encoding="utf-8")
+    path.chmod(0o600)
 
 
 @dataclass
@@ -142,6 +217,76 @@ class ComposeProject:
         """Every service's log tail on stderr (pytest shows it when the test failed)."""
         result = self.compose("logs", "--no-color", "--tail", "80", timeout=60, check=False)
         print(result.stdout[-20000:], result.stderr[-2000:], file=sys.stderr)
+
+
+def new_project(service: PodmanService, work: Path, files: Sequence[str], networks: StackNetworks,
+                extra_env: Mapping[str, str] | None = None, ports: Mapping[str, int] | None = None) -> ComposeProject:  # fmt: skip
+    """A project with a unique name, a random password and free published ports (or ``ports``), its .env in ``work``."""
+    password = secrets.token_urlsafe(18)
+    ports = dict(ports or {name: free_port() for name in ("http", "dicom", "viewer")})
+    env_file = work / "env"
+    write_env_file(env_file, networks, ports, password, extra_env)
+    return ComposeProject(
+        name=f"cxrtest{uuid.uuid4().hex[:8]}",
+        repo=service.repo,
+        files=tuple(files),
+        env_file=env_file,
+        env=service.env,
+        auth=("cxrtest", password),
+        ports=ports,
+    )
+
+
+def project_leftovers(project: ComposeProject) -> dict[str, list[str]]:
+    """Containers, networks and volumes podman still holds for ``project`` (docker-compose's labels)."""
+    label = f"label=com.docker.compose.project={project.name}"
+    found = {}
+    for kind, cmd in (
+        ("containers", ["ps", "-a", "--format", "{{.Names}}"]),
+        ("networks", ["network", "ls", "--format", "{{.Name}}"]),
+        ("volumes", ["volume", "ls", "--format", "{{.Name}}"]),
+    ):
+        result = subprocess.run(["podman", *cmd, "--filter", label],
+                                env=project.env, capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
+        found[kind] = result.stdout.split()
+    return found
+
+
+def push_cxrs(project: ComposeProject, tmp: Path, count: int, seed: int,
+              tls: Sequence[str] = ()) -> dict[str, str]:  # fmt: skip
+    """Send ``count`` CXR-like studies with storescu into Orthanc's published DICOM port (``tls``: storescu's
+    TLS options, e.g. ``+tls KEY CRT +cf CA``). Returns {StudyInstanceUID: SOPInstanceUID} of the CXRs sent."""
+    study_uids = {}
+    files = []
+    for index in range(count):
+        ds = make_dataset(cxr_like_array(512, 512, seed=seed + index))
+        study_uids[str(ds.StudyInstanceUID)] = str(ds.SOPInstanceUID)
+        files.append(str(write(ds, tmp / f"cxr-{seed + index}.dcm")))
+    subprocess.run(
+        ["storescu", "-to", "30", "-ta", "30", "-td", "60", *tls, "-aet", MODALITY_AET, "-aec", "ORTHANC",
+         "127.0.0.1", str(project.ports["dicom"]), *files],
+        check=True,
+        timeout=120,
+    )  # fmt: skip
+    return study_uids
+
+
+def result_modalities(project: ComposeProject, study_uid: str) -> set[str]:
+    """Modalities of the series Orthanc holds in the study (DX from the modality, SR + OT from the node)."""
+    found = project.orthanc("POST", "/tools/lookup", study_uid.encode())
+    if not found:
+        raise AssertionError(f"study {study_uid} is not in Orthanc")
+    series = project.orthanc("GET", f"/studies/{found[0]['ID']}/series")
+    return {s["MainDicomTags"].get("Modality", "") for s in series}
+
+
+def wait_results(project: ComposeProject, study_uids: Sequence[str]) -> None:
+    """Wait (bounded) until every study holds the CXR, an SR and an SC."""
+
+    def complete() -> bool:
+        return all({"DX", "SR", "OT"} <= result_modalities(project, uid) for uid in study_uids)
+
+    wait_until(complete, RESULTS_TIMEOUT_S, "SR + SC for every pushed CXR in its own study")
 
 
 def http_get_status(
