@@ -21,6 +21,8 @@ from types import TracebackType
 from dicom_node.testing.local_orthanc import free_port
 from tests.dicom_factory import cxr_like_array, make_dataset, write
 
+#: the repository (the compose project directory, the build context)
+REPO = Path(__file__).resolve().parents[2]
 #: the AE title of the test's modality (the storescu on this host) in every project's .env
 MODALITY_AET = "CXRMODALITY"
 #: how long a stack may take to pass every health check (model load on 2 shared cores included)

@@ -14,9 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from compose_helpers import PodmanService
+from compose_helpers import REPO, PodmanService
 
-REPO = Path(__file__).resolve().parents[2]
 TOOLS = ("podman", "debootstrap", "docker-compose", "storescu", "openssl")
 
 

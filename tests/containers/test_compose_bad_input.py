@@ -24,13 +24,13 @@ import pydicom
 import pytest
 from compose_helpers import (
     HEALTHY_TIMEOUT_S,
+    REPO,
     PodmanService,
     StackNetworks,
     new_project,
     project_leftovers,
     wait_until,
 )
-from conftest import REPO
 
 from dicom_node.testing.local_orthanc import free_port
 from tests.dicom_factory import cxr_like_array, make_dataset, write

@@ -21,6 +21,7 @@ import pytest
 from compose_helpers import (
     HEALTHY_TIMEOUT_S,
     MODALITY_AET,
+    REPO,
     ComposeProject,
     PodmanService,
     StackNetworks,
@@ -29,7 +30,6 @@ from compose_helpers import (
     result_modalities,
     wait_results,
 )
-from conftest import REPO
 
 NETWORKS = StackNetworks("172.29.214")
 

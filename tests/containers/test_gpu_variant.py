@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from compose_helpers import StackNetworks, write_env_file
-from conftest import REPO
+from compose_helpers import REPO, StackNetworks, write_env_file
 
 CUDA_IMAGE = "cxr-ai-node:0.1.0"
 CPU_IMAGE = "cxr-ai-node:0.1.0-cpu"
