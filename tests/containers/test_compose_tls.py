@@ -82,6 +82,8 @@ def _dcmtk(tool: str, project: ComposeProject, *args: str) -> subprocess.Complet
 
 
 def test_sr_and_sc_come_back_over_tls(tls_stack: ComposeProject, certs: Path, tmp_path: Path) -> None:
+    """A TLS modality's CXRs get their SR + SC: Orthanc called the TLS-only node and the node delivered back
+    over TLS to the host name its certificate names; both ends log that TLS is on."""
     sent = push_cxrs(tls_stack, tmp_path, 2, seed=300, tls=_modality_tls(certs))
     wait_results(tls_stack, list(sent))
     for uid in sent:
@@ -94,6 +96,7 @@ def test_sr_and_sc_come_back_over_tls(tls_stack: ComposeProject, certs: Path, tm
 
 
 def test_orthanc_refuses_plain_dicom(tls_stack: ComposeProject, certs: Path, tmp_path: Path) -> None:
+    """With the TLS override Orthanc's published DICOM port answers TLS (with a CA certificate) and nothing else."""
     assert _dcmtk("echoscu", tls_stack, *_modality_tls(certs)).returncode == 0, "TLS C-ECHO must work"
     plain = _dcmtk("echoscu", tls_stack)
     assert plain.returncode != 0, f"Orthanc answered a plain C-ECHO: {plain.stdout}{plain.stderr}"

@@ -33,6 +33,7 @@ def _podman(env: dict[str, str], *args: str) -> str:
 
 
 def test_cuda_image_has_cuda_compiled_in(images: dict[str, str], cuda_image: str) -> None:
+    """The GPU image's torch is a CUDA build (runs on the CPU here) and the image says it is the cuda variant."""
     probe = "import json, torch; print(json.dumps({'cuda': torch.version.cuda, 'torch': torch.__version__}))"
     out = _podman(
         images,
@@ -57,6 +58,7 @@ def test_cuda_image_has_cuda_compiled_in(images: dict[str, str], cuda_image: str
 
 
 def test_cpu_image_shares_the_cuda_images_layers(images: dict[str, str], cuda_image: str) -> None:
+    """Built from one wheelhouse, the two node images differ in their label only (disk and build time of one)."""
     if images.get("TORCH_CPU_INDEX_URL"):
         pytest.skip("the CPU image comes from the PyTorch CPU index (other wheels, other layers)")
 
@@ -71,6 +73,7 @@ def test_cpu_image_shares_the_cuda_images_layers(images: dict[str, str], cuda_im
 
 
 def test_gpu_override_reserves_an_nvidia_gpu(images: dict[str, str], tmp_path: Path) -> None:
+    """``-f deploy/compose.gpu.yml`` resolves to the GPU image and one NVIDIA GPU reserved for the node."""
     env_file = tmp_path / "env"
     write_env_file(
         env_file, StackNetworks("172.29.218"), {"http": 18042, "dicom": 14242, "viewer": 13000}, "s3cret"
