@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import ssl
 import subprocess
 from collections.abc import Iterator
@@ -82,6 +83,24 @@ def test_world_readable_key_is_refused(pki: Pki, tmp_path: Path) -> None:
         server_context(pki.server_crt, loose_key, pki.ca_crt)
     ctx = server_context(pki.server_crt, loose_key, pki.ca_crt, allow_insecure_key_permissions=True)
     assert isinstance(ctx, ssl.SSLContext)
+
+
+@needs_openssl
+def test_unreadable_key_is_a_config_error_naming_file_and_uids(
+    pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key the node's uid cannot read (mounted into the container owned by another uid) is a
+    TlsConfigError naming the file and both uids; it was a bare PermissionError traceback before.
+    The tests run as root, who reads every file, so ``os.access`` answers as an unprivileged uid would."""
+    real_access = os.access
+    monkeypatch.setattr(
+        os, "access", lambda p, mode: False if str(p) == str(pki.server_key) else real_access(p, mode)
+    )
+    with pytest.raises(TlsConfigError) as err:
+        server_context(pki.server_crt, pki.server_key, pki.ca_crt)
+    message = str(err.value)
+    assert f"{str(pki.server_key)!r} is not readable by this process (uid {os.getuid()}" in message
+    assert f"file owner uid {pki.server_key.stat().st_uid}" in message
 
 
 # ------------------------------------------------------------------ pynetdicom SCP + echoscu

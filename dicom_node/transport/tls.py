@@ -34,6 +34,12 @@ def _existing_file(path: PathLike, what: str) -> Path:
     p = Path(path)
     if not p.is_file():
         raise TlsConfigError(f"{what} file not found: {str(p)!r}")
+    if not os.access(p, os.R_OK):
+        owner = p.stat().st_uid
+        raise TlsConfigError(
+            f"{what} file {str(p)!r} is not readable by this process (uid {os.getuid()}, file owner uid "
+            f"{owner}, mode {stat.S_IMODE(p.stat().st_mode):04o}); give it to uid {os.getuid()}"
+        )
     return p
 
 
