@@ -22,6 +22,7 @@ from _results_data import (
 
 from dicom_node.results.common import models_label
 from dicom_node.results.sc.build import build_sc
+from dicom_node.results.sc.encode import ScEncoding
 from dicom_node.results.sc.heatmap import (
     ALPHA_LUT,
     COLOUR_LUT,
@@ -45,6 +46,8 @@ from dicom_node.results.sc.text import clear_caches
 from models.findings import Heatmap
 from models.imaging.dicom_image import load_source_image
 
+#: the SC stored losslessly, for the tests that compare its pixels exactly (JPEG: test_sc_jpeg_*)
+UNCOMPRESSED = ScEncoding("explicit-vr-little-endian")
 #: dciodvfy warnings caused by the test sources' own values (see test_results_validation)
 ACCEPTED_WARNINGS = ("Study ID", "Retired Person Name form")
 
@@ -102,7 +105,7 @@ def test_sc_identity_references_and_flags(tmp_path: Path) -> None:
     assert sc.LossyImageCompression == "01"  # the RSNA-style source is JPEG baseline
     for keyword in ("PatientName", "PatientID", "PatientSex", "StudyDate", "StudyTime", "AccessionNumber", "StudyID"):
         assert sc[keyword].value == src[keyword].value, keyword
-    assert sc.PhotometricInterpretation == "RGB"
+    assert sc.PhotometricInterpretation == "YBR_FULL_422"  # JPEG Baseline by default (test_sc_jpeg_*)
     assert sc.Columns == 256 and sc.Rows > 256  # text bands above and below the image
     assert sc.pixel_array.shape == (sc.Rows, 256, 3)
 
@@ -150,7 +153,7 @@ def test_image_area_is_the_source_pixel_for_pixel(make, tmp_path: Path) -> None:
     """No panel over the image: without boxes or heatmap the SC holds the whole source, unchanged."""
     src = make()
     for p in (0.2, 0.8):  # negative and positive (no boxes, no heatmap)
-        sc = _save_read(build_sc(src, findings_for(src, (), p=p)), tmp_path)
+        sc = _save_read(build_sc(src, findings_for(src, (), p=p), encoding=UNCOMPRESSED), tmp_path)
         grey = _grey_u8(src)
         top = _find_image_top(sc.pixel_array, grey, column=grey.shape[1] // 2)
         assert top is not None, "the source image is not in the SC unchanged"
@@ -192,7 +195,7 @@ def test_image_area_changes_only_at_boxes_and_their_labels() -> None:
 def test_box_is_burned_in_where_the_findings_say(tmp_path: Path) -> None:
     src = dx_source(320, 256)
     findings = findings_for(src, three_boxes(320, 256))
-    sc = _save_read(build_sc(src, findings), tmp_path)
+    sc = _save_read(build_sc(src, findings, encoding=UNCOMPRESSED), tmp_path)
     grey = _grey_u8(src)
     top = _find_image_top(sc.pixel_array, grey, column=5)
     assert top is not None
@@ -236,7 +239,7 @@ def test_large_sources_are_downscaled_keeping_aspect() -> None:
     assert output_shape(1024, 800) == (1024, 800, 1.0)
     src = dx_source(2600, 2100, monochrome1=False)
     findings = findings_for(src, three_boxes(2600, 2100)[:1])
-    sc = build_sc(src, findings)
+    sc = build_sc(src, findings, encoding=UNCOMPRESSED)
     rows, cols, scale = output_shape(2600, 2100)
     layout = render_overlay(load_source_image(src).pixels, findings, models_label=models_label(findings.models)).layout
     assert (layout.image_rows, layout.image_columns) == (rows, cols) == (2048, round(2100 * 2048 / 2600))

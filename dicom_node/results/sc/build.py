@@ -27,6 +27,7 @@ from dicom_node.results.common import (
     models_label,
     software_versions,
 )
+from dicom_node.results.sc.encode import DEFAULT_SC_ENCODING, ScEncoding, store_pixels
 from dicom_node.results.sc.render import MAX_SIDE, render_overlay
 from models.findings import Findings
 from models.imaging.dicom_image import SourceImage, load_source_image
@@ -43,11 +44,13 @@ def build_sc(
     *,
     image: SourceImage | None = None,
     max_side: int = MAX_SIDE,
+    encoding: ScEncoding = DEFAULT_SC_ENCODING,
 ) -> SCImage:
     """Build the Secondary Capture overlay for an analysed image.
 
     ``image`` is the decoded, windowed source (``models.imaging.dicom_image.load_source_image(source)``
-    when not given). Raises ValueError for a not-analysed Findings (no overlay is made
+    when not given). ``encoding``: how the pixels are stored (JPEG Baseline by default:
+    :mod:`dicom_node.results.sc.encode`). Raises ValueError for a not-analysed Findings (no overlay is made
     for those) or findings that do not belong to ``source``; ``models.errors.ImageDecodeError``
     if the source pixels cannot be decoded.
     """
@@ -109,6 +112,7 @@ def build_sc(
         for keyword in ("LossyImageCompressionRatio", "LossyImageCompressionMethod"):
             if keyword in source:
                 sc[keyword] = source[keyword]
+    store_pixels(sc, overlay.rgb, encoding)  # JPEG: compressed, flagged lossy after the source's history
     logger.info(
         "built SC overlay",
         extra={
@@ -118,6 +122,7 @@ def build_sc(
             "columns": layout.image_columns,
             "n_boxes": len(findings.boxes),
             "heatmap": overlay.text.heatmap is not None,
+            "transfer_syntax": str(sc.file_meta.TransferSyntaxUID),
         },
     )
     return sc

@@ -1,0 +1,111 @@
+"""How the SC overlay's pixels are stored: JPEG Baseline (the default) or uncompressed.
+
+The overlay is 1024 x 1268 RGB for a 1024² source: 3.9 MB uncompressed, ~0.35 MB as JPEG Baseline
+at quality 90. JPEG is lossy, so the SC says so (Lossy Image Compression "01", its ratio and
+method, appended to the source's own when the source was lossy already: PS3.3 C.7.6.1.1.5).
+
+The JPEG is YCbCr with the colour (Cb, Cr) sampled at half the horizontal rate, 4:2:2: exactly
+what Photometric Interpretation YBR_FULL_422 says (PS3.3 C.7.6.3.1.2), and the only YCbCr value
+dciodvfy accepts in a Secondary Capture. Full colour resolution (4:4:4) would be YBR_FULL, which it
+refuses; 4:2:0 (Pillow's and highdicom's default) also halves the vertical colour resolution while
+still being labelled YBR_FULL_422. Luminance keeps every pixel, so text and outlines stay sharp;
+thin coloured strokes lose some saturation (docs/SC_OVERLAY.md, "Compression"). Pillow
+(libjpeg-turbo) encodes it; the stream is encapsulated with a Basic Offset Table, one fragment, as
+pydicom's ``encapsulate`` writes it.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+from pydicom.dataset import Dataset
+from pydicom.encaps import encapsulate
+from pydicom.uid import UID, ExplicitVRLittleEndian, JPEGBaseline8Bit
+
+#: the setting's values and the transfer syntax each stores the SC in
+SC_TRANSFER_SYNTAXES: dict[str, UID] = {
+    "jpeg-baseline": JPEGBaseline8Bit,
+    "explicit-vr-little-endian": ExplicitVRLittleEndian,
+}
+DEFAULT_SC_TRANSFER_SYNTAX = "jpeg-baseline"
+DEFAULT_SC_JPEG_QUALITY = 90
+#: Pillow's name of the chroma subsampling written (YBR_FULL_422: Cb, Cr at half the horizontal rate)
+JPEG_SUBSAMPLING = "4:2:2"
+#: Lossy Image Compression Method of JPEG Baseline (PS3.3 C.7.6.1.1.5.1)
+JPEG_METHOD = "ISO_10918_1"
+
+
+@dataclass(frozen=True)
+class ScEncoding:
+    """How the SC's pixels are stored: ``transfer_syntax`` (a key of :data:`SC_TRANSFER_SYNTAXES`)
+    and, for JPEG Baseline, ``jpeg_quality`` (libjpeg's 1-100 scale)."""
+
+    transfer_syntax: str = DEFAULT_SC_TRANSFER_SYNTAX
+    jpeg_quality: int = DEFAULT_SC_JPEG_QUALITY
+
+    def __post_init__(self) -> None:
+        if self.transfer_syntax not in SC_TRANSFER_SYNTAXES:
+            raise ValueError(
+                f"SC transfer syntax must be one of {sorted(SC_TRANSFER_SYNTAXES)}, got {self.transfer_syntax!r}"
+            )
+        q = self.jpeg_quality
+        if isinstance(q, bool) or not isinstance(q, int) or not 50 <= q <= 100:
+            raise ValueError(f"SC JPEG quality must be an integer in 50..100, got {q!r}")
+
+    @property
+    def uid(self) -> UID:
+        """The Transfer Syntax UID the SC is written in."""
+        return SC_TRANSFER_SYNTAXES[self.transfer_syntax]
+
+
+DEFAULT_SC_ENCODING = ScEncoding()
+
+
+def jpeg_baseline(rgb: np.ndarray, quality: int) -> bytes:
+    """``rgb`` ((rows, columns, 3) uint8) as a JPEG Baseline stream: YCbCr 4:2:2, ``quality``."""
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"rgb must be a (rows, columns, 3) uint8 array, got {rgb.shape} {rgb.dtype}")
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb)).save(buf, format="JPEG", quality=quality, subsampling=JPEG_SUBSAMPLING)
+    return buf.getvalue()
+
+
+def store_pixels(sc: Dataset, rgb: np.ndarray, encoding: ScEncoding) -> None:
+    """Store ``rgb`` as the Pixel Data of ``sc`` (an RGB, 8-bit SC whose Rows and Columns match) in
+    ``encoding``'s transfer syntax, with the attributes that go with it. Uncompressed: left as the
+    SC was built (RGB, Explicit VR Little Endian)."""
+    if (int(sc.Rows), int(sc.Columns)) != rgb.shape[:2]:
+        raise ValueError(f"pixels {rgb.shape[:2]} do not match the SC's Rows x Columns ({sc.Rows}, {sc.Columns})")
+    sc.file_meta.TransferSyntaxUID = encoding.uid
+    if encoding.uid == ExplicitVRLittleEndian:
+        return
+    stream = jpeg_baseline(rgb, encoding.jpeg_quality)
+    sc.PixelData = encapsulate([stream], has_bot=True)
+    sc["PixelData"].VR = "OB"
+    sc["PixelData"].is_undefined_length = True
+    sc.PhotometricInterpretation = "YBR_FULL_422"  # JFIF YCbCr, full range, Cb and Cr at half the columns
+    sc.PlanarConfiguration = 0
+    _flag_lossy(sc, rgb.size / len(stream))
+
+
+def _flag_lossy(sc: Dataset, ratio: float) -> None:
+    """Lossy Image Compression "01" with this step's ratio and method after those already recorded."""
+    ratios = _values(sc, "LossyImageCompressionRatio")
+    methods = _values(sc, "LossyImageCompressionMethod")
+    if len(ratios) != len(methods):  # an incomplete history cannot be extended: record this step
+        ratios, methods = [], []
+    sc.LossyImageCompression = "01"
+    sc.LossyImageCompressionRatio = [*ratios, f"{ratio:.2f}"]
+    sc.LossyImageCompressionMethod = [*methods, JPEG_METHOD]
+
+
+def _values(ds: Dataset, keyword: str) -> list[str]:
+    if keyword not in ds or ds[keyword].value in (None, ""):
+        return []
+    value = ds[keyword].value
+    items = [value] if isinstance(value, (str, bytes)) or not isinstance(value, Iterable) else list(value)
+    return [str(v) for v in items]
