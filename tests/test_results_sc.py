@@ -28,6 +28,7 @@ from dicom_node.results.sc.heatmap import (
     COLOUR_LUT,
     HEATMAP_CUTOFF,
     blend_heatmap,
+    blend_heatmap_over_grey,
     interpolation_matrix,
     upsample,
 )
@@ -428,3 +429,24 @@ def test_same_input_same_uids_and_pixels_with_or_without_caches() -> None:
     assert a.SOPInstanceUID == b.SOPInstanceUID == c.SOPInstanceUID
     assert a.SeriesInstanceUID == b.SeriesInstanceUID
     assert a.PixelData == b.PixelData == c.PixelData
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_blend_over_grey_is_pixel_for_pixel_the_pasted_blend(seed: int) -> None:
+    """The renderer's table lookup (heatmap index x grey -> RGBX) equals Pillow's paste through the
+    opacity mask on the same grey image, including regions that leave the image and 1:1 samples."""
+    rng = np.random.default_rng(seed)
+    rows, cols = (int(v) for v in rng.integers(40, 400, size=2))
+    grey = rng.integers(0, 256, size=(rows, cols), dtype=np.uint8)
+    cells = int(rng.integers(2, 8))
+    values = rng.random((cells, cells)).astype(np.float32)
+    values /= values.max()
+    region = (float(rng.uniform(-50, cols / 2)), float(rng.uniform(-50, rows / 2)),
+              float(rng.uniform(20, cols)), float(rng.uniform(20, rows)))  # fmt: skip
+    expected = np.repeat(grey[:, :, None], 3, axis=2)
+    n_expected = blend_heatmap(expected, values, region)
+    rgbx = np.zeros((rows, cols), dtype=np.uint32)
+    np.multiply(grey, np.uint32(0x010101), out=rgbx)
+    n = blend_heatmap_over_grey(rgbx, grey, values, region)
+    assert n == n_expected > 0
+    np.testing.assert_array_equal(rgbx.view(np.uint8).reshape(rows, cols, 4)[:, :, :3], expected)

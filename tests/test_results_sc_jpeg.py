@@ -17,7 +17,7 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit
 from dicom_node.results.build import build_results, encode_results
 from dicom_node.results.common import models_label
 from dicom_node.results.sc.build import build_sc
-from dicom_node.results.sc.encode import DEFAULT_SC_ENCODING, ScEncoding
+from dicom_node.results.sc.encode import DEFAULT_SC_ENCODING, ScEncoding, jpeg_baseline
 from dicom_node.results.sc.render import render_overlay
 from dicom_node.settings import NodeSettings
 from models.findings import Heatmap
@@ -155,3 +155,13 @@ def test_encoded_result_carries_the_jpeg_transfer_syntax() -> None:
         build_results(src, findings_for(src, three_boxes(256, 256)), sc_encoding=ScEncoding("explicit-vr-little-endian"))
     )[1]
     assert plain.transfer_syntax_uid == ExplicitVRLittleEndian and len(plain.data) > 3 * len(sc.data)
+
+
+def test_jpeg_from_the_rgbx_buffer_is_the_same_stream() -> None:
+    """The encoder reads the overlay's RGBX words in place: the stream equals the one from its RGB copy."""
+    src = rsna_source(256)
+    findings = _positive(src, 256)
+    overlay = render_overlay(load_source_image(src).pixels, findings, models_label="m v1")
+    assert overlay.rgbx is not None and np.shares_memory(overlay.rgbx, overlay.rgb)
+    rgb = np.ascontiguousarray(overlay.rgb)
+    assert jpeg_baseline(overlay.rgb, 90, rgbx=overlay.rgbx) == jpeg_baseline(rgb, 90)

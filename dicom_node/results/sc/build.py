@@ -112,7 +112,7 @@ def build_sc(
         for keyword in ("LossyImageCompressionRatio", "LossyImageCompressionMethod"):
             if keyword in source:
                 sc[keyword] = source[keyword]
-    store_pixels(sc, overlay.rgb, encoding)  # JPEG: compressed, flagged lossy after the source's history
+    store_pixels(sc, overlay.rgb, encoding, rgbx=overlay.rgbx)  # JPEG: compressed, flagged lossy after the source's history
     logger.info(
         "built SC overlay",
         extra={

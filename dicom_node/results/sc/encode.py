@@ -65,25 +65,34 @@ class ScEncoding:
 DEFAULT_SC_ENCODING = ScEncoding()
 
 
-def jpeg_baseline(rgb: np.ndarray, quality: int) -> bytes:
-    """``rgb`` ((rows, columns, 3) uint8) as a JPEG Baseline stream: YCbCr 4:2:2, ``quality``."""
+def jpeg_baseline(rgb: np.ndarray, quality: int, *, rgbx: np.ndarray | None = None) -> bytes:
+    """``rgb`` ((rows, columns, 3) uint8) as a JPEG Baseline stream: YCbCr 4:2:2, ``quality``.
+
+    ``rgbx``: the same pixels as (rows, columns) uint32 little-endian RGBX words, when the caller
+    has them (``Overlay.rgbx``): Pillow then reads them in place instead of copying ``rgb``; the
+    stream is the same.
+    """
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"rgb must be a (rows, columns, 3) uint8 array, got {rgb.shape} {rgb.dtype}")
+    if rgbx is not None and rgbx.shape == rgb.shape[:2] and rgbx.dtype == np.uint32 and rgbx.flags.c_contiguous:
+        image = Image.frombuffer("RGBX", (rgb.shape[1], rgb.shape[0]), rgbx, "raw", "RGBX", 0, 1)
+    else:
+        image = Image.fromarray(np.ascontiguousarray(rgb))
     buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(rgb)).save(buf, format="JPEG", quality=quality, subsampling=JPEG_SUBSAMPLING)
+    image.save(buf, format="JPEG", quality=quality, subsampling=JPEG_SUBSAMPLING)
     return buf.getvalue()
 
 
-def store_pixels(sc: Dataset, rgb: np.ndarray, encoding: ScEncoding) -> None:
+def store_pixels(sc: Dataset, rgb: np.ndarray, encoding: ScEncoding, *, rgbx: np.ndarray | None = None) -> None:
     """Store ``rgb`` as the Pixel Data of ``sc`` (an RGB, 8-bit SC whose Rows and Columns match) in
     ``encoding``'s transfer syntax, with the attributes that go with it. Uncompressed: left as the
-    SC was built (RGB, Explicit VR Little Endian)."""
+    SC was built (RGB, Explicit VR Little Endian). ``rgbx``: see :func:`jpeg_baseline`."""
     if (int(sc.Rows), int(sc.Columns)) != rgb.shape[:2]:
         raise ValueError(f"pixels {rgb.shape[:2]} do not match the SC's Rows x Columns ({sc.Rows}, {sc.Columns})")
     sc.file_meta.TransferSyntaxUID = encoding.uid
     if encoding.uid == ExplicitVRLittleEndian:
         return
-    stream = jpeg_baseline(rgb, encoding.jpeg_quality)
+    stream = jpeg_baseline(rgb, encoding.jpeg_quality, rgbx=rgbx)
     sc.PixelData = encapsulate([stream], has_bot=True)
     sc["PixelData"].VR = "OB"
     sc["PixelData"].is_undefined_length = True

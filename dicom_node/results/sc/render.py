@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from dicom_node.results.common import classifier_model
-from dicom_node.results.sc.heatmap import HEATMAP_CUTOFF, blend_heatmap, legend
+from dicom_node.results.sc.heatmap import HEATMAP_CUTOFF, blend_heatmap_over_grey, legend
 from dicom_node.results.sc.text import (
     MIN_FONT_SIZE,
     TextLine,
@@ -88,11 +88,16 @@ class OverlayLayout:
 
 @dataclass(frozen=True, eq=False)
 class Overlay:
-    """A rendered overlay: ``rgb`` (canvas_rows, image_columns, 3) uint8, its layout and its text."""
+    """A rendered overlay: ``rgb`` (canvas_rows, image_columns, 3) uint8, its layout and its text.
+
+    ``rgbx``, when given, is the buffer ``rgb`` is a view of: (canvas_rows, image_columns) uint32
+    little-endian RGBX words (what Pillow maps without a copy, e.g. for the JPEG encoder).
+    """
 
     rgb: np.ndarray
     layout: OverlayLayout
     text: OverlayText
+    rgbx: np.ndarray | None = None
 
 
 def output_shape(rows: int, columns: int, max_side: int = MAX_SIDE) -> tuple[int, int, float]:
@@ -262,23 +267,26 @@ def render_overlay(
 
     top = header.pixels.shape[0]
     layout = OverlayLayout(top, out_rows, out_cols, scale, top + out_rows + footer.pixels.shape[0])
-    canvas = np.empty((layout.canvas_rows, out_cols, 3), dtype=np.uint8)
+    # RGBX words: the grey image is one multiply (v * 0x010101 puts v in R, G and B), the heatmap one
+    # table lookup per pixel, and the JPEG encoder reads the buffer without a copy
+    rgbx = np.zeros((layout.canvas_rows, out_cols), dtype=np.uint32)
+    canvas = rgbx.view(np.uint8).reshape(layout.canvas_rows, out_cols, 4)[:, :, :3]
     canvas[:top] = header.pixels
     canvas[layout.image_bottom :] = footer.pixels
     grey = grey_u8(pixels, out_rows, out_cols)
+    np.multiply(grey, np.uint32(0x010101), out=rgbx[top : layout.image_bottom])
     image = canvas[top : layout.image_bottom]
-    for channel in range(3):  # three strided copies: faster than broadcasting grey[..., None]
-        image[:, :, channel] = grey
 
     if text.heatmap is not None and findings.heatmap is not None:
         hm = findings.heatmap
-        blend_heatmap(image, hm.values, (hm.x * scale, hm.y * scale, hm.width * scale, hm.height * scale))
+        region = (hm.x * scale, hm.y * scale, hm.width * scale, hm.height * scale)
+        blend_heatmap_over_grey(rgbx[top : layout.image_bottom], grey, hm.values, region)
         legend_top = layout.image_bottom + footer.line_tops[-1] + max(1, footer.row_height // 8)
         if pad + legend_width <= out_cols:  # images a few pixels wide have no room for it
             canvas[legend_top : legend_top + size, pad : pad + legend_width] = legend(legend_width, size)
 
     _draw_boxes(image, findings, scale, size)
-    return Overlay(canvas, layout, text)
+    return Overlay(canvas, layout, text, rgbx)
 
 
 def _draw_boxes(image: np.ndarray, findings: Findings, scale: float, size: int) -> None:
