@@ -4,12 +4,13 @@ syntax, its attributes, the lossy history, and pixels that decode back to what w
 from __future__ import annotations
 
 import io
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
-from _results_data import dx_source, findings_for, rsna_source, three_boxes
+from _results_data import dciodvfy, dx_source, findings_for, rsna_source, three_boxes
 from PIL import Image
 from pydicom.encaps import generate_frames
 from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit
@@ -165,3 +166,15 @@ def test_jpeg_from_the_rgbx_buffer_is_the_same_stream() -> None:
     assert overlay.rgbx is not None and np.shares_memory(overlay.rgbx, overlay.rgb)
     rgb = np.ascontiguousarray(overlay.rgb)
     assert jpeg_baseline(overlay.rgb, 90, rgbx=overlay.rgbx) == jpeg_baseline(rgb, 90)
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy (dicom3tools) not on PATH")
+@pytest.mark.parametrize("transfer_syntax", ["jpeg-baseline", "explicit-vr-little-endian"])
+def test_both_encodings_pass_dciodvfy(tmp_path: Path, transfer_syntax: str) -> None:
+    src = dx_source(320, 256)
+    path = tmp_path / "sc.dcm"
+    build_sc(src, _positive(src, 256), encoding=ScEncoding(transfer_syntax)).save_as(path, enforce_file_format=True)
+    errors, warnings = dciodvfy(path)
+    assert errors == []
+    assert [w for w in warnings if "Study ID" not in w and "Retired Person Name" not in w] == []

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 from highdicom.sc import SCImage
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
@@ -34,6 +35,7 @@ from models.imaging.dicom_image import SourceImage, load_source_image
 
 logger = logging.getLogger(__name__)
 
+_ONE_RGB_PIXEL = np.zeros((1, 1, 3), dtype=np.uint8)
 #: DCM 121322 "Source image for image processing operation" (CID 7202), purpose of the source reference.
 _SOURCE_PURPOSE = ("121322", "DCM", "Source image for image processing operation")
 
@@ -70,7 +72,9 @@ def build_sc(
     orientation = source.get("PatientOrientation")
     has_orientation = orientation is not None and not isinstance(orientation, str) and len(orientation) == 2
     sc = SCImage(
-        pixel_array=overlay.rgb,
+        # highdicom writes the SC's attributes; its pixels are stored below (store_pixels: JPEG, or
+        # packed from the canvas), so it gets one pixel instead of copying the canvas twice for nothing
+        pixel_array=_ONE_RGB_PIXEL,
         photometric_interpretation="RGB",
         bits_allocated=8,
         coordinate_system="PATIENT",
@@ -87,6 +91,7 @@ def build_sc(
         manufacturer_model_name=model_names(models),
         software_versions=software_versions(models),
     )
+    sc.Rows, sc.Columns = layout.canvas_rows, layout.image_columns
     copy_patient_study(source, sc)
     # Type 2: the source's value when it has a valid one, otherwise empty (never invented)
     sc.PatientOrientation = [str(v) for v in orientation] if has_orientation else []
