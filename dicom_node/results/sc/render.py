@@ -16,6 +16,7 @@ the source rendering pixel for pixel elsewhere.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -26,6 +27,7 @@ from dicom_node.results.common import classifier_model
 from dicom_node.results.sc.heatmap import HEATMAP_CUTOFF, blend_heatmap_over_grey, legend
 from dicom_node.results.sc.text import (
     MIN_FONT_SIZE,
+    Band,
     TextLine,
     label_masks,
     margin,
@@ -271,8 +273,8 @@ def render_overlay(
     # table lookup per pixel, and the JPEG encoder reads the buffer without a copy
     rgbx = np.zeros((layout.canvas_rows, out_cols), dtype=np.uint32)
     canvas = rgbx.view(np.uint8).reshape(layout.canvas_rows, out_cols, 4)[:, :, :3]
-    canvas[:top] = header.pixels
-    canvas[layout.image_bottom :] = footer.pixels
+    rgbx[:top] = _rgbx_words(header)  # whole words: a copy of contiguous rows
+    rgbx[layout.image_bottom :] = _rgbx_words(footer)
     grey = grey_u8(pixels, out_rows, out_cols)
     np.multiply(grey, np.uint32(0x010101), out=rgbx[top : layout.image_bottom])
     image = canvas[top : layout.image_bottom]
@@ -287,6 +289,16 @@ def render_overlay(
 
     _draw_boxes(image, findings, scale, size)
     return Overlay(canvas, layout, text, rgbx)
+
+
+@functools.lru_cache(maxsize=16)
+def _rgbx_words(band: Band) -> np.ndarray:
+    """A band's pixels as RGBX words (X = 0), computed once per cached band."""
+    rows, cols = band.pixels.shape[:2]
+    words = np.zeros((rows, cols), dtype=np.uint32)
+    words.view(np.uint8).reshape(rows, cols, 4)[:, :, :3] = band.pixels
+    words.setflags(write=False)
+    return words
 
 
 def _draw_boxes(image: np.ndarray, findings: Findings, scale: float, size: int) -> None:
