@@ -157,6 +157,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     least = sum(min(v[1] for v in rows[k]) for k in outside)
     print(f"| **outside the model forward** (sum of: {'; '.join(k.split(' (')[0] for k in outside)}) "
           f"| | **{med:.1f}** | **{least:.1f}** |")  # fmt: skip
+    sc_sizes = [len(b) for _, b in pairs]
+    print(f"\nSC as encoded: {statistics.mean(sc_sizes) / 1e3:.0f} KB per image (mean), "
+          f"transfer syntax {scs[0].file_meta.TransferSyntaxUID}")  # fmt: skip
     return 0
 
 
