@@ -32,7 +32,7 @@ from pydicom.uid import UID, JPEGBaseline8Bit
 
 from models.errors import ImageDecodeError, UnsupportedImageError, sop_uid_of
 from models.findings import checked_spacing
-from models.imaging.levels import StoredLevels, content_region, percentile_limits
+from models.imaging.levels import StoredLevels, content_region, percentile_limits, statistics_sample
 from models.imaging.spacing import pixel_spacing
 
 logger = logging.getLogger(__name__)
@@ -590,15 +590,7 @@ def percentile_window(
     x = np.asarray(x, dtype=np.float32)
     if limits is not None:
         return _linear_unit(x, *limits)
-    rs, cs = _content_region(x)
-    content = x[rs, cs]
-    step = max(1, math.ceil(math.sqrt(content.size / _PERCENTILE_SAMPLE)))
-    sample = content[::step, ::step]
-    keep = None if exclude is None else ~exclude[rs, cs]
-    if keep is not None and not keep.any():
-        keep = None
-    if keep is not None and keep[::step, ::step].any():
-        sample = sample[keep[::step, ::step]]
+    content, sample, keep = statistics_sample(x, _content_region(x), exclude, _PERCENTILE_SAMPLE)
     lo, hi = (float(v) for v in np.percentile(sample, percentiles))
     if hi <= lo:  # (almost) flat image: fall back to the full range
         valid = content if keep is None else content[keep]

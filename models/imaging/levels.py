@@ -72,6 +72,25 @@ def content_region(mask_of_corner_value: np.ndarray) -> tuple[slice, slice]:
     return slice(int(keep_r[0]), int(keep_r[-1]) + 1), slice(int(keep_c[0]), int(keep_c[-1]) + 1)
 
 
+def statistics_sample(
+    image: np.ndarray, region: tuple[slice, slice], exclude: np.ndarray | None, sample_pixels: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """``(content, sample, keep)`` of the percentile window: the image within ``region`` (without
+    its constant border), every ``step``-th pixel of it in both directions (at most about
+    ``sample_pixels``) less the ``exclude`` mask when that leaves any, and the mask of the content's
+    pixels not excluded (None when nothing or everything is excluded)."""
+    rs, cs = region
+    content = image[rs, cs]
+    step = max(1, math.ceil(math.sqrt(content.size / sample_pixels)))
+    sample = content[::step, ::step]
+    keep = None if exclude is None else ~exclude[rs, cs]
+    if keep is not None and not keep.any():
+        keep = None
+    if keep is not None and keep[::step, ::step].any():
+        sample = sample[keep[::step, ::step]]
+    return content, sample, keep
+
+
 def percentile_limits(
     levels: StoredLevels,
     table: np.ndarray,
@@ -96,14 +115,7 @@ def percentile_limits(
         rs, cs = content_region(eq)
     else:
         rs, cs = slice(None), slice(None)
-    content = image[rs, cs]
-    step = max(1, math.ceil(math.sqrt(content.size / sample_pixels)))
-    sample = content[::step, ::step]
-    keep = None if exclude is None else ~exclude[rs, cs]
-    if keep is not None and not keep.any():
-        keep = None
-    if keep is not None and keep[::step, ::step].any():
-        sample = sample[keep[::step, ::step]]
+    _, sample, _ = statistics_sample(image, (rs, cs), exclude, sample_pixels)
     counts = levels.histogram(sample)
     values = table if direction > 0 else table[::-1]
     if direction < 0:
