@@ -62,7 +62,8 @@ def deliver_ms(pairs: Sequence[tuple[bytes, ...]], scratch: Path) -> tuple[float
 
     work = Path(tempfile.mkdtemp(prefix="deliver-", dir=scratch))
     port = free_port()
-    dest_proc = subprocess.Popen(["storescp", "--ignore", "-aet", "DEST", str(port)], cwd=work,
+    # +xa: accept every transfer syntax, as Orthanc does (the SC is JPEG Baseline by default)
+    dest_proc = subprocess.Popen(["storescp", "--ignore", "+xa", "-aet", "DEST", str(port)], cwd=work,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=DCMTK_ENV)  # fmt: skip
     items: list[list[OutboxItem]] = []
     for i, pair in enumerate(pairs):

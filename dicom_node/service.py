@@ -27,6 +27,7 @@ from dicom_node.gc_freeze import freeze_long_lived
 from dicom_node.health_http import HealthServer, start_health_server
 from dicom_node.node_metrics import NodeMetrics
 from dicom_node.pipeline.analyse import Analyser, AnalysisWorker, BuildEncoded
+from dicom_node.results.sc.encode import ScEncoding
 from dicom_node.scp.receive import Receiver, scp_ssl_context
 from dicom_node.scp.routing import RoutingRules
 from dicom_node.settings import ENV_PREFIX, NodeSettings
@@ -211,6 +212,7 @@ class NodeService:
                 on_analysed=self.deliverer.wake,
                 metrics=self.metrics,
                 result_workers=s.result_workers,
+                sc_encoding=ScEncoding(s.sc_transfer_syntax, s.sc_jpeg_quality),
             )
             self.receiver = Receiver(
                 s,

@@ -305,6 +305,14 @@ class NodeSettings(BaseSettings):
     heatmaps: bool = Field(
         True, description="Grad-CAM heatmap of the classifier on positive images, drawn in the SC overlay"
     )
+    sc_transfer_syntax: Literal["jpeg-baseline", "explicit-vr-little-endian"] = Field(
+        "jpeg-baseline",
+        description="how the SC overlay is stored and sent: jpeg-baseline (1.2.840.10008.1.2.4.50, lossy, "
+        "YBR_FULL_422, ~12x smaller) or explicit-vr-little-endian (uncompressed RGB)",
+    )
+    sc_jpeg_quality: int = Field(
+        90, ge=50, le=100, description="JPEG quality of the SC overlay (libjpeg scale; jpeg-baseline only)"
+    )
     analysis_max_attempts: int = Field(
         3, ge=1, description="attempts for an instance whose analysis fails unexpectedly"
     )

@@ -102,3 +102,22 @@ def test_upsample_matches_torch_bilinear() -> None:
     a = np.random.default_rng(1).random((28, 28)).astype(np.float32)
     up = upsample_bilinear(a, 64, 64)
     assert up.shape == (64, 64) and abs(float(up.mean()) - float(a.mean())) < 0.02
+
+
+def test_inputs_of_one_image_do_not_depend_on_the_order_or_the_cache() -> None:
+    """prepare() keeps the last image's Pillow copy per thread (one copy for all the model inputs):
+    every input equals the one prepared from a fresh image, and a new image is never served the old one."""
+    from models.imaging.preprocess import Preprocessing, prepare
+
+    rng = np.random.default_rng(3)
+    specs = [((256, 256), Preprocessing()), ((64, 64), Preprocessing("centre-crop", 28, 256, "standardise")),
+             ((96, 128), Preprocessing("centre-crop")), ((64, 64), Preprocessing())]  # fmt: skip
+    for shape in [(300, 300), (330, 270), (270, 330)]:
+        pixels = rng.random(shape).astype(np.float32)
+        image = SourceImage(pixels, shape[0], shape[1], "1.2.3.4")
+        for size, spec in specs:
+            fresh = SourceImage(pixels.copy(), shape[0], shape[1], "1.2.3.4")
+            np.testing.assert_array_equal(prepare(image, size, spec)[0], prepare(fresh, size, spec)[0])
+            np.testing.assert_array_equal(prepare(image, size, spec)[0], prepare(fresh, size, spec)[0])
+        other = SourceImage(1.0 - pixels, shape[0], shape[1], "1.2.3.5")  # same shape, other pixels
+        assert not np.array_equal(prepare(other, (64, 64))[0], prepare(image, (64, 64))[0])

@@ -22,11 +22,13 @@ from _results_data import (
 
 from dicom_node.results.common import models_label
 from dicom_node.results.sc.build import build_sc
+from dicom_node.results.sc.encode import ScEncoding
 from dicom_node.results.sc.heatmap import (
     ALPHA_LUT,
     COLOUR_LUT,
     HEATMAP_CUTOFF,
     blend_heatmap,
+    blend_heatmap_over_grey,
     interpolation_matrix,
     upsample,
 )
@@ -45,6 +47,8 @@ from dicom_node.results.sc.text import clear_caches
 from models.findings import Heatmap
 from models.imaging.dicom_image import load_source_image
 
+#: the SC stored losslessly, for the tests that compare its pixels exactly (JPEG: test_sc_jpeg_*)
+UNCOMPRESSED = ScEncoding("explicit-vr-little-endian")
 #: dciodvfy warnings caused by the test sources' own values (see test_results_validation)
 ACCEPTED_WARNINGS = ("Study ID", "Retired Person Name form")
 
@@ -102,7 +106,7 @@ def test_sc_identity_references_and_flags(tmp_path: Path) -> None:
     assert sc.LossyImageCompression == "01"  # the RSNA-style source is JPEG baseline
     for keyword in ("PatientName", "PatientID", "PatientSex", "StudyDate", "StudyTime", "AccessionNumber", "StudyID"):
         assert sc[keyword].value == src[keyword].value, keyword
-    assert sc.PhotometricInterpretation == "RGB"
+    assert sc.PhotometricInterpretation == "YBR_FULL_422"  # JPEG Baseline by default (test_sc_jpeg_*)
     assert sc.Columns == 256 and sc.Rows > 256  # text bands above and below the image
     assert sc.pixel_array.shape == (sc.Rows, 256, 3)
 
@@ -150,7 +154,7 @@ def test_image_area_is_the_source_pixel_for_pixel(make, tmp_path: Path) -> None:
     """No panel over the image: without boxes or heatmap the SC holds the whole source, unchanged."""
     src = make()
     for p in (0.2, 0.8):  # negative and positive (no boxes, no heatmap)
-        sc = _save_read(build_sc(src, findings_for(src, (), p=p)), tmp_path)
+        sc = _save_read(build_sc(src, findings_for(src, (), p=p), encoding=UNCOMPRESSED), tmp_path)
         grey = _grey_u8(src)
         top = _find_image_top(sc.pixel_array, grey, column=grey.shape[1] // 2)
         assert top is not None, "the source image is not in the SC unchanged"
@@ -192,7 +196,7 @@ def test_image_area_changes_only_at_boxes_and_their_labels() -> None:
 def test_box_is_burned_in_where_the_findings_say(tmp_path: Path) -> None:
     src = dx_source(320, 256)
     findings = findings_for(src, three_boxes(320, 256))
-    sc = _save_read(build_sc(src, findings), tmp_path)
+    sc = _save_read(build_sc(src, findings, encoding=UNCOMPRESSED), tmp_path)
     grey = _grey_u8(src)
     top = _find_image_top(sc.pixel_array, grey, column=5)
     assert top is not None
@@ -236,7 +240,7 @@ def test_large_sources_are_downscaled_keeping_aspect() -> None:
     assert output_shape(1024, 800) == (1024, 800, 1.0)
     src = dx_source(2600, 2100, monochrome1=False)
     findings = findings_for(src, three_boxes(2600, 2100)[:1])
-    sc = build_sc(src, findings)
+    sc = build_sc(src, findings, encoding=UNCOMPRESSED)
     rows, cols, scale = output_shape(2600, 2100)
     layout = render_overlay(load_source_image(src).pixels, findings, models_label=models_label(findings.models)).layout
     assert (layout.image_rows, layout.image_columns) == (rows, cols) == (2048, round(2100 * 2048 / 2600))
@@ -425,3 +429,24 @@ def test_same_input_same_uids_and_pixels_with_or_without_caches() -> None:
     assert a.SOPInstanceUID == b.SOPInstanceUID == c.SOPInstanceUID
     assert a.SeriesInstanceUID == b.SeriesInstanceUID
     assert a.PixelData == b.PixelData == c.PixelData
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_blend_over_grey_is_pixel_for_pixel_the_pasted_blend(seed: int) -> None:
+    """The renderer's table lookup (heatmap index x grey -> RGBX) equals Pillow's paste through the
+    opacity mask on the same grey image, including regions that leave the image and 1:1 samples."""
+    rng = np.random.default_rng(seed)
+    rows, cols = (int(v) for v in rng.integers(40, 400, size=2))
+    grey = rng.integers(0, 256, size=(rows, cols), dtype=np.uint8)
+    cells = int(rng.integers(2, 8))
+    values = rng.random((cells, cells)).astype(np.float32)
+    values /= values.max()
+    region = (float(rng.uniform(-50, cols / 2)), float(rng.uniform(-50, rows / 2)),
+              float(rng.uniform(20, cols)), float(rng.uniform(20, rows)))  # fmt: skip
+    expected = np.repeat(grey[:, :, None], 3, axis=2)
+    n_expected = blend_heatmap(expected, values, region)
+    rgbx = np.zeros((rows, cols), dtype=np.uint32)
+    np.multiply(grey, np.uint32(0x010101), out=rgbx)
+    n = blend_heatmap_over_grey(rgbx, grey, values, region)
+    assert n == n_expected > 0
+    np.testing.assert_array_equal(rgbx.view(np.uint8).reshape(rows, cols, 4)[:, :, :3], expected)

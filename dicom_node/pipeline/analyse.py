@@ -121,6 +121,7 @@ def _build_in_pool(
     image: object,
     log_level: int,
     parts: tuple[str, ...] = ("sr", "sc"),
+    sc_encoding: object = None,
 ) -> tuple[list, list[logging.LogRecord]]:
     """Pool-process job: ``build_encoded`` (None: ``dicom_node.results.build.build_encoded_results``) plus
     the log records it wrote (a spawned process has no log handlers; the node re-emits them so none are lost)."""
@@ -132,7 +133,7 @@ def _build_in_pool(
     root.addHandler(keep)
     try:
         if build_encoded is None:
-            encoded = build_encoded_results(source_path, findings_json, image, parts)  # type: ignore[arg-type]
+            encoded = build_encoded_results(source_path, findings_json, image, parts, sc_encoding)  # type: ignore[arg-type]
         else:
             encoded = list(build_encoded(source_path, findings_json, image))  # type: ignore[misc]
     finally:
@@ -191,9 +192,11 @@ class AnalysisWorker:
         on_analysed: Callable[[int], None] | None = None,
         metrics: NodeMetrics | None = None,
         result_workers: int | None = None,
+        sc_encoding: object = None,
     ) -> None:
         """``result_workers``: processes building SR + SC (None: :func:`default_result_workers`);
-        ``build_encoded``: what they run (None: ``dicom_node.results.build.build_encoded_results``)."""
+        ``build_encoded``: what they run (None: ``dicom_node.results.build.build_encoded_results``);
+        ``sc_encoding``: how the SC is stored (a ``dicom_node.results.sc.encode.ScEncoding``; None: its default)."""
         if batch_size < 1 or max_attempts < 1:
             raise ValueError(
                 f"batch_size and max_attempts must be >= 1, got {batch_size!r}, {max_attempts!r}"
@@ -208,6 +211,7 @@ class AnalysisWorker:
         # the engine can hand back its decoded image (fakes with a plain submit(ds) cannot)
         self._keep_image = _accepts_keep_image(analyser)
         self._build_encoded = build_encoded
+        self._sc_encoding = sc_encoding
         self.journal = journal
         self.spool = spool
         self.analyser = analyser
@@ -419,10 +423,12 @@ class AnalysisWorker:
                 # SR and SC at once, in two processes
                 built.future = joined_builds([
                     self._pool.submit(_build_in_pool, None, *args, None, level, ("sr",)),
-                    self._pool.submit(_build_in_pool, None, *args, image, level, ("sc",)),
+                    self._pool.submit(_build_in_pool, None, *args, image, level, ("sc",), self._sc_encoding),
                 ])  # fmt: skip
             else:
-                built.future = self._pool.submit(_build_in_pool, self._build_encoded, *args, image, level)
+                built.future = self._pool.submit(
+                    _build_in_pool, self._build_encoded, *args, image, level, ("sr", "sc"), self._sc_encoding
+                )
         except BrokenProcessPool as exc:
             self._pool_broken(built.pool, exc)
             self._retry_or_fail(job, exc, t0)

@@ -12,6 +12,7 @@ from pydicom.dataset import Dataset
 
 from dicom_node.results.common import MANUFACTURER, check_source_matches
 from dicom_node.results.sc.build import build_sc
+from dicom_node.results.sc.encode import DEFAULT_SC_ENCODING, ScEncoding
 from dicom_node.results.sr.build import build_sr
 from dicom_node.storage.spool import dataset_bytes
 from models.errors import ImageDecodeError
@@ -41,6 +42,7 @@ def build_results(
     *,
     image: SourceImage | None = None,
     parts: Sequence[str] = RESULT_PARTS,
+    sc_encoding: ScEncoding | None = None,
 ) -> list[Dataset]:
     """Build the result objects for ``findings`` on ``source``: ``[SR]`` or ``[SR, SC]``.
 
@@ -55,6 +57,7 @@ def build_results(
     reported boxes come with ``findings`` (decided once, in the engine). ValueError for
     findings that do not belong to ``source``. ``parts`` builds only some of them (``("sr",)``
     or ``("sc",)``: the node builds an analysed image's SR and SC in two processes at once).
+    ``sc_encoding``: how the SC's pixels are stored (None: JPEG Baseline, ``DEFAULT_SC_ENCODING``).
     """
     unknown = [p for p in parts if p not in RESULT_PARTS]
     if unknown or not parts:
@@ -63,7 +66,7 @@ def build_results(
     results: list[Dataset] = [build_sr(source, findings)] if "sr" in parts else []
     if findings.analysed and "sc" in parts:
         try:
-            results.append(build_sc(source, findings, image=image))
+            results.append(build_sc(source, findings, image=image, encoding=sc_encoding or DEFAULT_SC_ENCODING))
         except ImageDecodeError as exc:
             logger.error(
                 "SC overlay not built: source pixels cannot be decoded",
@@ -217,6 +220,7 @@ def build_encoded_results(
     findings_json: Mapping[str, Any],
     image: SourceImage | None = None,
     parts: Sequence[str] = RESULT_PARTS,
+    sc_encoding: ScEncoding | None = None,
 ) -> list[EncodedResult]:
     """Process-pool entry point: read the spooled source, build its results (``parts``, see
     :func:`build_results`), return them encoded.
@@ -230,4 +234,4 @@ def build_encoded_results(
     header_only = image is not None or "sc" not in parts
     source = pydicom.dcmread(source_path, stop_before_pixels=header_only, defer_size=1 << 20)
     findings = findings_from_json(findings_json)
-    return encode_results(build_results(source, findings, image=image, parts=parts))
+    return encode_results(build_results(source, findings, image=image, parts=parts, sc_encoding=sc_encoding))

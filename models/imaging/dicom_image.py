@@ -32,6 +32,7 @@ from pydicom.uid import UID, JPEGBaseline8Bit
 
 from models.errors import ImageDecodeError, UnsupportedImageError, sop_uid_of
 from models.findings import checked_spacing
+from models.imaging.levels import StoredLevels, content_region, percentile_limits, statistics_sample
 from models.imaging.spacing import pixel_spacing
 
 logger = logging.getLogger(__name__)
@@ -390,8 +391,9 @@ def _load(ds: pydicom.Dataset, uid: str, max_pixels: int) -> SourceImage:
         grey = _luminance(rgb, float(2 ** (16 if bits > 8 else 8) - 1))
     else:
         grey = _luminance(arr, float(2**h.bits_stored - 1))
-    grey = np.clip(grey, 0.0, 1.0, out=grey)
-    if not np.isfinite(grey).all():
+    if h.photometric not in _GREY:  # the grey pipeline's every VOI step already ends in [0, 1]
+        grey = np.clip(grey, 0.0, 1.0, out=grey)
+    if np.isnan(grey.sum()):  # after the clip, only NaN can be non-finite (one pass, no mask)
         raise ImageDecodeError(uid, "decoded image contains non-finite values")
     spacing, source = pixel_spacing(ds)  # the one rule: models.imaging.spacing
     return SourceImage(
@@ -460,7 +462,26 @@ def _grey_to_unit(
     if window is not None:
         center, width, function = window
         return _window(values.astype(np.float32, copy=False), center, width, function)
-    return percentile_window(values.astype(np.float32, copy=False), exclude=padding)
+    return percentile_window(
+        values.astype(np.float32, copy=False), exclude=padding, limits=_stored_percentile_limits(arr, ds, padding)
+    )
+
+
+def _stored_percentile_limits(
+    arr: np.ndarray, ds: pydicom.Dataset, padding: np.ndarray | None
+) -> tuple[float, float] | None:
+    """The percentile window's limits from a histogram of the stored integers (models.imaging.levels),
+    or None (float or 32-bit data, a Modality LUT that is not monotonic, a flat image)."""
+    stored = StoredLevels.of(arr)
+    if stored is None:
+        return None
+    modality_seq = ds.get("ModalityLUTSequence", None)
+    levels = stored.values
+    # the Modality LUT of every stored level, computed as it is for the image (then float32, as there)
+    table = _lut_lookup(levels, modality_seq[0], ds) if modality_seq else apply_modality_lut(levels, ds)
+    return percentile_limits(
+        stored, np.asarray(table).astype(np.float32, copy=False), PERCENTILE_WINDOW, _PERCENTILE_SAMPLE, padding
+    )
 
 
 def _lut_entries(item: pydicom.Dataset, ds: pydicom.Dataset) -> tuple[np.ndarray, int]:
@@ -552,14 +573,7 @@ def _content_region(x: np.ndarray) -> tuple[slice, slice]:
     v = x[0, 0]
     if not (v == x.min() or v == x.max()):
         return slice(None), slice(None)
-    eq = x == v
-    full_rows = eq.all(axis=1)
-    full_cols = eq.all(axis=0)
-    keep_r = np.flatnonzero(~full_rows)
-    keep_c = np.flatnonzero(~full_cols)
-    if keep_r.size == 0 or keep_c.size == 0:
-        return slice(None), slice(None)
-    return slice(int(keep_r[0]), int(keep_r[-1]) + 1), slice(int(keep_c[0]), int(keep_c[-1]) + 1)
+    return content_region(x == v)
 
 
 def percentile_window(
@@ -567,25 +581,27 @@ def percentile_window(
     percentiles: tuple[float, float] = PERCENTILE_WINDOW,
     *,
     exclude: np.ndarray | None = None,
+    limits: tuple[float, float] | None = None,
 ) -> np.ndarray:
     """Map ``x`` linearly to [0, 1] between its low/high percentiles (clipped), ignoring a constant
     border (zero padding) and the ``exclude`` mask. Estimated on at most ~1 M pixels, so it is fast
-    on 4096 x 4096."""
+    on 4096 x 4096. ``limits``: those percentiles when already known (from the stored integers:
+    :func:`models.imaging.levels.percentile_limits`)."""
     x = np.asarray(x, dtype=np.float32)
-    rs, cs = _content_region(x)
-    content = x[rs, cs]
-    step = max(1, math.ceil(math.sqrt(content.size / _PERCENTILE_SAMPLE)))
-    sample = content[::step, ::step]
-    keep = None if exclude is None else ~exclude[rs, cs]
-    if keep is not None and not keep.any():
-        keep = None
-    if keep is not None and keep[::step, ::step].any():
-        sample = sample[keep[::step, ::step]]
+    if limits is not None:
+        return _linear_unit(x, *limits)
+    content, sample, keep = statistics_sample(x, _content_region(x), exclude, _PERCENTILE_SAMPLE)
     lo, hi = (float(v) for v in np.percentile(sample, percentiles))
     if hi <= lo:  # (almost) flat image: fall back to the full range
         valid = content if keep is None else content[keep]
         lo, hi = float(valid.min()), float(valid.max())
     if hi <= lo:
         return np.zeros(x.shape, dtype=np.float32)
-    out = (x - np.float32(lo)) / np.float32(hi - lo)
+    return _linear_unit(x, lo, hi)
+
+
+def _linear_unit(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """``(x - lo) / (hi - lo)`` clipped to [0, 1], in float32 (a new array)."""
+    out = np.subtract(x, np.float32(lo))
+    np.divide(out, np.float32(hi - lo), out=out)
     return np.clip(out, 0.0, 1.0, out=out)

@@ -24,6 +24,8 @@ display windows and a DICOM's VOI window.
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -130,27 +132,49 @@ class CropGeometry:
         return float(self.x), float(self.y), float(self.side), float(self.side)
 
 
-def resize_unit_image(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
+def resize_unit_image(pixels: np.ndarray | Image.Image, height: int, width: int) -> np.ndarray:
     """Resize a 2-D float image to ``height x width`` with PIL's antialiased bilinear (triangle)
-    filter: area-like when shrinking, no overshoot, so values stay within the input range."""
-    src = np.ascontiguousarray(pixels, dtype=np.float32)
-    if src.shape == (height, width):
-        return src.copy()
-    img = Image.fromarray(src)  # 2-D float32 -> mode "F"
+    filter: area-like when shrinking, no overshoot, so values stay within the input range.
+    ``pixels`` may be that image as a Pillow "F" image already."""
+    img = pixels if isinstance(pixels, Image.Image) else _float_image_of(pixels)
+    if (img.height, img.width) == (height, width):
+        return np.array(img, dtype=np.float32)
     out = img.resize((width, height), resample=Image.Resampling.BILINEAR)
     return np.array(out, dtype=np.float32)  # a writable copy
 
 
-def downsample_antialiased(pixels: np.ndarray, side: int) -> np.ndarray:
+def downsample_antialiased(pixels: np.ndarray | Image.Image, side: int) -> np.ndarray:
     """A square 2-D float image shrunk to ``side x side`` with a Lanczos (antialiasing) filter,
-    clipped to [0, 1]. An image already that size is returned unchanged (as a copy)."""
-    src = np.ascontiguousarray(pixels, dtype=np.float32)
-    if src.shape == (side, side):
-        return src.copy()
-    out = Image.fromarray(src).resize(
-        (side, side), resample=Image.Resampling.LANCZOS, reducing_gap=_REDUCING_GAP
-    )
+    clipped to [0, 1]. An image already that size is returned unchanged (as a copy). ``pixels`` may
+    be that image as a Pillow "F" image already."""
+    img = pixels if isinstance(pixels, Image.Image) else _float_image_of(pixels)
+    if (img.height, img.width) == (side, side):
+        return np.array(img, dtype=np.float32)
+    out = img.resize((side, side), resample=Image.Resampling.LANCZOS, reducing_gap=_REDUCING_GAP)
     return np.clip(np.array(out, dtype=np.float32), 0.0, 1.0)
+
+
+def _float_image_of(pixels: np.ndarray) -> Image.Image:
+    """A 2-D array as a Pillow "F" (float32) image (a copy: Pillow cannot map float pixels in place)."""
+    return Image.fromarray(np.ascontiguousarray(pixels, dtype=np.float32))
+
+
+#: the Pillow image of the last SourceImage prepared by this thread (see _pillow_image)
+_LAST_IMAGE = threading.local()
+
+
+def _pillow_image(image: SourceImage) -> Image.Image:
+    """``image.pixels`` as a Pillow "F" image, made once per image and thread: the engine prepares
+    each image once per model input, and the copy into Pillow is a third of a resize's cost. Kept
+    until the thread prepares another image (a SourceImage is immutable; its pixel buffer is
+    checked too)."""
+    address = image.pixels.__array_interface__["data"][0]
+    held = getattr(_LAST_IMAGE, "held", None)
+    if held is not None and held[0]() is image and held[1] == address:
+        return held[2]
+    pil = _float_image_of(image.pixels)
+    _LAST_IMAGE.held = (weakref.ref(image), address, pil)
+    return pil
 
 
 def upsample_bilinear(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -180,7 +204,7 @@ def prepare(
         pixel_spacing_mm=image.pixel_spacing_mm,
         spacing_source=image.spacing_source,
     )
-    resized = resize_unit_image(image.pixels, geometry.resized_height, geometry.resized_width)
+    resized = resize_unit_image(_pillow_image(image), geometry.resized_height, geometry.resized_width)
     np.clip(resized, 0.0, 1.0, out=resized)
     out = np.zeros((1, geometry.model_height, geometry.model_width), dtype=np.float32)
     out[
@@ -195,7 +219,10 @@ def _centre_crop(
     image: SourceImage, height: int, width: int, preprocessing: Preprocessing
 ) -> tuple[np.ndarray, CropGeometry]:
     crop = CropGeometry.centre_square(image.rows, image.columns)
-    square = image.pixels[crop.y : crop.y + crop.side, crop.x : crop.x + crop.side]
+    whole = _pillow_image(image)
+    square = whole if crop.side == image.rows == image.columns else whole.crop(
+        (crop.x, crop.y, crop.x + crop.side, crop.y + crop.side)
+    )
     if preprocessing.bottleneck is not None:
         small = downsample_antialiased(square, preprocessing.bottleneck)
         if preprocessing.quantise_levels is not None:

@@ -15,7 +15,8 @@ import numpy as np
 import pydicom
 import pytest
 from integration_helpers import REPO, Stack, dciodvfy_errors, make_image, write
-from pydicom.uid import generate_uid
+from PIL import Image
+from pydicom.uid import JPEGBaseline8Bit, generate_uid
 
 from dicom_node.results.sr.codes import NotEvaluatedReason
 from dicom_node.results.sr.read import read_sr
@@ -117,6 +118,15 @@ def test_cxrs_pushed_into_orthanc_come_back_as_sr_and_sc(
         sc_path = tmp_path / f"{src.SOPInstanceUID}.sc.dcm"
         sc_path.write_bytes(orthanc.file(scs[0]["_orthanc_id"]))
         assert dciodvfy_errors(sc_path) == []
+        # ... stored as the node sent it, JPEG Baseline (the default), and Orthanc decodes it: its
+        # preview is the SC's own pixels (as pydicom decodes them) within JPEG decoders' rounding
+        sc_ds = pydicom.dcmread(sc_path)
+        assert sc_ds.file_meta.TransferSyntaxUID == JPEGBaseline8Bit
+        stored_ts = orthanc.get_bytes(f"/instances/{scs[0]['_orthanc_id']}/metadata/TransferSyntax").text
+        assert stored_ts.strip() == JPEGBaseline8Bit
+        shown = np.asarray(Image.open(io.BytesIO(preview.content)).convert("RGB"), dtype=np.int16)
+        assert shown.shape == (sc_ds.Rows, sc_ds.Columns, 3)
+        assert np.abs(shown - sc_ds.pixel_array.astype(np.int16)).mean() < 3.0
     status = orthanc.router_status()
     assert status["Counters"]["instances_forwarded"] >= len(phantom_files)
     print(f"compared {boxes_checked} boxes over {len(phantom_files)} images")  # visible with -s

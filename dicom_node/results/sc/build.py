@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 from highdicom.sc import SCImage
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
@@ -27,12 +28,14 @@ from dicom_node.results.common import (
     models_label,
     software_versions,
 )
+from dicom_node.results.sc.encode import DEFAULT_SC_ENCODING, ScEncoding, store_pixels
 from dicom_node.results.sc.render import MAX_SIDE, render_overlay
 from models.findings import Findings
 from models.imaging.dicom_image import SourceImage, load_source_image
 
 logger = logging.getLogger(__name__)
 
+_ONE_RGB_PIXEL = np.zeros((1, 1, 3), dtype=np.uint8)
 #: DCM 121322 "Source image for image processing operation" (CID 7202), purpose of the source reference.
 _SOURCE_PURPOSE = ("121322", "DCM", "Source image for image processing operation")
 
@@ -43,11 +46,13 @@ def build_sc(
     *,
     image: SourceImage | None = None,
     max_side: int = MAX_SIDE,
+    encoding: ScEncoding = DEFAULT_SC_ENCODING,
 ) -> SCImage:
     """Build the Secondary Capture overlay for an analysed image.
 
     ``image`` is the decoded, windowed source (``models.imaging.dicom_image.load_source_image(source)``
-    when not given). Raises ValueError for a not-analysed Findings (no overlay is made
+    when not given). ``encoding``: how the pixels are stored (JPEG Baseline by default:
+    :mod:`dicom_node.results.sc.encode`). Raises ValueError for a not-analysed Findings (no overlay is made
     for those) or findings that do not belong to ``source``; ``models.errors.ImageDecodeError``
     if the source pixels cannot be decoded.
     """
@@ -67,7 +72,9 @@ def build_sc(
     orientation = source.get("PatientOrientation")
     has_orientation = orientation is not None and not isinstance(orientation, str) and len(orientation) == 2
     sc = SCImage(
-        pixel_array=overlay.rgb,
+        # highdicom writes the SC's attributes; its pixels are stored below (store_pixels: JPEG, or
+        # packed from the canvas), so it gets one pixel instead of copying the canvas twice for nothing
+        pixel_array=_ONE_RGB_PIXEL,
         photometric_interpretation="RGB",
         bits_allocated=8,
         coordinate_system="PATIENT",
@@ -84,6 +91,7 @@ def build_sc(
         manufacturer_model_name=model_names(models),
         software_versions=software_versions(models),
     )
+    sc.Rows, sc.Columns = layout.canvas_rows, layout.image_columns
     copy_patient_study(source, sc)
     # Type 2: the source's value when it has a valid one, otherwise empty (never invented)
     sc.PatientOrientation = [str(v) for v in orientation] if has_orientation else []
@@ -109,6 +117,7 @@ def build_sc(
         for keyword in ("LossyImageCompressionRatio", "LossyImageCompressionMethod"):
             if keyword in source:
                 sc[keyword] = source[keyword]
+    store_pixels(sc, overlay.rgb, encoding, rgbx=overlay.rgbx)  # JPEG: compressed, flagged lossy after the source's history
     logger.info(
         "built SC overlay",
         extra={
@@ -118,6 +127,7 @@ def build_sc(
             "columns": layout.image_columns,
             "n_boxes": len(findings.boxes),
             "heatmap": overlay.text.heatmap is not None,
+            "transfer_syntax": str(sc.file_meta.TransferSyntaxUID),
         },
     )
     return sc

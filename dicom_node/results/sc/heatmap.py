@@ -159,6 +159,80 @@ def _sample_span(first: int, last: int, samples: int, pixels: int) -> tuple[int,
     return max(0, lo), min(pixels, hi)
 
 
+def _blend_table() -> np.ndarray:
+    """(65536,) uint32 RGBX: the colour of heatmap index ``i`` pasted with its opacity over grey ``g``,
+    at ``i << 8 | g``, rounded as Pillow's paste with a mask does (``DIV255(g * (255 - a) + c * a)``)."""
+    grey = np.arange(256, dtype=np.uint32)[None, :, None]
+    a = ALPHA_LUT.astype(np.uint32)[:, None, None]
+    mixed = grey * (255 - a) + COLOUR_LUT.astype(np.uint32)[:, None, :] * a + 128
+    rgb = ((mixed >> 8) + mixed) >> 8  # (256 index, 256 grey, 3)
+    out = (rgb[..., 0] | rgb[..., 1] << 8 | rgb[..., 2] << 16).reshape(-1).astype(np.uint32)
+    out.setflags(write=False)
+    return out
+
+
+#: heatmap over a grey pixel, by ``index << 8 | grey``, as little-endian RGBX words (R in the low byte)
+_BLEND_OVER_GREY = _blend_table()
+
+
+def _visible_index(
+    values: np.ndarray, region: tuple[float, float, float, float], shape: tuple[int, int]
+) -> tuple[int, int, Image.Image] | None:
+    """``(top, left, index)``: the 8-bit heatmap (an "L" image) over the part of an image of
+    ``shape`` where it is visible, and where that part starts; None where nothing is visible."""
+    v = _check_map(values, region)
+    x, y, width, height = region
+    top, bottom = _pixel_range(y, height, shape[0])
+    left, right = _pixel_range(x, width, shape[1])
+    h, w = bottom - top, right - left
+    if h <= 0 or w <= 0:
+        return None
+    hs, ws = min(h, SAMPLES_PER_SIDE), min(w, SAMPLES_PER_SIDE)
+    # sample k of hs stands for the centre of the k-th of hs equal blocks of the h pixels
+    row_pos = (top + (np.arange(hs) + 0.5) * h / hs - y) / height * v.shape[0] - 0.5
+    col_pos = (left + (np.arange(ws) + 0.5) * w / ws - x) / width * v.shape[1] - 0.5
+    grid = _interpolate(v, row_pos, col_pos)
+    samples = np.empty(grid.shape, dtype=np.uint8)
+    np.copyto(samples, grid * 255.0 + 0.5, casting="unsafe")
+    visible = samples >= _FIRST_VISIBLE  # alpha > 0 (the opacity table only grows)
+    rows = np.flatnonzero(visible.any(axis=1))
+    if rows.size == 0:  # bilinear values never exceed their samples
+        return None
+    cols = np.flatnonzero(visible.any(axis=0))
+    r0, r1 = _sample_span(int(rows[0]), int(rows[-1]), hs, h)
+    c0, c1 = _sample_span(int(cols[0]), int(cols[-1]), ws, w)
+    index = Image.fromarray(samples)
+    if (hs, ws) != (h, w):
+        box = (c0 * ws / w, r0 * hs / h, c1 * ws / w, r1 * hs / h)
+        index = index.resize((c1 - c0, r1 - r0), Image.Resampling.BILINEAR, box=box)
+    else:
+        index = index.crop((c0, r0, c1, r1))
+    return top + r0, left + c0, index
+
+
+def blend_heatmap_over_grey(
+    rgbx: np.ndarray, grey: np.ndarray, values: np.ndarray, region: tuple[float, float, float, float]
+) -> int:
+    """:func:`blend_heatmap` for an image that is still grey: ``rgbx`` ((rows, columns) uint32,
+    little-endian RGBX words) holds ``grey`` ((rows, columns) uint8) in R, G and B; the heatmap is
+    written into it in place, pixel for pixel what :func:`blend_heatmap` makes of that grey image,
+    by one lookup per pixel in a 256 x 256 table (heatmap index, grey) instead of Pillow's resampled
+    colour image pasted through its opacity mask. Returns the number of pixels coloured."""
+    if rgbx.ndim != 2 or rgbx.dtype != np.uint32 or grey.shape != rgbx.shape or grey.dtype != np.uint8:
+        raise ValueError(f"need (rows, columns) uint32 RGBX and uint8 grey, got {rgbx.shape} {rgbx.dtype}, {grey.shape} {grey.dtype}")
+    found = _visible_index(values, region, grey.shape)
+    if found is None:
+        return 0
+    top, left, image = found
+    index = np.asarray(image)
+    h, w = index.shape
+    key = index.astype(np.intp)
+    key <<= 8
+    key |= grey[top : top + h, left : left + w]
+    np.take(_BLEND_OVER_GREY, key, out=rgbx[top : top + h, left : left + w], mode="clip")
+    return int(np.count_nonzero(index >= _FIRST_VISIBLE))
+
+
 def blend_heatmap(rgb: np.ndarray, values: np.ndarray, region: tuple[float, float, float, float]) -> int:
     """Blend the heatmap ``values`` over ``region`` of the RGB uint8 image ``rgb``, in place.
 
@@ -170,37 +244,14 @@ def blend_heatmap(rgb: np.ndarray, values: np.ndarray, region: tuple[float, floa
     """
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"rgb must be a (rows, columns, 3) uint8 array, got {rgb.shape} {rgb.dtype}")
-    v = _check_map(values, region)
-    x, y, width, height = region
-    top, bottom = _pixel_range(y, height, rgb.shape[0])
-    left, right = _pixel_range(x, width, rgb.shape[1])
-    h, w = bottom - top, right - left
-    if h <= 0 or w <= 0:
+    found = _visible_index(values, region, rgb.shape[:2])
+    if found is None:
         return 0
-    hs, ws = min(h, SAMPLES_PER_SIDE), min(w, SAMPLES_PER_SIDE)
-    # sample k of hs stands for the centre of the k-th of hs equal blocks of the h pixels
-    row_pos = (top + (np.arange(hs) + 0.5) * h / hs - y) / height * v.shape[0] - 0.5
-    col_pos = (left + (np.arange(ws) + 0.5) * w / ws - x) / width * v.shape[1] - 0.5
-    grid = _interpolate(v, row_pos, col_pos)
-    samples = np.empty(grid.shape, dtype=np.uint8)
-    np.copyto(samples, grid * 255.0 + 0.5, casting="unsafe")
-    visible = samples >= _FIRST_VISIBLE  # alpha > 0 (the opacity table only grows)
-    rows = np.flatnonzero(visible.any(axis=1))
-    if rows.size == 0:  # bilinear values never exceed their samples
-        return 0
-    cols = np.flatnonzero(visible.any(axis=0))
-    r0, r1 = _sample_span(int(rows[0]), int(rows[-1]), hs, h)
-    c0, c1 = _sample_span(int(cols[0]), int(cols[-1]), ws, w)
-    index = Image.fromarray(samples)
-    if (hs, ws) != (h, w):
-        box = (c0 * ws / w, r0 * hs / h, c1 * ws / w, r1 * hs / h)
-        index = index.resize((c1 - c0, r1 - r0), Image.Resampling.BILINEAR, box=box)
-    else:
-        index = index.crop((c0, r0, c1, r1))
+    top, left, index = found
     alpha = index.point(_ALPHA_TABLE)
     colour = index.copy()
     colour.putpalette(_PALETTE)  # L -> P: the colour table applied in C by convert()
-    target = rgb[top + r0 : top + r1, left + c0 : left + c1]
+    target = rgb[top : top + index.height, left : left + index.width]
     base = Image.fromarray(np.ascontiguousarray(target))
     base.paste(colour.convert("RGB"), (0, 0), alpha)
     target[...] = np.asarray(base)

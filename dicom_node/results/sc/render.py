@@ -16,6 +16,7 @@ the source rendering pixel for pixel elsewhere.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -23,9 +24,10 @@ import numpy as np
 from PIL import Image
 
 from dicom_node.results.common import classifier_model
-from dicom_node.results.sc.heatmap import HEATMAP_CUTOFF, blend_heatmap, legend
+from dicom_node.results.sc.heatmap import HEATMAP_CUTOFF, blend_heatmap_over_grey, legend
 from dicom_node.results.sc.text import (
     MIN_FONT_SIZE,
+    Band,
     TextLine,
     label_masks,
     margin,
@@ -88,11 +90,16 @@ class OverlayLayout:
 
 @dataclass(frozen=True, eq=False)
 class Overlay:
-    """A rendered overlay: ``rgb`` (canvas_rows, image_columns, 3) uint8, its layout and its text."""
+    """A rendered overlay: ``rgb`` (canvas_rows, image_columns, 3) uint8, its layout and its text.
+
+    ``rgbx``, when given, is the buffer ``rgb`` is a view of: (canvas_rows, image_columns) uint32
+    little-endian RGBX words (what Pillow maps without a copy, e.g. for the JPEG encoder).
+    """
 
     rgb: np.ndarray
     layout: OverlayLayout
     text: OverlayText
+    rgbx: np.ndarray | None = None
 
 
 def output_shape(rows: int, columns: int, max_side: int = MAX_SIDE) -> tuple[int, int, float]:
@@ -262,23 +269,36 @@ def render_overlay(
 
     top = header.pixels.shape[0]
     layout = OverlayLayout(top, out_rows, out_cols, scale, top + out_rows + footer.pixels.shape[0])
-    canvas = np.empty((layout.canvas_rows, out_cols, 3), dtype=np.uint8)
-    canvas[:top] = header.pixels
-    canvas[layout.image_bottom :] = footer.pixels
+    # RGBX words: the grey image is one multiply (v * 0x010101 puts v in R, G and B), the heatmap one
+    # table lookup per pixel, and the JPEG encoder reads the buffer without a copy
+    rgbx = np.zeros((layout.canvas_rows, out_cols), dtype=np.uint32)
+    canvas = rgbx.view(np.uint8).reshape(layout.canvas_rows, out_cols, 4)[:, :, :3]
+    rgbx[:top] = _rgbx_words(header)  # whole words: a copy of contiguous rows
+    rgbx[layout.image_bottom :] = _rgbx_words(footer)
     grey = grey_u8(pixels, out_rows, out_cols)
+    np.multiply(grey, np.uint32(0x010101), out=rgbx[top : layout.image_bottom])
     image = canvas[top : layout.image_bottom]
-    for channel in range(3):  # three strided copies: faster than broadcasting grey[..., None]
-        image[:, :, channel] = grey
 
     if text.heatmap is not None and findings.heatmap is not None:
         hm = findings.heatmap
-        blend_heatmap(image, hm.values, (hm.x * scale, hm.y * scale, hm.width * scale, hm.height * scale))
+        region = (hm.x * scale, hm.y * scale, hm.width * scale, hm.height * scale)
+        blend_heatmap_over_grey(rgbx[top : layout.image_bottom], grey, hm.values, region)
         legend_top = layout.image_bottom + footer.line_tops[-1] + max(1, footer.row_height // 8)
         if pad + legend_width <= out_cols:  # images a few pixels wide have no room for it
             canvas[legend_top : legend_top + size, pad : pad + legend_width] = legend(legend_width, size)
 
     _draw_boxes(image, findings, scale, size)
-    return Overlay(canvas, layout, text)
+    return Overlay(canvas, layout, text, rgbx)
+
+
+@functools.lru_cache(maxsize=16)
+def _rgbx_words(band: Band) -> np.ndarray:
+    """A band's pixels as RGBX words (X = 0), computed once per cached band."""
+    rows, cols = band.pixels.shape[:2]
+    words = np.zeros((rows, cols), dtype=np.uint32)
+    words.view(np.uint8).reshape(rows, cols, 4)[:, :, :3] = band.pixels
+    words.setflags(write=False)
+    return words
 
 
 def _draw_boxes(image: np.ndarray, findings: Findings, scale: float, size: int) -> None:

@@ -189,3 +189,7 @@ def clear_caches() -> None:
     """Forget every cached font, band and label (benchmarks measure the uncached cost with it)."""
     for cached in (font, wrap, text_mask, _shades, render_band, label_masks):
         cached.cache_clear()
+    # the renderer's copies of the bands as RGBX words (imported here: render imports this module)
+    from dicom_node.results.sc import render
+
+    render._rgbx_words.cache_clear()
