@@ -28,7 +28,7 @@ from pathlib import Path
 from pynetdicom import AE
 from pydicom.dataset import Dataset
 
-from dicom_node.delivery.kept import KeptAssociation, KeptAssociations, is_usable
+from dicom_node.delivery.kept import KeptAssociation, KeptAssociations, install_checkpoint, is_usable
 from dicom_node.delivery.uncompressed import FALLBACK_TRANSFER_SYNTAX, needs_fallback_context, uncompressed_copy
 from dicom_node.node_metrics import NodeMetrics
 from dicom_node.settings import Destination, NodeSettings
@@ -208,6 +208,7 @@ class DicomSender:
             # pynetdicom reports a refused/timed-out TCP connection as an aborted association
             why = "connection failed (refused or timed out) or association aborted"
             return [Outcome(False, error=why)] * n_items
+        install_checkpoint(assoc)
         accepted = frozenset((cx.abstract_syntax, cx.transfer_syntax[0]) for cx in assoc.accepted_contexts)
         return KeptAssociation(assoc, requested=frozenset(contexts), accepted=accepted)
 
@@ -250,6 +251,7 @@ class DicomSender:
             else:
                 payload = Path(item.path)
             t0 = time.monotonic()
+            kept.pause_reactor()  # pynetdicom's own pause can let the reactor take the response
             status = assoc.send_c_store(payload)
             if "Status" not in status:
                 # no response at once: the association broke (pynetdicom answers an abort or a closed
@@ -271,6 +273,7 @@ def _release_quietly(kept: KeptAssociation) -> None:
         usable = assoc.is_established and is_usable(assoc)
         kept.resume_reactor()  # a parked reactor finishes an association the peer closed
         if usable:
+            kept.pause_reactor()  # (the release response is read by release() itself)
             assoc.release()
             return
         deadline = time.monotonic() + 1.0
