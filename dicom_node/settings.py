@@ -241,6 +241,13 @@ class NodeSettings(BaseSettings):
         "received instance, results, journal rows (0 = never); also `cxr-node purge`",
     )
     purge_interval_s: float = Field(3600.0, gt=0, description="how often the running node purges")
+    scp_max_pdu: int = Field(
+        131072,
+        ge=4096,
+        le=4 * 2**20,
+        description="largest PDU the SCP accepts, in bytes (advertised to senders, which then send PDUs of up "
+        "to this size; fewer, larger PDUs cost less CPU per received MB; 131072 is the most dcmtk and Orthanc use)",
+    )
     chunked_receive: bool = Field(
         True,
         description="write each C-STORE data set straight into its spool file as it arrives (needs the pinned "
