@@ -190,11 +190,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     sizes = {k: statistics.mean(len(b) for pr in v for b in pr[1:]) / 1e6 for k, v in pairs.items()}
     rows: dict[str, list[tuple[float, float]]] = {}
     for _ in range(args.repeats):
-        rows.setdefault("receive (storescu -> node's SCP, one association)", []).append(receive_ms(files, args.scratch))
+        rows.setdefault("receive (storescu -> node's SCP, one association)", []).append(
+            receive_ms(files, args.scratch)
+        )
         for kind, pr in pairs.items():
-            rows.setdefault(f"deliver SR + {kind} ({sizes[kind]:.2f} MB), association kept, 128 KiB PDUs", []).append(
-                deliver_ms(pr, args.scratch, keep=True, max_pdu=DEST_MAX_PDU))
-            rows.setdefault(f"deliver SR + {kind}, as before: association per image, 16 KiB PDUs", []).append(
+            rows.setdefault(
+                f"deliver SR + {kind} ({sizes[kind]:.2f} MB), association kept, 128 KiB PDUs", []
+            ).append(deliver_ms(pr, args.scratch, keep=True, max_pdu=DEST_MAX_PDU))
+            rows.setdefault(f"deliver SR + {kind}, association per image, 16 KiB PDUs", []).append(
                 deliver_ms(pr, args.scratch, keep=False, max_pdu=DEFAULT_MAX_PDU))  # fmt: skip
     hw = hardware()
     import dicom_node

@@ -38,7 +38,9 @@ def jpeg_sc(seed: int) -> pydicom.Dataset:
 
     grey = cxr_like_array(96, 128, bits_stored=8, seed=seed).astype(np.uint8)
     rgb = np.stack([grey, grey // 2, 255 - grey], axis=2)
-    ds = make_dataset(rgb, photometric="RGB", sop_class_uid=SecondaryCaptureImageStorage, sop_instance_uid=generate_uid())
+    ds = make_dataset(
+        rgb, photometric="RGB", sop_class_uid=SecondaryCaptureImageStorage, sop_instance_uid=generate_uid()
+    )
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, "JPEG", quality=90)
     ds.PhotometricInterpretation = "YBR_FULL_422"
@@ -346,9 +348,13 @@ def test_orthanc_restart_between_images_loses_and_duplicates_nothing(tmp_path: P
         node.deliver_all()
         assert node.deliverer.dicom.opened == 2
         assert _outbox_attempts(node) == [1] * 6
-        stored = sorted(str(orthanc.get(f"/instances/{i}/simplified-tags")["SOPInstanceUID"]) for i in orthanc.instances())
+        stored = sorted(
+            str(orthanc.get(f"/instances/{i}/simplified-tags")["SOPInstanceUID"]) for i in orthanc.instances()
+        )
         assert stored == sorted(node.uids)
-        jpeg_ts = {orthanc.get_bytes(f"/instances/{i}/metadata/TransferSyntax").text for i in orthanc.instances()}
+        jpeg_ts = {
+            orthanc.get_bytes(f"/instances/{i}/metadata/TransferSyntax").text for i in orthanc.instances()
+        }
         assert JPEGBaseline8Bit in jpeg_ts  # Orthanc accepts JPEG: sent as stored
     finally:
         node.close()
@@ -383,7 +389,9 @@ def test_reactor_pause_keeps_the_reactor_off_the_response(certain: bool) -> None
     queue: list[str] = []
     stolen: list[str] = []
     stop, preempted = threading.Event(), threading.Event()
-    reactor = threading.Thread(target=_fake_reactor, args=(checkpoint, queue, stolen, stop, preempted), daemon=True)
+    reactor = threading.Thread(
+        target=_fake_reactor, args=(checkpoint, queue, stolen, stop, preempted), daemon=True
+    )
     reactor.start()
     try:
         assert _wait(lambda: getattr(checkpoint, "is_paused", lambda: False)(), 5)
@@ -405,3 +413,31 @@ def test_reactor_pause_keeps_the_reactor_off_the_response(certain: bool) -> None
         stop.set()
         checkpoint.set()
         reactor.join(5)
+
+
+def test_dul_clock_wakes_a_parked_dul_at_once() -> None:
+    """A parked DUL thread sleeps long (few idle turns) but is woken as soon as its association is
+    taken again."""
+    from dicom_node.delivery.kept import DulClock
+
+    clock = DulClock()
+    t2_done = threading.Event()
+    ident: list[int] = []
+    ready = threading.Event()
+
+    def parked_dul_2() -> None:
+        ident.append(threading.get_ident())
+        ready.wait(5)
+        clock.sleep(60.0)
+        t2_done.set()
+
+    t2 = threading.Thread(target=parked_dul_2, daemon=True)
+    t2.start()
+    assert _wait(lambda: bool(ident), 5)
+    clock.park(ident[0])
+    ready.set()
+    time.sleep(0.1)
+    assert not t2_done.is_set()  # parked: still asleep
+    clock.unpark(ident[0])
+    assert t2_done.wait(5)  # woken at once, not after 60 s
+    assert clock.monotonic() > 0  # the rest of the time module passes through

@@ -25,11 +25,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from pynetdicom import AE
 from pydicom.dataset import Dataset
+from pynetdicom import AE
 
 from dicom_node.delivery.kept import KeptAssociation, KeptAssociations, install_checkpoint, is_usable
-from dicom_node.delivery.uncompressed import FALLBACK_TRANSFER_SYNTAX, needs_fallback_context, uncompressed_copy
+from dicom_node.delivery.uncompressed import (
+    FALLBACK_TRANSFER_SYNTAX,
+    needs_fallback_context,
+    uncompressed_copy,
+)
 from dicom_node.node_metrics import NodeMetrics
 from dicom_node.settings import Destination, NodeSettings
 from dicom_node.storage.journal import Job, Journal, OutboxItem
@@ -209,10 +213,14 @@ class DicomSender:
             why = "connection failed (refused or timed out) or association aborted"
             return [Outcome(False, error=why)] * n_items
         install_checkpoint(assoc)
-        accepted = frozenset((cx.abstract_syntax, cx.transfer_syntax[0]) for cx in assoc.accepted_contexts)
+        accepted = frozenset(
+            (str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in assoc.accepted_contexts
+        )
         return KeptAssociation(assoc, requested=frozenset(contexts), accepted=accepted)
 
-    def _send_on(self, kept: KeptAssociation, items: Sequence[OutboxItem]) -> tuple[list[Outcome], int | None]:
+    def _send_on(
+        self, kept: KeptAssociation, items: Sequence[OutboxItem]
+    ) -> tuple[list[Outcome], int | None]:
         """Send ``items`` over ``kept``: (one outcome per item, index of the first item the association
         lost before answering when it was a reused one that died, else None)."""
         assoc = kept.assoc
@@ -229,7 +237,9 @@ class DicomSender:
             if pair not in kept.requested:
                 outcomes.append(Outcome(False, error="deferred: too many SOP class/transfer syntax pairs"))
                 continue
-            uncompressed = pair not in kept.accepted and fallback in kept.accepted and needs_fallback_context(pair[1])
+            uncompressed = (
+                pair not in kept.accepted and fallback in kept.accepted and needs_fallback_context(pair[1])
+            )
             if pair not in kept.accepted and not uncompressed:
                 outcomes.append(
                     Outcome(

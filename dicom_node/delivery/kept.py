@@ -4,8 +4,9 @@ Opening and releasing an association costs the node ~4–5 ms of CPU (pynetdicom
 threads started and stopped); at a steady rate consecutive images' results share one association
 instead. An association is *parked* while it waits: its reactor thread is paused (pynetdicom's own
 ``_reactor_checkpoint``, the switch every ``send_*`` uses) and its DUL thread polls every
-:data:`PARKED_DUL_DELAY_S` instead of every millisecond, so an idle association costs ~1 % of the CPU
-an unparked one burns (~100 ms per second on this VM). It is released after ``idle_release_s`` without
+:data:`PARKED_DUL_DELAY_S` instead of every millisecond, woken at once when the association is taken
+again (:class:`DulClock`), so an idle association costs ~1 % of the CPU an unparked one burns (~85 ms
+per second on this VM). It is released after ``idle_release_s`` without
 use (keep that below the destination's own idle timeout: Orthanc's ``DicomScpTimeout``, 30 s), on
 :meth:`KeptAssociations.close`, or when it is found unusable.
 
@@ -15,9 +16,10 @@ readable socket means the peer aborted, released or closed it). The check cannot
 closes at the same moment; :class:`~dicom_node.delivery.deliver.DicomSender` sends what such an
 association lost on a fresh one.
 
-This touches three pynetdicom attributes (``Association._reactor_checkpoint``, ``Association._is_paused``
-as used by pynetdicom's ``send_*`` methods, ``DULServiceProvider._run_loop_delay``), the pinned version's
-(see ``dicom_node/scp/chunked.py``); without them an association is kept unparked (correct, dearer).
+This touches pynetdicom internals of the pinned version (see ``dicom_node/scp/chunked.py``):
+``Association._reactor_checkpoint`` (replaced by a :class:`ReactorCheckpoint`),
+``DULServiceProvider._run_loop_delay`` and the ``time`` module global of ``pynetdicom.dul``
+(:class:`DulClock`); without them an association is kept unparked (correct, dearer).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from dataclasses import dataclass, field
 from pynetdicom.association import Association
 
 logger = logging.getLogger(__name__)
+
 
 class ReactorCheckpoint(threading.Event):
     """Stands in for ``Association._reactor_checkpoint`` (the event pynetdicom's association reactor
@@ -94,8 +97,60 @@ def install_checkpoint(assoc: Association) -> ReactorCheckpoint | None:
 
 
 #: how often a parked association's DUL thread looks at its socket (pynetdicom's default while active:
-#: 0.001 s). It bounds the wall time added to the first send after a pause (≤ 10 ms).
-PARKED_DUL_DELAY_S = 0.01
+#: 0.001 s); :meth:`KeptAssociation.unpark` wakes it at once (:class:`DulClock`), so this costs no latency
+PARKED_DUL_DELAY_S = 0.5
+
+
+class DulClock:
+    """Stands in for the ``time`` module inside ``pynetdicom.dul`` (its only use there: the DUL loop's
+    ``time.sleep(self._run_loop_delay)``): the sleep of a parked association's DUL thread is a wait on
+    that association's wake-up event, so a parked DUL can poll rarely (~2 turns/s instead of ~100: an
+    idle kept association cost ~12 ms of CPU per second polling every 10 ms, 85 ms unparked) and still
+    start the next send at once. Every other DUL thread sleeps exactly as before."""
+
+    def __init__(self) -> None:
+        self._wake: dict[int, threading.Event] = {}
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(time, name)
+
+    def sleep(self, seconds: float) -> None:
+        wake = self._wake.get(threading.get_ident())
+        if wake is None:
+            time.sleep(seconds)
+        else:
+            wake.wait(seconds)
+
+    def park(self, thread_id: int) -> threading.Event:
+        """Make the sleeps of DUL thread ``thread_id`` interruptible; returns the event that wakes it."""
+        wake = threading.Event()
+        self._wake[thread_id] = wake
+        return wake
+
+    def unpark(self, thread_id: int) -> None:
+        wake = self._wake.pop(thread_id, None)
+        if wake is not None:
+            wake.set()
+
+
+_CLOCK_LOCK = threading.Lock()
+_clock: DulClock | None = None
+
+
+def dul_clock() -> DulClock | None:
+    """The :class:`DulClock` installed in ``pynetdicom.dul`` (installed on first use); None when that
+    module does not use ``time`` the way the pinned pynetdicom does (parked DULs then poll every
+    10 ms, which is correct and dearer)."""
+    global _clock
+    with _CLOCK_LOCK:
+        if _clock is None:
+            import pynetdicom.dul as dul_module
+
+            if getattr(dul_module, "time", None) is not time:
+                return None
+            _clock = DulClock()
+            dul_module.time = _clock  # type: ignore[assignment]
+        return _clock
 
 
 @dataclass
@@ -127,13 +182,22 @@ class KeptAssociation:
         checkpoint.clear()  # the reactor stops at its next turn; the next send pauses it for certain
         if self._active_delay is None:
             self._active_delay = float(dul._run_loop_delay)
-        dul._run_loop_delay = PARKED_DUL_DELAY_S
+        clock = dul_clock()
+        if clock is not None and dul.ident is not None:
+            clock.park(dul.ident)
+            dul._run_loop_delay = PARKED_DUL_DELAY_S
+        else:
+            dul._run_loop_delay = 0.01
 
     def unpark(self) -> None:
-        """Back to pynetdicom's active polling (the reactor stays paused until the next ``send_*``
-        sets its checkpoint, as it does after every message)."""
+        """Back to pynetdicom's active polling, the DUL woken at once (the reactor stays paused until
+        the next ``send_*`` sets its checkpoint, as it does after every message)."""
         if self._active_delay is not None:
-            self.assoc.dul._run_loop_delay = self._active_delay
+            dul = self.assoc.dul
+            dul._run_loop_delay = self._active_delay
+            clock = dul_clock()
+            if clock is not None and dul.ident is not None:
+                clock.unpark(dul.ident)
 
     def resume_reactor(self) -> None:
         """Unpark fully (before a release or abort, so the reactor can finish the association)."""
@@ -199,7 +263,11 @@ class KeptAssociations:
             return None
         if not needed <= kept.requested or not is_usable(kept.assoc):
             why = "contexts" if needed <= kept.requested else "unusable"
-            logger.debug("kept association not reused (%s)", why, extra={"event": "kept_association_dropped", "destination": key, "why": why})
+            logger.debug(
+                "kept association not reused (%s)",
+                why,
+                extra={"event": "kept_association_dropped", "destination": key, "why": why},
+            )
             self._release(kept)
             return None
         kept.uses += 1

@@ -43,5 +43,5 @@ def uncompressed_copy(path: str | Path) -> Dataset:
     except Exception as exc:  # pydicom raises several types for undecodable pixel data
         raise ValueError(f"cannot decompress {str(path)!r} for an uncompressed destination: {exc}") from exc
     if str(ds.file_meta.TransferSyntaxUID) != FALLBACK_TRANSFER_SYNTAX:
-        ds.file_meta.TransferSyntaxUID = FALLBACK_TRANSFER_SYNTAX
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     return ds
