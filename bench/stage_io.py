@@ -8,8 +8,10 @@
   negotiates the maximum PDU the shipped Orthanc configuration sets (``MaximumPduLength``, 128 KiB):
   as the node does it, the association is kept between images (``delivery_idle_release_s``; the
   releases of the kept association and the CPU of its idle polling between images count).
-  ``CXR_BENCH_DELIVER_AS_BEFORE=1`` (or ``keep=False, max_pdu=16384``) measures the node before issue
-  15's I/O pass: one association per image, storescp's and Orthanc's default 16 KiB PDUs.
+  ``CXR_BENCH_DELIVER_AS_BEFORE=1`` (or ``keep=False, max_pdu=16384``) delivers the way the node did
+  before issue 15's I/O pass: one association per image, storescp's and Orthanc's default 16 KiB PDUs
+  (this tree's sender still sends the spool files as stored; the whole old behaviour, including the
+  decode and re-encode of every file by pynetdicom, is this script run in the old tree).
 
 Both return (wall ms, CPU ms) per image, like ``profile_stages.per_image_ms``.
 
