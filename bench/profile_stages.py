@@ -9,7 +9,8 @@ as it would in the node, except the header band shared by all), the heatmap's sh
 (``blend_heatmap`` alone), the engine without heatmaps (the Grad-CAM's share of the engine), and
 encoding both results (``dataset_bytes``), and the DICOM I/O (``bench/stage_io.py``): receiving
 (the node's SCP, spool file and journal row, fed by storescu) and delivering (SR + SC by the node's
-``DicomSender``, one association per image, to storescp --ignore). The last line sums what the
+``DicomSender``, one batch per image over the association it keeps, to storescp --ignore at the shipped
+Orthanc's 128 KiB PDUs; ``CXR_BENCH_DELIVER_AS_BEFORE=1``: one association per image, 16 KiB PDUs). The last line sums what the
 node spends per image outside the model forward (and its Grad-CAM): decode + prepare + SR build +
 SC build + encode SR + SC + receive + deliver (issue 15 point 1). Each row gives the wall time and the process CPU time
 (``time.process_time``: all threads; the engine's threads are idle during the result stages),
@@ -37,7 +38,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, hardware, rsna_phantoms  # noqa: E402
-from stage_io import deliver_ms, receive_ms  # noqa: E402
+from stage_io import as_before, deliver_ms, receive_ms  # noqa: E402
 
 
 def per_image_ms(fn: Callable[[], Any], n: int) -> tuple[float, float]:
@@ -174,7 +175,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 RECEIVE = "receive: C-STORE into the node's SCP, spool file, journal row (storescu, one association)"
-DELIVER = "deliver: SR + SC C-STORE by DicomSender, one association per image (storescp --ignore)"
+DELIVER = (
+    "deliver: SR + SC C-STORE by DicomSender, one association per image (storescp --ignore, 16 KiB PDUs)"
+    if as_before()
+    else "deliver: SR + SC C-STORE by DicomSender, association kept between images (storescp --ignore, 128 KiB PDUs)"
+)
 #: the rows summed as "outside the model forward" (prefixes of the row names)
 OUTSIDE_THE_FORWARD = ("decode (", "prepare (", "SR build (", "SC build (overlay", "encode SR + SC", RECEIVE, DELIVER)
 

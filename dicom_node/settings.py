@@ -241,6 +241,13 @@ class NodeSettings(BaseSettings):
         "received instance, results, journal rows (0 = never); also `cxr-node purge`",
     )
     purge_interval_s: float = Field(3600.0, gt=0, description="how often the running node purges")
+    scp_max_pdu: int = Field(
+        131072,
+        ge=4096,
+        le=4 * 2**20,
+        description="largest PDU the SCP accepts, in bytes (advertised to senders, which then send PDUs of up "
+        "to this size; fewer, larger PDUs cost less CPU per received MB; 131072 is the most dcmtk and Orthanc use)",
+    )
     chunked_receive: bool = Field(
         True,
         description="write each C-STORE data set straight into its spool file as it arrives (needs the pinned "
@@ -323,6 +330,14 @@ class NodeSettings(BaseSettings):
         description="where results go: AET@host:port or http(s)://user:pass@host:port (Orthanc REST)",
     )
     delivery_batch_size: int = Field(16, ge=1, le=1000, description="instances sent per association")
+    delivery_idle_release_s: float = Field(
+        5.0,
+        ge=0,
+        le=300,
+        description="keep a destination's association open this long after a batch so the next results "
+        "reuse it (0 = one association per batch); keep it below the destination's idle timeout "
+        "(Orthanc: DicomScpTimeout, 30 s)",
+    )
     retry_base_s: float = Field(5.0, gt=0, description="first retry delay after a transient delivery failure")
     retry_max_s: float = Field(300.0, gt=0, description="maximum retry delay (exponential backoff, jittered)")
     permanent_retry_s: float = Field(

@@ -427,7 +427,7 @@ def test_results_are_recorded_before_the_association_release_finishes(
         real(self)
 
     monkeypatch.setattr(Association, "release", held_release)
-    q = Queue(tmp_path, f"DEST@127.0.0.1:{port}")
+    q = Queue(tmp_path, f"DEST@127.0.0.1:{port}", delivery_idle_release_s=0)  # released after the batch
     try:
         assert q.deliverer.run_once() == 2  # returns while the release is held
         assert releasing.wait(30)

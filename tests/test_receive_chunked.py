@@ -174,12 +174,12 @@ def test_connection_lost_mid_transfer_leaves_no_partial_file(
     sock = assoc.dul.socket
     raw = sock.socket
     real_send = sock.send
-    pdus = 0
+    sent = 0
 
-    def cut_send(data: bytes) -> None:  # the network goes away after 200 P-DATA PDUs (~3 MB)
-        nonlocal pdus
-        pdus += 1
-        if pdus == 200:
+    def cut_send(data: bytes) -> None:  # the network goes away after ~3 MB (whatever the PDU size: scp_max_pdu)
+        nonlocal sent
+        before, sent = sent, sent + len(data)
+        if before < 3 * 2**20 <= sent:
             raw.shutdown(socket.SHUT_RDWR)
         real_send(data)
 
@@ -193,7 +193,7 @@ def test_connection_lost_mid_transfer_leaves_no_partial_file(
             while not any(getattr(r, "event", None) == "partial_removed" for r in caplog.records):
                 assert time.monotonic() < deadline, "the partial transfer was never cleaned up"
                 time.sleep(0.05)
-        assert pdus >= 200
+        assert sent >= 3 * 2**20
         assert node.incoming() == [] and node.journal.jobs() == []
     finally:
         assoc.abort()

@@ -206,6 +206,7 @@ def build_ae(settings: NodeSettings) -> AE:
     ae.network_timeout = settings.idle_timeout_s
     ae.acse_timeout = settings.association_request_timeout_s
     ae.dimse_timeout = settings.network_timeout_s
+    ae.maximum_pdu_size = settings.scp_max_pdu
     ae.add_supported_context(Verification)
     for cx in AllStoragePresentationContexts:
         ae.add_supported_context(cx.abstract_syntax, list(ACCEPTED_TRANSFER_SYNTAXES))
