@@ -8,7 +8,6 @@ fsync'ed so the rename survives a power loss.
 from __future__ import annotations
 
 import errno
-import io
 import logging
 import os
 import re
@@ -19,8 +18,9 @@ from typing import Any, BinaryIO
 
 from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
-from pydicom.filewriter import dcmwrite
 from pydicom.uid import ExplicitVRLittleEndian
+
+from dicom_node.storage.fast_write import encode_file
 
 logger = logging.getLogger(__name__)
 
@@ -219,9 +219,7 @@ def dataset_bytes(ds: Dataset) -> bytes:
         ds.file_meta = meta = FileMetaDataset()
     if "TransferSyntaxUID" not in meta:
         meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    buf = io.BytesIO()
-    dcmwrite(buf, ds, enforce_file_format=True)
-    return buf.getvalue()
+    return encode_file(ds)  # the bytes of dcmwrite(..., enforce_file_format=True), written faster
 
 
 class Spool:
