@@ -8,7 +8,10 @@ from collections.abc import Sequence
 from pydicom.dataset import Dataset
 
 from dicom_node import __version__ as NODE_VERSION
+from dicom_node.results import highdicom_lookups
 from models.findings import Findings, ModelInfo
+
+highdicom_lookups.install()  # every SR and SC built with highdicom asks it the same questions
 
 #: Manufacturer of every object the node creates; routing never re-analyses objects that carry it.
 MANUFACTURER = "cxr-ai-node"

@@ -1,0 +1,68 @@
+"""The memoised highdicom IOD lookup (dicom_node.results.highdicom_lookups) answers as highdicom does."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import highdicom._standard_utils as standard_utils
+import pytest
+
+import dicom_node.results.common  # noqa: F401 - installs the memoised lookup, as the node does
+from dicom_node.results import highdicom_lookups
+
+KEYWORDS = ("PixelData", "FloatPixelData", "ContentDate", "ContentTime", "NumberOfFrames",
+            "FrameOfReferenceUID", "PatientOrientation", "ImagerPixelSpacing")  # fmt: skip
+
+
+def test_same_answer_as_highdicom_for_every_sop_class() -> None:
+    answered = 0
+    for sop_class_uid in standard_utils.get_sop_class_iod_map():
+        for keyword in KEYWORDS:
+            for exclude in (None, ["IconImageSequence"], ("ReferencedImageSequence", "IconImageSequence")):
+                expected = _answer(highdicom_lookups.ORIGINAL, keyword, sop_class_uid, exclude)
+                got = _answer(highdicom_lookups.is_attribute_in_iod, keyword, sop_class_uid, exclude)
+                assert got == expected, (keyword, sop_class_uid, exclude)
+                answered += isinstance(expected, bool)
+    assert answered > 1000  # most classes are in highdicom's tables (a few IODs lack modules: KeyError)
+
+
+def _answer(fn: Callable[..., bool], keyword: str, uid: str, exclude: Sequence[str] | None) -> bool | str:
+    try:
+        return fn(keyword, uid, exclude_path_elements=exclude)
+    except KeyError as exc:
+        return f"KeyError {exc}"
+
+
+def test_unknown_sop_class_raises_as_highdicom_does() -> None:
+    with pytest.raises(KeyError, match="No IOD found for SOP Class UID: 1.2.3.4"):
+        highdicom_lookups.is_attribute_in_iod("PixelData", "1.2.3.4")
+    with pytest.raises(KeyError):  # not cached: raised again
+        highdicom_lookups.is_attribute_in_iod("PixelData", "1.2.3.4")
+
+
+def test_installed_where_highdicom_calls_it() -> None:
+    patched = highdicom_lookups.install()
+    assert {"highdicom._standard_utils", "highdicom.base", "highdicom.sr.content"} <= set(patched)
+    assert standard_utils.is_attribute_in_iod is highdicom_lookups.is_attribute_in_iod
+    assert highdicom_lookups.install() == patched  # idempotent
+    # highdicom's does_iod_have_pixel_data goes through the memoised function
+    before = highdicom_lookups._lookup.cache_info()
+    assert standard_utils.does_iod_have_pixel_data("1.2.840.10008.5.1.4.1.1.7") is True  # Secondary Capture
+    assert standard_utils.does_iod_have_pixel_data("1.2.840.10008.5.1.4.1.1.88.34") is False  # Comprehensive 3D SR
+    after = highdicom_lookups._lookup.cache_info()
+    assert after.hits + after.misses > before.hits + before.misses
+
+
+def test_building_an_sr_uses_the_memo() -> None:
+    from _results_data import findings_for, rsna_source, three_boxes  # type: ignore[import-not-found]
+
+    from dicom_node.results.sr.build import build_sr
+
+    source = rsna_source(256)
+    findings = findings_for(source, boxes=three_boxes(256, 256))
+    build_sr(source, findings)
+    before = highdicom_lookups._lookup.cache_info()
+    build_sr(source, findings)
+    after = highdicom_lookups._lookup.cache_info()
+    assert after.hits > before.hits
+    assert after.misses == before.misses  # the second SR asked nothing new
