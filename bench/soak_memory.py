@@ -1,8 +1,9 @@
 """Memory soak: ``--n`` images (default 2,000) pushed at a steady rate into ``cxr-node serve``; is the
 node's resident memory flat?
 
-The node (``NodeProcess``: JSON logs, 2 torch threads) delivers to a dcmtk ``storescp --ignore``
-(it answers success and stores nothing: 2,000 SR + SC pairs would fill Orthanc's disk with ~7 GB
+The node (``NodeProcess``: JSON logs, 2 torch threads) delivers to a dcmtk ``storescp --ignore +xa``
+(it accepts every transfer syntax, as Orthanc does, so the JPEG SC goes as the node stores it; without
+``+xa`` every SC would take the uncompressed fallback; it answers success and stores nothing: 2,000 SR + SC pairs would fill Orthanc's disk with ~7 GB
 of overlays, and the soak is about the node). Images are ``--distinct`` RSNA-style 1024² JPEG
 phantoms sent again and again with a fresh SOP Instance UID each time (the node's result UIDs
 derive from it, so every image is new work). ``bench/paced.py`` pushes them at ``--rate`` images/s
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="soak-", dir=args.scratch))
     dest_port = free_port()
     (work / "dest").mkdir()
-    dest = subprocess.Popen(["storescp", "--ignore", "-aet", ORTHANC_AET, str(dest_port)], cwd=work / "dest",
+    dest = subprocess.Popen(["storescp", "--ignore", "+xa", "-aet", ORTHANC_AET, str(dest_port)], cwd=work / "dest",
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=DCMTK_ENV)  # fmt: skip
     node = NodeProcess(workdir=work / "node", port=free_port(), orthanc_dicom_port=dest_port,
                        env_overrides={"CXR_NODE_BATCH_SIZE": str(args.batch), "CXR_NODE_HTTP_PORT": "0",
@@ -122,7 +123,7 @@ def to_markdown(r: dict[str, Any]) -> str:
     every = max(1, len(r["rss_samples"]) // 10)
     lines = [
         f"Hardware: {hw['cpu']}, {hw['cores']} logical cores (shared); {r['n']} images at {r['rate']} image/s "
-        f"(batch {r['batch']}, {r['distinct']} distinct 1024² phantoms, fresh UIDs), destination storescp --ignore; "
+        f"(batch {r['batch']}, {r['distinct']} distinct 1024² phantoms, fresh UIDs), destination storescp --ignore +xa; "
         f"1-min load {r['load_1m_before_after'][0]:.2f} → {r['load_1m_before_after'][1]:.2f}.",
         "",
         "| measure | value |",
