@@ -133,6 +133,23 @@ class StoreSCP:
         return f"DEST@127.0.0.1:{self.port}"
 
 
+def delivery_settings(tmp_path: Path, dest: str, **overrides: object) -> NodeSettings:
+    """Settings of a spool + journal + Deliverer under ``tmp_path`` delivering to ``dest``, with short
+    retries and polls (the delivery tests' common base)."""
+    params: dict[str, object] = {
+        "spool_dir": tmp_path / "spool",
+        "destinations": dest,
+        "retry_base_s": 0.3,
+        "retry_max_s": 1.0,
+        "permanent_retry_s": 1.0,
+        "poll_interval_s": 0.05,
+        "network_timeout_s": 5,
+        "ae_title": "AINODE",
+    }
+    params.update(overrides)
+    return NodeSettings(**params)  # type: ignore[arg-type]
+
+
 def _settings(tmp_path: Path, dest: StoreSCP, **overrides: object) -> NodeSettings:
     params: dict[str, object] = {
         "port": 0,

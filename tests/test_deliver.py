@@ -15,11 +15,10 @@ import pytest
 from dicom_factory import cxr_like_array, have_dcmtk, make_dataset
 from pydicom.uid import SecondaryCaptureImageStorage, generate_uid
 from pynetdicom import AE, AllStoragePresentationContexts, evt
-from service_helpers import _port_open, _wait
+from service_helpers import _port_open, _wait, delivery_settings
 from tls_certs import free_port
 
 from dicom_node.delivery.deliver import Deliverer, backoff_delay, classify_status
-from dicom_node.settings import NodeSettings
 from dicom_node.storage.journal import Journal, ResultFile
 from dicom_node.storage.spool import Spool
 
@@ -67,18 +66,7 @@ class Queue:
     """Spool + journal with one analysed job whose two result files are queued for ``dest``."""
 
     def __init__(self, tmp_path: Path, dest: str, **overrides: object) -> None:
-        params: dict[str, object] = {
-            "spool_dir": tmp_path / "spool",
-            "destinations": dest,
-            "retry_base_s": 0.3,
-            "retry_max_s": 1.0,
-            "permanent_retry_s": 1.0,
-            "poll_interval_s": 0.05,
-            "network_timeout_s": 5,
-            "ae_title": "AINODE",
-        }
-        params.update(overrides)
-        self.settings = NodeSettings(**params)
+        self.settings = delivery_settings(tmp_path, dest, **overrides)
         self.spool = Spool(self.settings.spool_dir)
         self.journal = Journal(self.settings.journal_path)
         src = self.spool.store_incoming("1.2.3", b"source bytes")

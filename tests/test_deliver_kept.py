@@ -18,13 +18,12 @@ import pytest
 from dicom_factory import cxr_like_array, have_dcmtk, make_dataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEGBaseline8Bit, SecondaryCaptureImageStorage, generate_uid
-from service_helpers import _port_open, _wait
+from service_helpers import _port_open, _wait, delivery_settings
 from tls_certs import free_port
 
 from dicom_node.delivery import kept as kept_mod
 from dicom_node.delivery.deliver import Deliverer
 from dicom_node.delivery.kept import ReactorCheckpoint
-from dicom_node.settings import NodeSettings
 from dicom_node.storage.journal import Journal, ResultFile
 from dicom_node.storage.spool import Spool
 
@@ -55,19 +54,8 @@ class Node:
     """Spool + journal + Deliverer; :meth:`add_job` queues one analysed job with two results."""
 
     def __init__(self, tmp_path: Path, dest: str, **overrides: object) -> None:
-        params: dict[str, object] = {
-            "spool_dir": tmp_path / "spool",
-            "destinations": dest,
-            "retry_base_s": 0.3,
-            "retry_max_s": 1.0,
-            "permanent_retry_s": 1.0,
-            "poll_interval_s": 0.05,
-            "network_timeout_s": 10,
-            "ae_title": "AINODE",
-            "keep_delivered": True,
-        }
-        params.update(overrides)
-        self.settings = NodeSettings(**params)
+        overrides = {"network_timeout_s": 10, "keep_delivered": True, **overrides}
+        self.settings = delivery_settings(tmp_path, dest, **overrides)
         self.spool = Spool(self.settings.spool_dir)
         self.journal = Journal(self.settings.journal_path)
         self.deliverer = Deliverer(self.settings, self.journal, self.spool)
