@@ -14,17 +14,11 @@ from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.uid import (
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-)
+from pydicom.uid import ExplicitVRLittleEndian, UncompressedTransferSyntaxes
 
-#: transfer syntaxes that are not compressed: sent as stored, no fallback needed
-UNCOMPRESSED: frozenset[str] = frozenset(
-    {ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian}
-)
+#: transfer syntaxes that are not compressed (pydicom's list: the little/big endian and deflated
+#: ones): sent as stored, no fallback needed
+UNCOMPRESSED: frozenset[str] = frozenset(str(uid) for uid in UncompressedTransferSyntaxes)
 #: what a refused compressed item is sent as
 FALLBACK_TRANSFER_SYNTAX = str(ExplicitVRLittleEndian)
 
