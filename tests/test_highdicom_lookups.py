@@ -66,3 +66,34 @@ def test_building_an_sr_uses_the_memo() -> None:
     after = highdicom_lookups._lookup.cache_info()
     assert after.hits > before.hits
     assert after.misses == before.misses  # the second SR asked nothing new
+
+
+def _concepts() -> list:
+    from highdicom.sr.coding import CodedConcept
+    from pydicom.sr.codedict import codes
+
+    made = [
+        CodedConcept("121071", "DCM", "Finding"),
+        CodedConcept("x" * 20, "99LONG", "a long code value"),  # > 16 characters: LongCodeValue
+        CodedConcept("urn:oid:1.2.3", "99URN", "a URN code value"),  # URNCodeValue
+        CodedConcept.from_code(codes.SCT.Lung),
+    ]
+    empty = CodedConcept("1", "DCM", "none")
+    del empty.CodeValue  # none of the three
+    both = CodedConcept("c1", "DCM", "both")
+    both.LongCodeValue = "L" * 20  # CodeValue first, as highdicom answers
+    return [*made, empty, both]
+
+
+def test_coded_concept_value_answers_as_highdicom_does() -> None:
+    from highdicom.sr.coding import CodedConcept
+
+    assert CodedConcept.__dict__["value"] is highdicom_lookups.CODED_CONCEPT_VALUE  # installed by results.common
+    values = []
+    for concept in _concepts():
+        expected = highdicom_lookups.ORIGINAL_VALUE.fget(concept)
+        assert concept.value == expected, expected
+        if expected is not None:  # (highdicom's hash of a concept without a value raises TypeError)
+            assert hash(concept) == hash(concept.scheme_designator + expected)
+        values.append(expected)
+    assert values == ["121071", "x" * 20, "urn:oid:1.2.3", "39607008", None, "c1"]

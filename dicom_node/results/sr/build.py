@@ -193,7 +193,7 @@ def _not_evaluated_sr(source: Dataset, findings: Findings, reason: NotEvaluatedR
         ),
         referenced_region=_whole_image_region(source),
         finding_type=finding.code,
-        finding_sites=[FindingSite(anatomic_location=finding.site)] if finding.site is not None else None,
+        finding_sites=_finding_sites(finding.site),
         algorithm_id=_algorithm_id(classifier_model(findings)),
         measurements=[Measurement(name=reason.concept, value=attempts, unit=ATTEMPTS)],
         qualitative_evaluations=[_qualitative_evaluation(finding.code, NOT_EVALUATED)],
@@ -247,9 +247,27 @@ def _algorithm_id(model: ModelInfo | None, parameters: tuple[str, ...] = ()) -> 
                                    manufacturer=MANUFACTURER)  # fmt: skip
 
 
-@lru_cache(maxsize=64)
+# Caches keyed by a concept use its exact key: CodedConcept's own equality ignores the meaning and
+# takes SRT codes for their SCT equivalents, so it would hand one concept's item to another.
+ConceptKey = tuple[str, str, str, str | None]
+
+
+def _exact(concept: CodedConcept) -> ConceptKey:
+    """(value, scheme designator, meaning, scheme version): what a cached item must match exactly."""
+    return (concept.value, concept.scheme_designator, concept.meaning, concept.scheme_version)
+
+
+def _concept(key: ConceptKey) -> CodedConcept:
+    return CodedConcept(key[0], key[1], key[2], key[3])
+
+
 def _qualitative_evaluation(finding: CodedConcept, value: CodedConcept) -> QualitativeEvaluation:
-    return QualitativeEvaluation(finding, value)
+    return _cached_qualitative_evaluation(_exact(finding), _exact(value))
+
+
+@lru_cache(maxsize=64)
+def _cached_qualitative_evaluation(finding: ConceptKey, value: ConceptKey) -> QualitativeEvaluation:
+    return QualitativeEvaluation(_concept(finding), _concept(value))
 
 
 @lru_cache(maxsize=8)
@@ -311,6 +329,25 @@ def _num(name: CodedConcept, value: float, unit: CodedConcept = NO_UNITS) -> Mea
     return Measurement(name=name, value=float(value), unit=unit)
 
 
+def _setting_num(name: CodedConcept, value: float) -> Measurement:
+    """A measurement of a node setting (a threshold): the same for every SR, so built once per value."""
+    return _cached_setting_num(_exact(name), float(value).hex())  # hex: exact, and 0.0 / -0.0 stay apart
+
+
+@lru_cache(maxsize=64)
+def _cached_setting_num(name: ConceptKey, value_hex: str) -> Measurement:
+    return _num(_concept(name), float.fromhex(value_hex))
+
+
+def _finding_sites(site: CodedConcept | None) -> tuple[FindingSite, ...] | None:
+    return None if site is None else _cached_finding_sites(_exact(site))
+
+
+@lru_cache(maxsize=16)
+def _cached_finding_sites(site: ConceptKey) -> tuple[FindingSite, ...]:
+    return (FindingSite(anatomic_location=_concept(site)),)
+
+
 def _class_probability_measurements(probabilities: Mapping[str, float]) -> list[Measurement]:
     """One "Probability of <class>" measurement per classifier class, in the classifier's order."""
     return [_num(class_probability_concept(name), p) for name, p in probabilities.items()]
@@ -323,8 +360,8 @@ def _image_level_group(source: Dataset, findings: Findings) -> PlanarROIMeasurem
     gating = findings.box_gating
     measurements = [
         _num(decision_concept(finding, positive), probability),
-        _num(THRESHOLD_VALUE, threshold),
-        _num(BOX_SCORE_THRESHOLD, detection_threshold),
+        _setting_num(THRESHOLD_VALUE, threshold),
+        _setting_num(BOX_SCORE_THRESHOLD, detection_threshold),
         *_class_probability_measurements(findings.class_probabilities),
         _num(PROBABILITY, probability),
     ]
@@ -335,7 +372,7 @@ def _image_level_group(source: Dataset, findings: Findings) -> PlanarROIMeasurem
         ),
         referenced_region=_classifier_region(source, findings),
         finding_type=finding.code,
-        finding_sites=[FindingSite(anatomic_location=finding.site)] if finding.site is not None else None,
+        finding_sites=_finding_sites(finding.site),
         algorithm_id=_algorithm_id(classifier_model(findings), (f"decision threshold {threshold:g}",)),
         measurements=measurements,
         qualitative_evaluations=[_qualitative_evaluation(finding.code, PRESENT if positive else ABSENT)],
@@ -360,7 +397,7 @@ def _box_group(
         ),
         referenced_region=_region(source, box.polyline()),
         finding_type=BOX_FINDING.code,
-        finding_sites=[FindingSite(anatomic_location=LUNG)],
+        finding_sites=_finding_sites(LUNG),
         algorithm_id=_algorithm_id(detector_model(findings), parameters),
         measurements=measurements,
     )

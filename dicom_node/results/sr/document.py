@@ -15,8 +15,10 @@ every CR/DX image, which many CXRs lack).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
+from highdicom import ContributingEquipment
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from highdicom.sr import (
     CodeContentItem,
@@ -30,17 +32,27 @@ from highdicom.sr import (
     TextContentItem,
     UIDRefContentItem,
 )
+from highdicom.sr.utils import collect_evidence
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian
 
 from dicom_node.results.common import (
     MANUFACTURER,
+    PATIENT_STUDY_OPTIONAL,
+    PATIENT_STUDY_TYPE2,
     SR_SERIES_DESCRIPTION,
     SR_SERIES_NUMBER,
     copy_patient_study,
 )
 from dicom_node.results.sr.codes import PIXELS, SOURCE
+from dicom_node.results.template import (
+    drop,
+    instance_from_template,
+    set_fresh,
+    set_media_storage_instance,
+    stamp_creation,
+)
 from models.imaging.spacing import RECEPTOR_PLANE, pixel_spacing
 
 _MODALITY_CODES = {
@@ -71,32 +83,54 @@ def evidence_view(source: Dataset) -> Dataset:
     return view
 
 
-def _modality_code(source: Dataset) -> CodedConcept:
-    modality = str(source.get("Modality") or "OT")
-    return _MODALITY_CODES.get(modality, CodedConcept(modality, "DCM", modality))
-
-
 def _library_descriptors(source: Dataset) -> list:
-    items: list = [CodeContentItem(name=codes.DCM.Modality, value=_modality_code(source), relationship_type=_ACQ)]
+    """The TID 1602/1603 descriptors of the source: Modality, [Frame of Reference UID], Rows, Columns,
+    [Patient Orientation], [Pixel Spacing]. All but the Frame of Reference are the same for every image
+    of a detector model, so they are built once per distinct set of values (:func:`_device_descriptors`)."""
+    orientation = source.get("PatientOrientation")
+    has_orientation = (orientation is not None and not isinstance(orientation, str) and len(orientation) == 2
+                       and all(orientation))  # fmt: skip
+    spacing, _ = pixel_spacing(source, RECEPTOR_PLANE)  # DCM 111026/111066: at the image receptor
+    modality, *rest = _device_descriptors(
+        str(source.get("Modality") or "OT"),
+        int(source.Rows),
+        int(source.Columns),
+        (str(orientation[0]), str(orientation[1])) if has_orientation else None,
+        None if spacing is None else (float(spacing[0]), float(spacing[1])),
+    )
+    items: list = [modality]
     if source.get("FrameOfReferenceUID"):
         items.append(UIDRefContentItem(name=codes.DCM.FrameOfReferenceUID, value=source.FrameOfReferenceUID,
                                        relationship_type=_ACQ))  # fmt: skip
-    items.append(NumContentItem(name=codes.DCM.PixelDataRows, value=int(source.Rows), unit=PIXELS, relationship_type=_ACQ))
-    items.append(NumContentItem(name=codes.DCM.PixelDataColumns, value=int(source.Columns), unit=PIXELS,
-                                relationship_type=_ACQ))  # fmt: skip
-    orientation = source.get("PatientOrientation")
-    if orientation is not None and not isinstance(orientation, str) and len(orientation) == 2 and all(orientation):
-        items.append(TextContentItem(name=codes.DCM.PatientOrientationRow, value=str(orientation[0]), relationship_type=_ACQ))
-        items.append(TextContentItem(name=codes.DCM.PatientOrientationColumn, value=str(orientation[1]),
+    items.extend(rest)
+    return items
+
+
+#: distinct detector set-ups whose descriptors are kept (a site has a handful of detector models)
+_DEVICE_DESCRIPTORS_KEPT = 256
+
+
+@functools.lru_cache(maxsize=_DEVICE_DESCRIPTORS_KEPT)
+def _device_descriptors(
+    modality: str, rows: int, columns: int, orientation: tuple[str, str] | None, spacing: tuple[float, float] | None
+) -> tuple:
+    """Modality, Rows, Columns, [orientation row, column], [horizontal, vertical spacing] content items
+    (shared by every SR with these values: content items are never changed after construction)."""
+    code = _MODALITY_CODES[modality] if modality in _MODALITY_CODES else CodedConcept(modality, "DCM", modality)
+    items: list = [CodeContentItem(name=codes.DCM.Modality, value=code, relationship_type=_ACQ)]
+    items.append(NumContentItem(name=codes.DCM.PixelDataRows, value=rows, unit=PIXELS, relationship_type=_ACQ))
+    items.append(NumContentItem(name=codes.DCM.PixelDataColumns, value=columns, unit=PIXELS, relationship_type=_ACQ))
+    if orientation is not None:
+        items.append(TextContentItem(name=codes.DCM.PatientOrientationRow, value=orientation[0], relationship_type=_ACQ))
+        items.append(TextContentItem(name=codes.DCM.PatientOrientationColumn, value=orientation[1],
                                      relationship_type=_ACQ))  # fmt: skip
-    spacing, _ = pixel_spacing(source, RECEPTOR_PLANE)  # DCM 111026/111066: at the image receptor
     if spacing is not None:
         mm = codes.UCUM.Millimeter
-        items.append(NumContentItem(name=codes.DCM.HorizontalPixelSpacing, value=float(spacing[1]), unit=mm,
+        items.append(NumContentItem(name=codes.DCM.HorizontalPixelSpacing, value=spacing[1], unit=mm,
                                     relationship_type=_ACQ))  # fmt: skip
-        items.append(NumContentItem(name=codes.DCM.VerticalPixelSpacing, value=float(spacing[0]), unit=mm,
+        items.append(NumContentItem(name=codes.DCM.VerticalPixelSpacing, value=spacing[0], unit=mm,
                                     relationship_type=_ACQ))  # fmt: skip
-    return items
+    return tuple(items)
 
 
 def image_library(source: Dataset) -> ContainerContentItem:
@@ -141,16 +175,44 @@ def sr_document(
     study attributes are the source's, copied verbatim. ``root`` is consumed (its children move).
     The returned object's highdicom ``.content`` property knows only the childless root: to walk
     the tree as highdicom objects, read the document back (``highdicom.sr.srread`` / ``from_dataset``).
+
+    The document's image-independent attributes come from a per-process template that highdicom's
+    constructor built once (:func:`highdicom_document` with a placeholder source; see
+    :mod:`dicom_node.results.template`); the per-image ones are set here as highdicom sets them
+    (``tests/test_results_sr_template.py`` compares the two element by element).
     """
+    stub = _childless(root)
+    sr = instance_from_template(_document_template(stub, model_name, software_versions, coding_schemes))
+    stamp_creation(sr)
+    set_fresh(sr, "SOPInstanceUID", sop_instance_uid)
+    set_media_storage_instance(sr, sop_instance_uid)
+    set_fresh(sr, "SeriesInstanceUID", series_instance_uid)
+    set_fresh(sr, "InstanceNumber", instance_number)
+    set_fresh(sr, "ContributingEquipmentSequence", [ContributingEquipment.for_highdicom()])
+    same_study, _ = collect_evidence([evidence_view(source)], stub, study_instance_uid=source.StudyInstanceUID)
+    set_fresh(sr, "CurrentRequestedProcedureEvidenceSequence", same_study)
+    set_fresh(sr, "ContentSequence", root.ContentSequence)
+    drop(sr, _COPIED)  # copy_patient_study sets some of them in place
+    copy_patient_study(source, sr)
+    return sr
+
+
+def highdicom_document(
+    source: Dataset,
+    root: Dataset,
+    *,
+    series_instance_uid: str,
+    sop_instance_uid: str,
+    instance_number: int,
+    model_name: str,
+    software_versions: Sequence[str],
+    coding_schemes: Sequence[CodingSchemeIdentificationItem] | None = None,
+) -> Comprehensive3DSR:
+    """:func:`sr_document` built by highdicom's constructor alone (what the template is made with)."""
     children = root.ContentSequence
-    stub = Dataset()
-    for element in root:
-        if element.keyword != "ContentSequence":
-            stub.add(element)
-    stub.ContentSequence = []
     sr = Comprehensive3DSR(
         evidence=[evidence_view(source)],
-        content=stub,
+        content=_childless(root),
         series_instance_uid=series_instance_uid,
         series_number=SR_SERIES_NUMBER,
         sop_instance_uid=sop_instance_uid,
@@ -169,3 +231,55 @@ def sr_document(
     sr.ContentSequence = children
     copy_patient_study(source, sr)
     return sr
+
+
+def _childless(root: Dataset) -> Dataset:
+    stub = Dataset()
+    for element in root:
+        if element.keyword != "ContentSequence":
+            stub.add(element)
+    stub.ContentSequence = []
+    return stub
+
+
+def _key(dataset: Dataset) -> tuple:
+    """What ``dataset`` holds, as a hashable key (its elements' tags and values, nested)."""
+    return tuple((element.tag, _frozen(element.value)) for element in dataset)
+
+
+def _frozen(value: object) -> object:
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        return tuple(_key(v) if isinstance(v, Dataset) else _frozen(v) for v in value)
+    return str(value)
+
+
+#: what copy_patient_study writes; every one of them is the source's, never the template's
+_COPIED = ("SpecificCharacterSet", "StudyInstanceUID", *PATIENT_STUDY_TYPE2, *PATIENT_STUDY_OPTIONAL)
+_PLACEHOLDER_UID = "2.25.1"
+#: templates kept per process (one per set of models, coding schemes and root: a handful in practice)
+_MAX_TEMPLATES = 32
+_templates: dict[tuple, Comprehensive3DSR] = {}
+
+
+def _document_template(
+    stub: Dataset,
+    model_name: str,
+    software_versions: Sequence[str],
+    coding_schemes: Sequence[CodingSchemeIdentificationItem] | None,
+) -> Comprehensive3DSR:
+    """The document highdicom builds for a placeholder source with these image-independent inputs,
+    built on first use and kept (``stub``: the childless root container)."""
+    key = (_key(stub), model_name, tuple(software_versions), tuple(_key(item) for item in coding_schemes or ()))
+    template = _templates.get(key)
+    if template is None:
+        placeholder = Dataset()
+        for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+            setattr(placeholder, keyword, _PLACEHOLDER_UID)
+        placeholder.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+        template = highdicom_document(placeholder, _childless(stub), series_instance_uid=_PLACEHOLDER_UID,
+                                      sop_instance_uid=_PLACEHOLDER_UID, instance_number=1, model_name=model_name,
+                                      software_versions=software_versions, coding_schemes=coding_schemes)  # fmt: skip
+        if len(_templates) >= _MAX_TEMPLATES:
+            _templates.clear()
+        _templates[key] = template
+    return template
