@@ -82,18 +82,42 @@ def _concepts() -> list:
     del empty.CodeValue  # none of the three
     both = CodedConcept("c1", "DCM", "both")
     both.LongCodeValue = "L" * 20  # CodeValue first, as highdicom answers
-    return [*made, empty, both]
+    read = _read_back(CodedConcept("233604007", "SCT", "Pneumonia"))  # raw elements until first read
+    return [*made, empty, both, read]
+
+
+def _read_back(concept):  # type: ignore[no-untyped-def]
+    """``concept`` with its code value and designator as pydicom raw elements (as read from a file,
+    before their first access)."""
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    for tag, text in ((0x00080100, concept.CodeValue), (0x00080102, concept.CodingSchemeDesignator)):
+        data = text.encode() + (b" " if len(text) % 2 else b"")
+        concept._dict[tag] = RawDataElement(Tag(tag), "SH", len(data), data, 0, False, True)
+    return concept
 
 
 def test_coded_concept_value_answers_as_highdicom_does() -> None:
     from highdicom.sr.coding import CodedConcept
 
     assert CodedConcept.__dict__["value"] is highdicom_lookups.CODED_CONCEPT_VALUE  # installed by results.common
+    assert CodedConcept.__dict__["__hash__"] is not highdicom_lookups.ORIGINAL_HASH
     values = []
     for concept in _concepts():
+        got = concept.value  # first: the last concept's elements are still raw here
         expected = highdicom_lookups.ORIGINAL_VALUE.fget(concept)
-        assert concept.value == expected, expected
-        if expected is not None:  # (highdicom's hash of a concept without a value raises TypeError)
-            assert hash(concept) == hash(concept.scheme_designator + expected)
+        assert got == expected, expected
+        if expected is None:  # highdicom's hash of a concept without a value raises TypeError; so does ours
+            with pytest.raises(TypeError):
+                highdicom_lookups.ORIGINAL_HASH(concept)
+            with pytest.raises(TypeError):
+                hash(concept)
+        else:
+            assert hash(concept) == highdicom_lookups.ORIGINAL_HASH(concept) == hash(concept.scheme_designator + expected)
         values.append(expected)
-    assert values == ["121071", "x" * 20, "urn:oid:1.2.3", "39607008", None, "c1"]
+    assert values == ["121071", "x" * 20, "urn:oid:1.2.3", "39607008", None, "c1", "233604007"]
+    no_scheme = CodedConcept("1", "DCM", "x")
+    del no_scheme.CodingSchemeDesignator
+    with pytest.raises(AttributeError):
+        hash(no_scheme)

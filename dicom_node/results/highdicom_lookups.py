@@ -14,7 +14,8 @@ evaluates all three ``getattr`` calls eagerly, and two of them go through pydico
 path (a keyword lookup and an ``AttributeError``) on every call. highdicom hashes and compares concepts
 by it: ~190 times per SR the node writes (each content item's name keys highdicom's content-sequence
 index), 1-1.5 ms of an SR's ~9 ms. :func:`install` puts in its place a property that looks the three
-tags up in the dataset once, and returns the same values.
+tags up in the dataset once, and a ``__hash__`` that reads the two elements directly; both return
+the same values as highdicom's.
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import highdicom  # noqa: F401 - imports the submodules that hold the function by name
 import highdicom._standard_utils as _standard_utils
 from highdicom.sr.coding import CodedConcept
+from pydicom.dataelem import DataElement
 
 #: highdicom's own function, as imported before :func:`install`
 ORIGINAL: Callable[..., bool] = getattr(_standard_utils.is_attribute_in_iod, "__wrapped_original__",
@@ -48,21 +51,36 @@ def is_attribute_in_iod(
 is_attribute_in_iod.__wrapped_original__ = ORIGINAL  # type: ignore[attr-defined]
 
 
-#: highdicom's own ``CodedConcept.value`` property
+#: highdicom's own ``CodedConcept.value`` property and ``__hash__``
 ORIGINAL_VALUE: property = CodedConcept.__dict__["value"]
+ORIGINAL_HASH = CodedConcept.__dict__["__hash__"]
 _CODE_VALUE, _LONG_CODE_VALUE, _URN_CODE_VALUE = 0x00080100, 0x00080119, 0x00080120
+_CODING_SCHEME_DESIGNATOR = 0x00080102
+
+
+def _element_value(concept: CodedConcept, tag: int) -> Any:
+    """The value of a present element, as ``concept.<keyword>`` returns it (pydicom converts a raw
+    element, read from a file, on first access; a DataElement's value is returned as it is)."""
+    element = concept._dict[tag]  # pydicom's element store, keyed by int tags (pydicom 3.0.x, pinned)
+    if type(element) is DataElement:
+        return element.value
+    return concept[tag].value
 
 
 def _coded_concept_value(concept: CodedConcept) -> str | None:
     """``CodeValue``, else ``LongCodeValue``, else ``URNCodeValue``, else None (highdicom's order)."""
-    present = concept._dict  # pydicom's element store, keyed by int tags (pydicom 3.0.x, pinned)
-    if _CODE_VALUE in present:
-        return concept.CodeValue
-    if _LONG_CODE_VALUE in present:
-        return concept.LongCodeValue
-    if _URN_CODE_VALUE in present:
-        return concept.URNCodeValue
+    present = concept._dict
+    for tag in (_CODE_VALUE, _LONG_CODE_VALUE, _URN_CODE_VALUE):
+        if tag in present:
+            return _element_value(concept, tag)  # type: ignore[no-any-return]
     return None
+
+
+def _coded_concept_hash(concept: CodedConcept) -> int:
+    """highdicom's hash, ``hash(scheme_designator + value)`` (AttributeError / TypeError as there)."""
+    if _CODING_SCHEME_DESIGNATOR not in concept._dict:
+        return ORIGINAL_HASH(concept)  # type: ignore[no-any-return]  # (raises as highdicom does)
+    return hash(_element_value(concept, _CODING_SCHEME_DESIGNATOR) + _coded_concept_value(concept))
 
 
 CODED_CONCEPT_VALUE = property(_coded_concept_value, doc=ORIGINAL_VALUE.__doc__)
@@ -70,9 +88,10 @@ CODED_CONCEPT_VALUE = property(_coded_concept_value, doc=ORIGINAL_VALUE.__doc__)
 
 def install() -> list[str]:
     """Replace highdicom's ``is_attribute_in_iod`` by the memoised one in every loaded highdicom module
-    that holds it, and ``CodedConcept.value`` by :data:`CODED_CONCEPT_VALUE`; returns the names of the
+    that holds it, and ``CodedConcept.value`` and ``__hash__`` by this module's; returns the names of the
     modules patched for the lookup (idempotent)."""
     CodedConcept.value = CODED_CONCEPT_VALUE  # type: ignore[method-assign,assignment]
+    CodedConcept.__hash__ = _coded_concept_hash  # type: ignore[method-assign,assignment]
     patched = []
     for name, module in list(sys.modules.items()):
         if not (name == "highdicom" or name.startswith("highdicom.")) or module is None:
