@@ -49,6 +49,7 @@ from highdicom.sr import (
     FindingSite,
     GraphicTypeValues,
     ImageRegion,
+    LanguageOfContentItemAndDescendants,
     Measurement,
     MeasurementReport,
     ObservationContext,
@@ -59,6 +60,7 @@ from highdicom.sr import (
     SourceImageForRegion,
     TrackingIdentifier,
 )
+from highdicom.sr.templates import DEFAULT_LANGUAGE
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
@@ -270,6 +272,12 @@ def _cached_qualitative_evaluation(finding: ConceptKey, value: ConceptKey) -> Qu
     return QualitativeEvaluation(_concept(finding), _concept(value))
 
 
+@lru_cache(maxsize=1)
+def _default_language() -> LanguageOfContentItemAndDescendants:
+    """What MeasurementReport puts in when given no language (English), built once."""
+    return LanguageOfContentItemAndDescendants(DEFAULT_LANGUAGE)
+
+
 @lru_cache(maxsize=8)
 def _box_gating_item(gating: str) -> CodeContentItem:
     return CodeContentItem(name=BOX_GATING, value=BOX_GATING_CODES[gating], relationship_type=RelationshipTypeValues.CONTAINS)
@@ -416,6 +424,7 @@ def _document(
         observation_context=_observation_context(models),
         procedure_reported=CHEST_XRAY,
         imaging_measurements=list(groups),
+        language_of_content_item_and_descendants=_default_language(),
     )
     root = report[0]
     insert_image_library(root, source)
