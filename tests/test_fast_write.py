@@ -267,3 +267,63 @@ def test_file_meta_is_left_unchanged_and_errors_are_pydicom_s() -> None:
     for write in (encode_file, _pydicom):  # pydicom cannot write a numpy FD value: neither can we
         with pytest.raises(ValueError, match="truth value of an array"):
             write(deepcopy(arr))
+
+
+def test_shared_items_are_encoded_once_and_their_bytes_reused_exactly() -> None:
+    """The SR builders' shared content items are registered as immutable; the writer reuses their
+    encoded bytes (per character set) and the files stay what dcmwrite writes."""
+    sources = [rsna_source(128), dx_source(320, 256)]
+    for charset in sorted(NAMES_BY_CHARSET):
+        src = dx_source(320, 256, seed=7)
+        src.SpecificCharacterSet = charset_value(charset)
+        src.PatientName = NAMES_BY_CHARSET[charset]
+        sources.append(src)
+    fast_write._encoded_items.clear()
+    for src in sources:
+        boxes = three_boxes(int(src.Rows), int(src.Columns))
+        for sr in (
+            build_sr(src, findings_for(src, boxes)),
+            build_sr(src, findings_for(src, boxes[:1], two_class=True, box_gating="all")),
+            build_not_evaluated_sr(src, NotEvaluatedReason.ANALYSIS_FAILED, models=MODELS, attempts=2),
+        ):
+            expected = _pydicom(deepcopy(sr))  # (a deep copy holds no registered item)
+            assert encode_file(sr) == expected  # the items' bytes are made here or earlier...
+            assert encode_file(sr) == expected  # ...and reused here
+    charsets = {key[1] for key in fast_write._encoded_items}
+    assert len(fast_write._encoded_items) > 20 and len(charsets) >= 3
+
+
+def test_the_immutable_registry_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fast_write, "MAX_IMMUTABLE", 3)
+    monkeypatch.setattr(fast_write, "_immutable", {})
+    monkeypatch.setattr(fast_write, "_encoded_items", {})
+    items = [Dataset() for _ in range(5)]
+    fast_write.register_immutable(*items[:3])
+    assert len(fast_write._immutable) == 3
+    fast_write.register_immutable(items[3])
+    assert list(fast_write._immutable) == [id(items[3])]  # emptied, then this one
+
+
+@pytest.mark.parametrize("case", ["as-is", "group-length", "empty-version-and-class", "other-uids", "no-uids"])
+def test_file_meta_elements_are_never_changed_in_place(case: str) -> None:
+    """The writer works on its own copy of the file meta's element table: whatever pydicom sets there
+    (group length, an empty version or implementation class, the Media Storage UIDs) is a new element."""
+    ds = _edge_case_dataset()
+    meta = ds.file_meta
+    if case == "group-length":
+        meta.FileMetaInformationGroupLength = 12345
+    elif case == "empty-version-and-class":
+        meta.FileMetaInformationVersion = b""
+        meta.ImplementationClassUID = ""
+    elif case == "other-uids":
+        meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
+        meta.MediaStorageSOPInstanceUID = "9.9.9"
+    elif case == "no-uids":
+        for keyword in ("MediaStorageSOPClassUID", "MediaStorageSOPInstanceUID"):
+            if keyword in meta:
+                delattr(meta, keyword)
+    elements = {tag: (element, element.value) for tag, element in meta._dict.items()}
+    expected = _pydicom(deepcopy(ds))
+    assert encode_file(ds) == expected
+    assert {tag: (element, element.value) for tag, element in meta._dict.items()} == elements
+    assert all(meta._dict[tag] is element for tag, (element, _) in elements.items())

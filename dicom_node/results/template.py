@@ -20,7 +20,19 @@ from typing import Any, TypeVar
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.valuerep import DA, TM
 
+from dicom_node.storage.fast_write import register_immutable
+
 D = TypeVar("D", bound=Dataset)
+C = TypeVar("C")
+
+
+def shared(content: C) -> C:
+    """Mark ``content`` (a content item, or a highdicom template: a list of them) as built once and
+    shared by every result of the process: nothing changes it any more, so the result writer encodes
+    it once and reuses its bytes (:func:`dicom_node.storage.fast_write.register_immutable`)."""
+    items = [content] if isinstance(content, Dataset) else list(content)  # type: ignore[call-overload]
+    register_immutable(*items)
+    return content
 
 
 def instance_from_template(template: D) -> D:

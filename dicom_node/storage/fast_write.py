@@ -28,7 +28,7 @@ from pydicom.filewriter import dcmwrite, write_data_element, write_file_meta_inf
 from pydicom.multival import MultiValue
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
-__all__ = ["encode_file"]
+__all__ = ["encode_file", "register_immutable"]
 
 _DEFAULT_ENCODING = "iso8859"
 #: python codecs (as pydicom's ``convert_encodings`` names them) under which ASCII text encodes as itself
@@ -48,6 +48,9 @@ _ITEM_DELIMITER = pack("<HHL", 0xFFFE, 0xE00D, 0)
 _SEQUENCE_DELIMITER = pack("<HHL", 0xFFFE, 0xE0DD, 0)
 _SPECIFIC_CHARACTER_SET = 0x00080005
 _PIXEL_DATA = 0x7FE00010
+_GROUP_LENGTH = 0x00020000
+#: File Meta Information Version, Implementation Class UID: pydicom's validate_file_meta sets them when empty
+_FILLED_WHEN_EMPTY = frozenset({0x00020001, 0x00020012})
 
 
 class _Unsupported(Exception):
@@ -56,6 +59,25 @@ class _Unsupported(Exception):
 
 _headers: dict[tuple[int, str], bytes] = {}
 _converted: dict[Any, list[str]] = {}
+
+#: Sequence items registered as never changing (see :func:`register_immutable`), by id; the registry
+#: holds them, so an id is never reused while it is here
+_immutable: dict[int, Dataset] = {}
+#: their encoded bodies, by (id, the character sets they are written under)
+_encoded_items: dict[tuple[int, tuple[str, ...]], bytes] = {}
+#: registered items kept at most (the registry is emptied when full: only speed is lost)
+MAX_IMMUTABLE = 4096
+
+
+def register_immutable(*items: Dataset) -> None:
+    """Declare sequence items that nobody changes any more (shared content items: the SR builders'
+    per-process constants): each is encoded once per character set and its bytes reused wherever it
+    appears. Changing a registered item afterwards would write its old bytes: never do it."""
+    if len(_immutable) + len(items) > MAX_IMMUTABLE:
+        _immutable.clear()
+        _encoded_items.clear()
+    for item in items:
+        _immutable[id(item)] = item
 
 
 def _header(tag: int, vr: str) -> bytes:
@@ -195,7 +217,16 @@ def _write_dataset(out: bytearray, dataset: Dataset, parent_encoding: Any) -> No
                 for item in value:
                     out += _ITEM
                     item_start = len(out)
-                    _write_dataset(out, item, child_encoding)
+                    if id(item) in _immutable:
+                        key = (id(item), tuple(child_encoding))
+                        body = _encoded_items.get(key)
+                        if body is None:
+                            _write_dataset(out, item, child_encoding)
+                            _encoded_items[key] = bytes(out[item_start:])
+                        else:
+                            out += body
+                    else:
+                        _write_dataset(out, item, child_encoding)
                     if getattr(item, "is_undefined_length_sequence_item", False):
                         out += _ITEM_DELIMITER
                     else:
@@ -224,16 +255,37 @@ def _write_dataset(out: bytearray, dataset: Dataset, parent_encoding: Any) -> No
         out += data
 
 
+def _own_copy(file_meta: FileMetaDataset) -> FileMetaDataset:
+    """A file meta holding ``file_meta``'s elements, less its group length: pydicom's writer sets the
+    group length, and this function's caller the two Media Storage UIDs, as new elements of the copy,
+    so the caller's elements are never changed (a deep copy did the same, at ~0.2 ms a file)."""
+    if any(type(element) is not DataElement for element in file_meta._dict.values()):
+        return deepcopy(file_meta)  # raw elements (a file meta as read): pydicom's conversion, on a copy
+    copy = FileMetaDataset()
+    for tag, element in file_meta._dict.items():
+        if tag == _GROUP_LENGTH or (tag in _FILLED_WHEN_EMPTY and file_meta[tag].is_empty):
+            continue  # (validate_file_meta fills an empty one in place: here it adds a new one)
+        copy._dict[tag] = element
+    return copy
+
+
+def _set_new(file_meta: FileMetaDataset, keyword: str, value: Any) -> None:
+    if keyword in file_meta:
+        delattr(file_meta, keyword)
+    setattr(file_meta, keyword, value)
+
+
 def _file_meta_bytes(dataset: Dataset, file_meta: FileMetaDataset, preamble: bytes) -> bytes:
-    """Preamble, ``DICM`` and the file meta group, as ``dcmwrite(enforce_file_format=True)`` writes them."""
+    """Preamble, ``DICM`` and the file meta group, as ``dcmwrite(enforce_file_format=True)`` writes them
+    (``file_meta``: the caller's own copy, :func:`_own_copy`)."""
     meta_class = file_meta.get("MediaStorageSOPClassUID", None)
     ds_class = dataset.get("SOPClassUID", None)
     if meta_class is None or (ds_class and ds_class != meta_class):
-        file_meta.MediaStorageSOPClassUID = ds_class
+        _set_new(file_meta, "MediaStorageSOPClassUID", ds_class)
     meta_instance = file_meta.get("MediaStorageSOPInstanceUID", None)
     ds_instance = dataset.get("SOPInstanceUID", None)
     if meta_instance is None or (ds_instance and ds_instance != meta_instance):
-        file_meta.MediaStorageSOPInstanceUID = ds_instance
+        _set_new(file_meta, "MediaStorageSOPInstanceUID", ds_instance)
     validate_file_meta(file_meta, enforce_standard=True)
     fp = DicomBytesIO()
     fp.is_implicit_VR, fp.is_little_endian = False, True
@@ -281,4 +333,4 @@ def encode_file(dataset: Dataset) -> bytes:
         _write_dataset(body, dataset, _DEFAULT_ENCODING)
     except _Unsupported:
         return _pydicom_bytes(dataset)
-    return _file_meta_bytes(dataset, deepcopy(meta), preamble) + bytes(body)
+    return _file_meta_bytes(dataset, _own_copy(meta), preamble) + bytes(body)

@@ -106,6 +106,7 @@ from dicom_node.results.sr.codes import (
     private_coding_scheme,
     reason_for_not_analysed,
 )
+from dicom_node.results.template import shared
 from models.findings import Box, FindingCode, Findings, ModelInfo
 
 logger = logging.getLogger(__name__)
@@ -245,8 +246,8 @@ def _version_label(model: ModelInfo) -> str:
 def _algorithm_id(model: ModelInfo | None, parameters: tuple[str, ...] = ()) -> AlgorithmIdentification | None:
     if model is None:
         return None
-    return AlgorithmIdentification(name=model.name, version=_version_label(model), parameters=list(parameters) or None,
-                                   manufacturer=MANUFACTURER)  # fmt: skip
+    return shared(AlgorithmIdentification(name=model.name, version=_version_label(model),
+                                          parameters=list(parameters) or None, manufacturer=MANUFACTURER))  # fmt: skip
 
 
 # Caches keyed by a concept use its exact key: CodedConcept's own equality ignores the meaning and
@@ -269,18 +270,19 @@ def _qualitative_evaluation(finding: CodedConcept, value: CodedConcept) -> Quali
 
 @lru_cache(maxsize=64)
 def _cached_qualitative_evaluation(finding: ConceptKey, value: ConceptKey) -> QualitativeEvaluation:
-    return QualitativeEvaluation(_concept(finding), _concept(value))
+    return shared(QualitativeEvaluation(_concept(finding), _concept(value)))
 
 
 @lru_cache(maxsize=1)
 def _default_language() -> LanguageOfContentItemAndDescendants:
     """What MeasurementReport puts in when given no language (English), built once."""
-    return LanguageOfContentItemAndDescendants(DEFAULT_LANGUAGE)
+    return shared(LanguageOfContentItemAndDescendants(DEFAULT_LANGUAGE))
 
 
 @lru_cache(maxsize=8)
 def _box_gating_item(gating: str) -> CodeContentItem:
-    return CodeContentItem(name=BOX_GATING, value=BOX_GATING_CODES[gating], relationship_type=RelationshipTypeValues.CONTAINS)
+    return shared(CodeContentItem(name=BOX_GATING, value=BOX_GATING_CODES[gating],
+                                  relationship_type=RelationshipTypeValues.CONTAINS))  # fmt: skip
 
 
 @lru_cache(maxsize=64)
@@ -295,7 +297,7 @@ def _observation_context(models: tuple[ModelInfo, ...]) -> ObservationContext:
             serial_number=models_label(models)[:64],
         ),
     )
-    return ObservationContext(observer_device_context=observer)
+    return shared(ObservationContext(observer_device_context=observer))
 
 
 def _region(source: Dataset, polyline: Sequence[tuple[float, float]]) -> ImageRegion:
@@ -344,7 +346,7 @@ def _setting_num(name: CodedConcept, value: float) -> Measurement:
 
 @lru_cache(maxsize=64)
 def _cached_setting_num(name: ConceptKey, value_hex: str) -> Measurement:
-    return _num(_concept(name), float.fromhex(value_hex))
+    return shared(_num(_concept(name), float.fromhex(value_hex)))
 
 
 def _finding_sites(site: CodedConcept | None) -> tuple[FindingSite, ...] | None:
@@ -353,7 +355,7 @@ def _finding_sites(site: CodedConcept | None) -> tuple[FindingSite, ...] | None:
 
 @lru_cache(maxsize=16)
 def _cached_finding_sites(site: ConceptKey) -> tuple[FindingSite, ...]:
-    return (FindingSite(anatomic_location=_concept(site)),)
+    return shared((FindingSite(anatomic_location=_concept(site)),))
 
 
 def _class_probability_measurements(probabilities: Mapping[str, float]) -> list[Measurement]:

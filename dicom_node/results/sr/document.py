@@ -51,6 +51,7 @@ from dicom_node.results.template import (
     instance_from_template,
     set_fresh,
     set_media_storage_instance,
+    shared,
     stamp_creation,
 )
 from models.imaging.spacing import RECEPTOR_PLANE, pixel_spacing
@@ -130,7 +131,7 @@ def _device_descriptors(
                                     relationship_type=_ACQ))  # fmt: skip
         items.append(NumContentItem(name=codes.DCM.VerticalPixelSpacing, value=spacing[0], unit=mm,
                                     relationship_type=_ACQ))  # fmt: skip
-    return tuple(items)
+    return shared(tuple(items))
 
 
 def image_library(source: Dataset) -> ContainerContentItem:
