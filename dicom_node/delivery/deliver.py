@@ -38,9 +38,11 @@ from dicom_node.node_metrics import NodeMetrics
 from dicom_node.settings import Destination, NodeSettings
 from dicom_node.storage.journal import Job, Journal, OutboxItem
 from dicom_node.storage.spool import Spool
+from dicom_node.transport import command_set
 from dicom_node.transport.tcp_options import NODELAY_HANDLERS
 
 logger = logging.getLogger(__name__)
+command_set.install()  # DIMSE command sets written directly (same bytes)
 
 #: pynetdicom accepts at most 128 presentation contexts per association.
 MAX_CONTEXTS = 120

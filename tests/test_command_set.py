@@ -1,0 +1,113 @@
+"""DIMSE command sets written by dicom_node.transport.command_set equal pynetdicom's own encoding."""
+
+from __future__ import annotations
+
+from io import BytesIO
+
+import pynetdicom.dimse_messages as dimse_messages
+import pytest
+from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_GET, C_MOVE, C_STORE, N_EVENT_REPORT
+
+from dicom_node.transport import command_set
+
+
+def _store(request: bool, uid: str, status: int | None = None) -> C_STORE:
+    p = C_STORE()
+    p.MessageID = 7 if request else None
+    p.MessageIDBeingRespondedTo = None if request else 7
+    p.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.1.88.34"
+    p.AffectedSOPInstanceUID = uid
+    if request:
+        p.Priority = 2
+        p.MoveOriginatorApplicationEntityTitle = "ORTHANC"
+        p.MoveOriginatorMessageID = 3
+    else:
+        p.Status = status
+    return p
+
+
+def _messages() -> list[dimse_messages.DIMSEMessage]:
+    primitives = []
+    for uid in ("1.2.3.4", "1.2.3.45", "2.25." + "1" * 59):  # even, odd, 64 characters
+        primitives.append(("C_STORE_RQ", _store(True, uid)))
+        for status in (0x0000, 0xB000, 0xA700, 0xC211):
+            primitives.append(("C_STORE_RSP", _store(False, uid, status)))
+    echo = C_ECHO()
+    echo.MessageID = 1
+    echo.AffectedSOPClassUID = "1.2.840.10008.1.1"
+    primitives.append(("C_ECHO_RQ", echo))
+    echo_rsp = C_ECHO()
+    echo_rsp.MessageIDBeingRespondedTo = 1
+    echo_rsp.AffectedSOPClassUID = "1.2.840.10008.1.1"
+    echo_rsp.Status = 0
+    echo_rsp.ErrorComment = "odd comment"  # LO
+    primitives.append(("C_ECHO_RSP", echo_rsp))
+    identifier = BytesIO(b"\x08\x00\x52\x00\x06\x00\x00\x00STUDY ")  # an encoded Query/Retrieve Level
+    for cls, name in ((C_FIND, "C_FIND_RQ"), (C_GET, "C_GET_RQ"), (C_MOVE, "C_MOVE_RQ")):
+        p = cls()
+        p.MessageID = 9
+        p.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.2.2.1"
+        p.Priority = 0
+        p.Identifier = identifier  # type: ignore[assignment]
+        if cls is C_MOVE:
+            p.MoveDestination = "AINODE"
+        primitives.append((name, p))
+    report = N_EVENT_REPORT()
+    report.MessageID = 5
+    report.AffectedSOPClassUID = "1.2.840.10008.1.20.1"
+    report.AffectedSOPInstanceUID = "1.2.840.10008.1.20.1.1"
+    report.EventTypeID = 1
+    primitives.append(("N_EVENT_REPORT_RQ", report))
+    out = []
+    for name, primitive in primitives:
+        message = getattr(dimse_messages, name)()
+        message.primitive_to_message(primitive)
+        out.append(message)
+    return out
+
+
+@pytest.mark.parametrize("message", _messages(), ids=lambda m: type(m).__name__)
+def test_same_bytes_as_pynetdicom(message: dimse_messages.DIMSEMessage) -> None:
+    ours = command_set.encode(message.command_set, True, True)
+    theirs = command_set.ORIGINAL(message.command_set, True, True)
+    assert ours is not None and ours == theirs
+    assert command_set._plain_bytes(message.command_set) == theirs  # (not handed to pynetdicom's encoder)
+
+
+def test_group_length_as_pynetdicom_computes_it() -> None:
+    message = _messages()[0]
+    length = message.command_set.CommandGroupLength
+    del message.command_set.CommandGroupLength
+    assert len(command_set.encode(message.command_set, True, True) or b"") == length
+
+
+@pytest.mark.parametrize(
+    "keyword,value",
+    [("ErrorComment", "Gr\u00fc\u00dfe"), ("ErrorComment", "a\\b"), ("MessageID", 70000), ("MessageID", -1)],
+)
+def test_other_values_go_to_pynetdicom(keyword: str, value: object) -> None:
+    ds = _messages()[0].command_set
+    setattr(ds, keyword, value) if keyword != "MessageID" else ds.__setitem__(0x00000110, _us(value))
+    with pytest.raises(command_set._NotPlain):
+        command_set._plain_bytes(ds)
+    assert command_set.encode(ds, True, True) == command_set.ORIGINAL(ds, True, True)
+
+
+def _us(value: object):  # type: ignore[no-untyped-def]
+    from pydicom.dataelem import DataElement
+
+    return DataElement(0x00000110, "US", value, validation_mode=0)
+
+
+def test_explicit_vr_and_deflated_go_to_pynetdicom() -> None:
+    ds = _messages()[0].command_set
+    assert command_set.encode(ds, False, True) == command_set.ORIGINAL(ds, False, True)
+    assert command_set.encode(ds, True, True, True) == command_set.ORIGINAL(ds, True, True, True)
+
+
+def test_installed_where_pynetdicom_encodes_command_sets() -> None:
+    import dicom_node.delivery.deliver  # noqa: F401 - the node's sender and receiver install it
+    import dicom_node.scp.receive  # noqa: F401
+
+    assert dimse_messages.encode is command_set.encode
+    assert command_set.install() is True  # idempotent
