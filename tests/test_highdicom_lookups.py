@@ -121,3 +121,57 @@ def test_coded_concept_value_answers_as_highdicom_does() -> None:
     del no_scheme.CodingSchemeDesignator
     with pytest.raises(AttributeError):
         hash(no_scheme)
+
+
+def _every_content_item() -> list:
+    """Every content item of a few built SRs, and of one read back from its bytes (raw elements)."""
+    import io
+
+    from _results_data import findings_for, not_analysed_for, rsna_source, three_boxes
+    from highdicom.sr import Comprehensive3DSR
+    from highdicom.sr.value_types import ContentItem
+    from pydicom import dcmread
+
+    from dicom_node.results.sr.build import build_sr
+    from dicom_node.storage.spool import dataset_bytes
+
+    src = rsna_source(96, seed=3)
+    built = [build_sr(src, findings_for(src, three_boxes(96, 96))), build_sr(src, not_analysed_for(src))]
+    read = Comprehensive3DSR.from_dataset(dcmread(io.BytesIO(dataset_bytes(built[0]))), copy=False)
+    items = []
+
+    def walk(sequence) -> None:  # type: ignore[no-untyped-def]
+        for item in sequence:
+            items.append(item)
+            walk(item.get("ContentSequence", []))
+
+    for sr in [*built, read]:
+        walk(sr.ContentSequence)
+    no_relationship = ContentItem("TEXT", _late_concept("1", "DCM", "x"), None)
+    return [*items, no_relationship]
+
+
+def _late_concept(*args):  # type: ignore[no-untyped-def]  # (imported late: results.common installs first)
+    from highdicom.sr.coding import CodedConcept
+
+    return CodedConcept(*args)
+
+
+def test_content_item_name_and_relationship_type_answer_as_highdicom_does() -> None:
+    from highdicom.sr.value_types import ContentItem
+
+    assert ContentItem.__dict__["name"] is highdicom_lookups.CONTENT_ITEM_NAME
+    assert ContentItem.__dict__["relationship_type"] is highdicom_lookups.CONTENT_ITEM_RELATIONSHIP_TYPE
+    items = _every_content_item()
+    assert len(items) > 60
+    for item in items:
+        name, relationship = item.name, item.relationship_type  # first: raw elements still raw here
+        assert name is highdicom_lookups.ORIGINAL_NAME.fget(item)
+        assert relationship == highdicom_lookups.ORIGINAL_RELATIONSHIP_TYPE.fget(item)
+    assert items[-1].relationship_type is None
+    nameless = ContentItem("TEXT", _late_concept("1", "DCM", "x"), "CONTAINS")
+    del nameless.ConceptNameCodeSequence
+    with pytest.raises(AttributeError):
+        highdicom_lookups.ORIGINAL_NAME.fget(nameless)
+    with pytest.raises(AttributeError):
+        _ = nameless.name
