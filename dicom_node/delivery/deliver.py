@@ -38,11 +38,12 @@ from dicom_node.node_metrics import NodeMetrics
 from dicom_node.settings import Destination, NodeSettings
 from dicom_node.storage.journal import Job, Journal, OutboxItem
 from dicom_node.storage.spool import Spool
-from dicom_node.transport import command_set
+from dicom_node.transport import command_set, uid_memo
 from dicom_node.transport.tcp_options import NODELAY_HANDLERS
 
 logger = logging.getLogger(__name__)
 command_set.install()  # DIMSE command sets written directly (same bytes)
+uid_memo.install()  # UIDs pynetdicom accepted once are not checked again
 
 #: pynetdicom accepts at most 128 presentation contexts per association.
 MAX_CONTEXTS = 120

@@ -57,11 +57,12 @@ from dicom_node.scp.routing import RoutingRules
 from dicom_node.settings import NodeSettings
 from dicom_node.storage.journal import Journal
 from dicom_node.storage.spool import InstanceTooLargeError, Spool, StagedFile, is_out_of_space
-from dicom_node.transport import command_set
+from dicom_node.transport import command_set, uid_memo
 from dicom_node.transport.tcp_options import NODELAY_HANDLERS
 
 logger = logging.getLogger(__name__)
 command_set.install()  # DIMSE command sets written directly (same bytes)
+uid_memo.install()  # UIDs pynetdicom accepted once are not checked again
 
 #: Transfer syntaxes accepted for storage: every one the inference core decodes. pynetdicom picks,
 #: within one proposed presentation context, the first of these the requestor offers, so the order

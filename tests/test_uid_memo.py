@@ -1,0 +1,76 @@
+"""pynetdicom's set_uid, remembered (dicom_node.transport.uid_memo): same results, errors and warnings."""
+
+from __future__ import annotations
+
+import logging
+
+import pynetdicom.pdu_items
+import pynetdicom.presentation
+import pytest
+from pydicom.uid import UID
+
+from dicom_node.transport import uid_memo
+
+INPUTS = [
+    "1.2.840.10008.5.1.4.1.1.7",
+    b"1.2.840.10008.1.2.1",  # as decoded from a PDU
+    UID("1.2.840.10008.5.1.4.1.1.88.34"),
+    "2.25." + "9" * 59,  # 64 characters
+]
+
+
+@pytest.mark.parametrize("value", INPUTS, ids=repr)
+def test_accepted_uids_are_remembered_and_equal_pynetdicoms(value: object) -> None:
+    uid_memo._accepted.clear()
+    expected = uid_memo.ORIGINAL(value, "x")
+    first = uid_memo.set_uid(value, "x")
+    second = uid_memo.set_uid(value, "x")
+    assert first == second == expected and type(first) is UID
+    assert second is first  # the second answer is the remembered one
+    assert len(uid_memo._accepted) == 1
+
+
+@pytest.mark.parametrize(
+    "value,kwargs,error",
+    [
+        ("", {"allow_empty": False}, ValueError),
+        ("1." + "2" * 70, {}, ValueError),  # too long
+        (123, {}, TypeError),
+        (None, {"allow_none": False}, TypeError),
+    ],
+)
+def test_refused_values_raise_as_pynetdicom_does_every_time(value: object, kwargs: dict, error: type) -> None:
+    for _ in range(2):
+        with pytest.raises(error):
+            uid_memo.ORIGINAL(value, "x", **kwargs)
+        with pytest.raises(error):
+            uid_memo.set_uid(value, "x", **kwargs)
+
+
+def test_non_conformant_values_warn_every_time(caplog: pytest.LogCaptureFixture) -> None:
+    uid_memo._accepted.clear()
+    with caplog.at_level(logging.WARNING, logger="pynetdicom"):
+        for value in ("1.02.3", "1.2.abc", b"1.2.3\x00"):  # a leading zero, letters, a NUL: not conformant
+            for _ in range(2):
+                assert uid_memo.set_uid(value, "x") == uid_memo.ORIGINAL(value, "x")
+    assert sum("Non-conformant" in r.getMessage() for r in caplog.records) == 12  # ours and pynetdicom's, each time
+    assert not uid_memo._accepted
+    assert uid_memo.set_uid(None, "x") is None
+    assert uid_memo.set_uid("", "x") == ""
+    assert uid_memo.set_uid("1.02.3", "x", validate=False) == "1.02.3"
+
+
+def test_remembered_inputs_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(uid_memo, "MAX_REMEMBERED", 2)
+    monkeypatch.setattr(uid_memo, "_accepted", {})
+    for i in range(3):
+        uid_memo.set_uid(f"1.2.{i + 1}", "x")
+    assert list(uid_memo._accepted) == [("1.2.3", False)]
+
+
+def test_installed_where_pynetdicom_calls_it() -> None:
+    import dicom_node.scp.receive  # noqa: F401 - the node's receiver and sender install it
+
+    assert pynetdicom.pdu_items.set_uid is uid_memo.set_uid
+    assert pynetdicom.presentation.set_uid is uid_memo.set_uid
+    assert "pynetdicom.dimse_primitives" in uid_memo.install()  # idempotent
