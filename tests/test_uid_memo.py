@@ -60,6 +60,13 @@ def test_non_conformant_values_warn_every_time(caplog: pytest.LogCaptureFixture)
     assert uid_memo.set_uid("1.02.3", "x", validate=False) == "1.02.3"
 
 
+def test_instance_uids_are_not_remembered() -> None:
+    uid_memo._accepted.clear()
+    assert uid_memo.set_uid("1.2.3.4", "Affected SOP Instance UID") == "1.2.3.4"
+    assert uid_memo.set_uid("1.2.3.5", "Requested SOP Instance UID") == "1.2.3.5"
+    assert not uid_memo._accepted
+
+
 def test_remembered_inputs_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(uid_memo, "MAX_REMEMBERED", 2)
     monkeypatch.setattr(uid_memo, "_accepted", {})

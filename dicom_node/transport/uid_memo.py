@@ -8,7 +8,9 @@ request from a peer proposing every storage class (dcmtk's ``storescu`` proposes
 the node ~20 ms of CPU in these checks alone. The answer for a given input is always the same, so
 :func:`set_uid` returns the ``UID`` made the first time for an input that was accepted without a
 warning (valid and conformant, not empty); everything else (empty, non-conformant, invalid, None,
-``validate=False``) goes to pynetdicom's function each time, with its logging and errors.
+``validate=False``) goes to pynetdicom's function each time, with its logging and errors, and so do
+SOP Instance UIDs (a parameter named "... Instance UID"): each is seen once, remembering them
+would only churn the memo.
 :func:`install` puts it in place in the pynetdicom modules that imported ``set_uid`` by name
 (pynetdicom pinned ``==3.0.4``, see ``dicom_node/scp/chunked.py``).
 """
@@ -38,7 +40,7 @@ def set_uid(
     validate: bool = True,
 ) -> UID | None:
     """pynetdicom's ``set_uid``: the same result, remembered for inputs accepted without a warning."""
-    if not validate or type(value) not in (str, bytes, UID) or not value:
+    if not validate or type(value) not in (str, bytes, UID) or not value or "Instance" in name:
         return ORIGINAL(value, name, allow_empty, allow_none, validate)
     key = (value, type(value) is bytes)
     known = _accepted.get(key)
