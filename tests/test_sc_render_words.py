@@ -55,6 +55,21 @@ def test_grey_words_are_the_uint8_image_times_0x010101(shape: tuple[int, int]) -
     np.testing.assert_array_equal(out, expected)
 
 
+@pytest.mark.parametrize("bad", [np.nan, 1.2, -0.01, np.inf, 0.5 / 255.0])
+def test_grey_words_blocks_in_and_out_of_range(bad: float) -> None:
+    """Most blocks of rows in [0, 1] (no clamping needed), one value elsewhere in one of them."""
+    rng = np.random.default_rng(11)
+    pixels = rng.random((700, 1024), dtype=np.float32)
+    pixels[0, 0] = 1.0
+    pixels[1, 5] = 0.0
+    pixels[333, 517] = bad
+    out = np.empty(pixels.shape, dtype=np.uint32)
+    with np.errstate(invalid="ignore"):
+        grey_words(pixels, out)
+        expected = _expected_words(pixels)
+    np.testing.assert_array_equal(out, expected)
+
+
 def test_grey_words_into_a_canvas_rows_view_and_from_a_strided_source() -> None:
     rng = np.random.default_rng(3)
     pixels = rng.random((300, 500), dtype=np.float32)

@@ -166,7 +166,7 @@ def grey_u8(pixels: np.ndarray, out_rows: int, out_cols: int) -> np.ndarray:
 
 
 #: pixels per block of :func:`grey_words` (its float32 scratch block stays in the CPU's L2 cache)
-_GREY_BLOCK = 1 << 15
+_GREY_BLOCK = 1 << 16
 #: a grey level times this is its RGBX word (the level in R, G and B); exact in float32 up to 255 * it < 2**24
 _GREY_TO_WORD = np.float32(0x010101)
 
@@ -188,8 +188,9 @@ def grey_words(pixels: np.ndarray, out: np.ndarray) -> None:
         t = scratch[: r1 - r0]
         np.multiply(pixels[r0:r1], 255.0, out=t, dtype=np.float32)
         np.rint(t, out=t)
-        np.fmax(t, 0.0, out=t)
-        np.fmin(t, 255.0, out=t)
+        if not (t.min() >= 0.0 and t.max() <= 255.0):  # out of range or NaN (which fails both)
+            np.fmax(t, 0.0, out=t)
+            np.fmin(t, 255.0, out=t)
         np.multiply(t, _GREY_TO_WORD, out=t)
         np.copyto(signed[r0:r1], t, casting="unsafe")
 
@@ -302,7 +303,8 @@ def render_overlay(
     # RGBX words: the grey image is one multiply (v * 0x010101 puts v in R, G and B), the heatmap one
     # table lookup per pixel (by heatmap index and the grey in R), and the JPEG encoder reads the
     # buffer without a copy
-    rgbx = np.zeros((layout.canvas_rows, out_cols), dtype=np.uint32)
+    # every word is written below: the bands' rows, then the image's (np.zeros would fault in fresh zero pages)
+    rgbx = np.empty((layout.canvas_rows, out_cols), dtype=np.uint32)
     canvas = rgbx.view(np.uint8).reshape(layout.canvas_rows, out_cols, 4)[:, :, :3]
     rgbx[:top] = header.words  # whole words: a copy of contiguous rows
     rgbx[layout.image_bottom :] = footer.words
