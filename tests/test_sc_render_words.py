@@ -1,15 +1,19 @@
-"""The overlay renderer's word-level paths (dicom_node.results.sc.render, .text, .heatmap) are pixel for
-pixel the straightforward computations they replace: the grey image as RGBX words, the text bands
-composed as words, the heatmap blended by blocks from the grey held in the words."""
+"""The overlay renderer's fast paths (dicom_node.results.sc.render, .text, .heatmap, .pillow_array) are pixel
+for pixel the straightforward computations they replace: the grey image as RGBX words, the text bands
+composed as words, the heatmap blended by blocks from the grey held in the words, Pillow's pixels
+copied out by its paste."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from _results_data import findings_for, rsna_source
+from PIL import Image
 
 from dicom_node.results.common import models_label
+from dicom_node.results.sc import pillow_array
 from dicom_node.results.sc.heatmap import blend_heatmap, blend_heatmap_over_grey, grey_of_words
+from dicom_node.results.sc.pillow_array import to_array
 from dicom_node.results.sc.render import grey_u8, grey_words, render_overlay
 from dicom_node.results.sc.text import (
     BAND_COLOUR,
@@ -153,3 +157,38 @@ def test_overlay_grey_area_is_the_uint8_image_where_nothing_is_drawn() -> None:
     lay = overlay.layout
     assert overlay.rgbx is not None
     np.testing.assert_array_equal(overlay.rgbx[lay.image_top : lay.image_bottom], expected)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (1, 9), (9, 1), (869, 1024), (333, 7)])
+def test_pillow_image_to_array_is_its_pixels(size: tuple[int, int], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The heatmap index comes out of Pillow by the core's paste into the array (np.asarray is not
+    called for an 8-bit image), with the same pixels, writable and independent of the image."""
+    rng = np.random.default_rng(size[0] * size[1])
+    image = Image.fromarray(rng.integers(0, 256, (size[1], size[0]), dtype=np.uint8))
+    expected = np.array(image)
+    with monkeypatch.context() as m:
+        m.setattr(pillow_array.np, "asarray", _refuse)
+        got = to_array(image)
+    np.testing.assert_array_equal(got, expected)
+    got[...] = 0
+    np.testing.assert_array_equal(np.array(image), expected)
+    rgb = Image.fromarray(rng.integers(0, 256, (4, 5, 3), dtype=np.uint8))
+    np.testing.assert_array_equal(to_array(rgb), np.array(rgb))
+
+
+def test_pillow_image_to_array_falls_back_where_the_buffer_is_not_mapped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Pillow whose frombuffer copies the buffer: the pasted pixels never reach the array, which is
+    noticed, and the array comes from np.asarray."""
+    image = Image.fromarray(np.arange(60 * 70, dtype=np.uint32).reshape(60, 70).astype(np.uint8))
+
+    def copying_frombuffer(mode, size, data, *args):  # type: ignore[no-untyped-def]
+        return Image.frombytes(mode, size, bytes(data))
+
+    monkeypatch.setattr(pillow_array.Image, "frombuffer", copying_frombuffer)
+    np.testing.assert_array_equal(to_array(image), np.array(image))
+
+
+def _refuse(*args: object, **kwargs: object) -> None:
+    raise AssertionError("np.asarray called")

@@ -23,6 +23,8 @@ import math
 import numpy as np
 from PIL import Image
 
+from dicom_node.results.sc.pillow_array import to_array
+
 #: Heatmap values (in [0, 1], 1 = the map's peak) below this leave the image untouched.
 HEATMAP_CUTOFF = 0.25
 #: Opacity of the colour at the map's peak (the anatomy still shows through at 1 - this).
@@ -241,7 +243,7 @@ def blend_heatmap_over_grey(
     if found is None:
         return 0
     top, left, image = found
-    index = np.asarray(image)
+    index = to_array(image)
     h, w = index.shape
     target, under = rgbx[top : top + h, left : left + w], grey[top : top + h, left : left + w]
     step = max(1, _BLEND_BLOCK // w)

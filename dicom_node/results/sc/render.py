@@ -24,6 +24,7 @@ from PIL import Image
 
 from dicom_node.results.common import classifier_model
 from dicom_node.results.sc.heatmap import HEATMAP_CUTOFF, blend_heatmap_over_grey, grey_of_words, legend
+from dicom_node.results.sc.pillow_array import to_array
 from dicom_node.results.sc.text import (
     MIN_FONT_SIZE,
     TextLine,
@@ -161,7 +162,7 @@ def grey_u8(pixels: np.ndarray, out_rows: int, out_cols: int) -> np.ndarray:
     np.fmin(t, 255.0, out=t)
     grey = t.astype(np.uint8)
     if grey.shape != (out_rows, out_cols):
-        grey = np.asarray(Image.fromarray(grey).resize((out_cols, out_rows), Image.Resampling.LANCZOS))
+        grey = to_array(Image.fromarray(grey).resize((out_cols, out_rows), Image.Resampling.LANCZOS))
     return grey
 
 
