@@ -57,8 +57,10 @@ class ScArguments:
 
 def highdicom_sc(args: ScArguments) -> SCImage:
     """highdicom's SC Image (RGB, 8 bits, one placeholder pixel, Explicit VR Little Endian) for an
-    overlay: its identity, equipment and image pixel attributes. What :func:`sc_image` copies."""
-    return SCImage(
+    overlay: its identity, equipment and image pixel attributes, and the node's values that are the
+    same for every overlay (Conversion Type WSD, Burned In Annotation YES, Recognizable Visual Features
+    NO, Image Type DERIVED\\SECONDARY\\OTHER). What :func:`sc_image` copies."""
+    sc = SCImage(
         pixel_array=_ONE_RGB_PIXEL,
         photometric_interpretation="RGB",
         bits_allocated=8,
@@ -75,6 +77,11 @@ def highdicom_sc(args: ScArguments) -> SCImage:
         manufacturer_model_name=args.manufacturer_model_name,
         software_versions=list(args.software_versions),
     )
+    sc.ConversionType = "WSD"  # workstation: the overlay is rendered, not digitised (highdicom: DI)
+    sc.BurnedInAnnotation = "YES"
+    sc.RecognizableVisualFeatures = "NO"
+    sc.ImageType = ["DERIVED", "SECONDARY", "OTHER"]
+    return sc
 
 
 @functools.lru_cache(maxsize=8)

@@ -86,10 +86,7 @@ def build_sc(
         sc.Laterality = source.Laterality
     if source.get("BodyPartExamined"):
         sc.BodyPartExamined = source.BodyPartExamined
-    sc.ConversionType = "WSD"
-    sc.BurnedInAnnotation = "YES"
-    sc.RecognizableVisualFeatures = "NO"
-    sc.ImageType = ["DERIVED", "SECONDARY", "OTHER"]
+    # Conversion Type, Burned In Annotation, Recognizable Visual Features, Image Type: sc.attributes
     sc.DerivationDescription = (
         f"AI findings of {models_label(models)} burned into the windowed source image"
         + (f", downscaled by {layout.scale:.4f}" if layout.scale < 1.0 else "")

@@ -18,6 +18,7 @@ pixels, in C, only over the rectangle where the map is above the cut-off.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -115,9 +116,13 @@ def _pixel_range(start_px: float, length_px: float, limit: int) -> tuple[int, in
 
 def _interpolate(v: np.ndarray, row_pos: np.ndarray, col_pos: np.ndarray) -> np.ndarray:
     """Cubic interpolation of the grid ``v`` at rows ``row_pos`` x columns ``col_pos`` (cell units), in [0, 1]."""
+    return _weighted(v, interpolation_matrix(row_pos, v.shape[0]), interpolation_matrix(col_pos, v.shape[1]))
+
+
+def _weighted(v: np.ndarray, rows_matrix: np.ndarray, cols_matrix: np.ndarray) -> np.ndarray:
+    """The grid ``v`` interpolated with these :func:`interpolation_matrix` weights, clipped to [0, 1]."""
     # einsum, not @: OpenBLAS would wake its threads for a product this thin (slower, and busy cores)
-    rows_interpolated = np.einsum("ik,kl->il", interpolation_matrix(row_pos, v.shape[0]), v)
-    grid = np.einsum("ik,jk->ij", rows_interpolated, interpolation_matrix(col_pos, v.shape[1]))
+    grid = np.einsum("ik,jk->ij", np.einsum("ik,kl->il", rows_matrix, v), cols_matrix)
     np.clip(grid, 0.0, 1.0, out=grid)  # cubic interpolation overshoots slightly near steep cells
     return grid
 
@@ -177,6 +182,20 @@ def _blend_table() -> np.ndarray:
 _BLEND_OVER_GREY = _blend_table()
 
 
+@functools.lru_cache(maxsize=64)
+def _sample_weights(
+    first: int, count: int, samples: int, start: float, length: float, cells: int
+) -> np.ndarray:
+    """:func:`interpolation_matrix` of ``samples`` samples along ``count`` pixels from pixel ``first``
+    (sample k stands for the centre of the k-th of ``samples`` equal blocks of them) of a map of
+    ``cells`` cells over ``length`` pixels from ``start``. Cached (read-only): the region and grid of
+    a model's maps are usually the same from image to image."""
+    positions = (first + (np.arange(samples) + 0.5) * count / samples - start) / length * cells - 0.5
+    weights = interpolation_matrix(positions, cells)
+    weights.setflags(write=False)
+    return weights
+
+
 def _visible_index(
     values: np.ndarray, region: tuple[float, float, float, float], shape: tuple[int, int]
 ) -> tuple[int, int, Image.Image] | None:
@@ -190,10 +209,9 @@ def _visible_index(
     if h <= 0 or w <= 0:
         return None
     hs, ws = min(h, SAMPLES_PER_SIDE), min(w, SAMPLES_PER_SIDE)
-    # sample k of hs stands for the centre of the k-th of hs equal blocks of the h pixels
-    row_pos = (top + (np.arange(hs) + 0.5) * h / hs - y) / height * v.shape[0] - 0.5
-    col_pos = (left + (np.arange(ws) + 0.5) * w / ws - x) / width * v.shape[1] - 0.5
-    grid = _interpolate(v, row_pos, col_pos)
+    rows_matrix = _sample_weights(top, h, hs, y, height, v.shape[0])
+    cols_matrix = _sample_weights(left, w, ws, x, width, v.shape[1])
+    grid = _weighted(v, rows_matrix, cols_matrix)
     samples = np.empty(grid.shape, dtype=np.uint8)
     np.copyto(samples, grid * 255.0 + 0.5, casting="unsafe")
     visible = samples >= _FIRST_VISIBLE  # alpha > 0 (the opacity table only grows)

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from dicom_node.results.sc import heatmap
+
 Colour = tuple[int, int, int]
 
 #: Background of the text bands and colour of the rule that separates them from the image.
@@ -216,6 +218,8 @@ def stamp_label(
 
 
 def clear_caches() -> None:
-    """Forget every cached font, band and label (benchmarks measure the uncached cost with it)."""
+    """Forget every cached font, band, label and heatmap weight matrix (benchmarks measure the uncached
+    cost with it)."""
     for cached in (font, text_length, wrap, text_mask, _shades, render_band, label_masks):
         cached.cache_clear()
+    heatmap._sample_weights.cache_clear()  # the renderer's other cache: one call clears them all
