@@ -11,16 +11,11 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
 from highdicom.sc import SCImage
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian
 
 from dicom_node.results import uids
 from dicom_node.results.common import (
-    MANUFACTURER,
-    SC_SERIES_DESCRIPTION,
-    SC_SERIES_NUMBER,
     check_source_matches,
     copy_patient_study,
     instance_number,
@@ -28,6 +23,7 @@ from dicom_node.results.common import (
     models_label,
     software_versions,
 )
+from dicom_node.results.sc.attributes import DEFAULT_ORIENTATION, ScArguments, sc_image
 from dicom_node.results.sc.encode import DEFAULT_SC_ENCODING, ScEncoding, store_pixels
 from dicom_node.results.sc.render import MAX_SIDE, render_overlay
 from models.findings import Findings
@@ -35,7 +31,6 @@ from models.imaging.dicom_image import SourceImage, load_source_image
 
 logger = logging.getLogger(__name__)
 
-_ONE_RGB_PIXEL = np.zeros((1, 1, 3), dtype=np.uint8)
 #: DCM 121322 "Source image for image processing operation" (CID 7202), purpose of the source reference.
 _SOURCE_PURPOSE = ("121322", "DCM", "Source image for image processing operation")
 
@@ -71,25 +66,17 @@ def build_sc(
 
     orientation = source.get("PatientOrientation")
     has_orientation = orientation is not None and not isinstance(orientation, str) and len(orientation) == 2
-    sc = SCImage(
-        # highdicom writes the SC's attributes; its pixels are stored below (store_pixels: JPEG, or
-        # packed from the canvas), so it gets one pixel instead of copying the canvas twice for nothing
-        pixel_array=_ONE_RGB_PIXEL,
-        photometric_interpretation="RGB",
-        bits_allocated=8,
-        coordinate_system="PATIENT",
-        study_instance_uid=source.StudyInstanceUID,
-        series_instance_uid=uids.series_uid(source.StudyInstanceUID, findings, uids.ResultKind.SC),
-        series_number=SC_SERIES_NUMBER,
-        sop_instance_uid=uids.instance_uid(findings, uids.ResultKind.SC),
-        instance_number=instance_number(source),
-        manufacturer=MANUFACTURER,
-        # highdicom needs an orientation for PATIENT; replaced below by the source's (or empty)
-        patient_orientation=tuple(orientation) if has_orientation else ("L", "F"),
-        transfer_syntax_uid=ExplicitVRLittleEndian,
-        series_description=SC_SERIES_DESCRIPTION,
-        manufacturer_model_name=model_names(models),
-        software_versions=software_versions(models),
+    sc = sc_image(
+        ScArguments(
+            study_instance_uid=source.StudyInstanceUID,
+            series_instance_uid=uids.series_uid(source.StudyInstanceUID, findings, uids.ResultKind.SC),
+            sop_instance_uid=uids.instance_uid(findings, uids.ResultKind.SC),
+            instance_number=instance_number(source),
+            # highdicom needs an orientation for PATIENT; replaced below by the source's (or empty)
+            patient_orientation=tuple(orientation) if has_orientation else DEFAULT_ORIENTATION,
+            manufacturer_model_name=model_names(models),
+            software_versions=tuple(software_versions(models)),
+        )
     )
     sc.Rows, sc.Columns = layout.canvas_rows, layout.image_columns
     copy_patient_study(source, sc)
@@ -99,10 +86,7 @@ def build_sc(
         sc.Laterality = source.Laterality
     if source.get("BodyPartExamined"):
         sc.BodyPartExamined = source.BodyPartExamined
-    sc.ConversionType = "WSD"
-    sc.BurnedInAnnotation = "YES"
-    sc.RecognizableVisualFeatures = "NO"
-    sc.ImageType = ["DERIVED", "SECONDARY", "OTHER"]
+    # Conversion Type, Burned In Annotation, Recognizable Visual Features, Image Type: sc.attributes
     sc.DerivationDescription = (
         f"AI findings of {models_label(models)} burned into the windowed source image"
         + (f", downscaled by {layout.scale:.4f}" if layout.scale < 1.0 else "")

@@ -18,10 +18,13 @@ pixels, in C, only over the rectangle where the map is above the cut-off.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 from PIL import Image
+
+from dicom_node.results.sc.pillow_array import to_array
 
 #: Heatmap values (in [0, 1], 1 = the map's peak) below this leave the image untouched.
 HEATMAP_CUTOFF = 0.25
@@ -113,9 +116,13 @@ def _pixel_range(start_px: float, length_px: float, limit: int) -> tuple[int, in
 
 def _interpolate(v: np.ndarray, row_pos: np.ndarray, col_pos: np.ndarray) -> np.ndarray:
     """Cubic interpolation of the grid ``v`` at rows ``row_pos`` x columns ``col_pos`` (cell units), in [0, 1]."""
+    return _weighted(v, interpolation_matrix(row_pos, v.shape[0]), interpolation_matrix(col_pos, v.shape[1]))
+
+
+def _weighted(v: np.ndarray, rows_matrix: np.ndarray, cols_matrix: np.ndarray) -> np.ndarray:
+    """The grid ``v`` interpolated with these :func:`interpolation_matrix` weights, clipped to [0, 1]."""
     # einsum, not @: OpenBLAS would wake its threads for a product this thin (slower, and busy cores)
-    rows_interpolated = np.einsum("ik,kl->il", interpolation_matrix(row_pos, v.shape[0]), v)
-    grid = np.einsum("ik,jk->ij", rows_interpolated, interpolation_matrix(col_pos, v.shape[1]))
+    grid = np.einsum("ik,jk->ij", np.einsum("ik,kl->il", rows_matrix, v), cols_matrix)
     np.clip(grid, 0.0, 1.0, out=grid)  # cubic interpolation overshoots slightly near steep cells
     return grid
 
@@ -175,6 +182,20 @@ def _blend_table() -> np.ndarray:
 _BLEND_OVER_GREY = _blend_table()
 
 
+@functools.lru_cache(maxsize=64)
+def _sample_weights(
+    first: int, count: int, samples: int, start: float, length: float, cells: int
+) -> np.ndarray:
+    """:func:`interpolation_matrix` of ``samples`` samples along ``count`` pixels from pixel ``first``
+    (sample k stands for the centre of the k-th of ``samples`` equal blocks of them) of a map of
+    ``cells`` cells over ``length`` pixels from ``start``. Cached (read-only): the region and grid of
+    a model's maps are usually the same from image to image."""
+    positions = (first + (np.arange(samples) + 0.5) * count / samples - start) / length * cells - 0.5
+    weights = interpolation_matrix(positions, cells)
+    weights.setflags(write=False)
+    return weights
+
+
 def _visible_index(
     values: np.ndarray, region: tuple[float, float, float, float], shape: tuple[int, int]
 ) -> tuple[int, int, Image.Image] | None:
@@ -188,10 +209,9 @@ def _visible_index(
     if h <= 0 or w <= 0:
         return None
     hs, ws = min(h, SAMPLES_PER_SIDE), min(w, SAMPLES_PER_SIDE)
-    # sample k of hs stands for the centre of the k-th of hs equal blocks of the h pixels
-    row_pos = (top + (np.arange(hs) + 0.5) * h / hs - y) / height * v.shape[0] - 0.5
-    col_pos = (left + (np.arange(ws) + 0.5) * w / ws - x) / width * v.shape[1] - 0.5
-    grid = _interpolate(v, row_pos, col_pos)
+    rows_matrix = _sample_weights(top, h, hs, y, height, v.shape[0])
+    cols_matrix = _sample_weights(left, w, ws, x, width, v.shape[1])
+    grid = _weighted(v, rows_matrix, cols_matrix)
     samples = np.empty(grid.shape, dtype=np.uint8)
     np.copyto(samples, grid * 255.0 + 0.5, casting="unsafe")
     visible = samples >= _FIRST_VISIBLE  # alpha > 0 (the opacity table only grows)
@@ -210,26 +230,51 @@ def _visible_index(
     return top + r0, left + c0, index
 
 
+def grey_of_words(rgbx: np.ndarray) -> np.ndarray:
+    """The R byte of each little-endian RGBX word of ``rgbx`` ((rows, columns) uint32): a (rows, columns)
+    uint8 view, the grey level of a grey image."""
+    if rgbx.ndim != 2 or rgbx.dtype != np.uint32 or rgbx.strides[1] != 4:
+        raise ValueError(
+            f"need (rows, columns) uint32 words, contiguous along rows, got {rgbx.shape} {rgbx.dtype}"
+        )
+    return rgbx.view(np.uint8)[:, ::4]
+
+
+#: pixels of the heatmap's rectangle per block of :func:`blend_heatmap_over_grey` (keys stay in the L2 cache)
+_BLEND_BLOCK = 1 << 16
+
+
 def blend_heatmap_over_grey(
     rgbx: np.ndarray, grey: np.ndarray, values: np.ndarray, region: tuple[float, float, float, float]
 ) -> int:
     """:func:`blend_heatmap` for an image that is still grey: ``rgbx`` ((rows, columns) uint32,
-    little-endian RGBX words) holds ``grey`` ((rows, columns) uint8) in R, G and B; the heatmap is
-    written into it in place, pixel for pixel what :func:`blend_heatmap` makes of that grey image,
-    by one lookup per pixel in a 256 x 256 table (heatmap index, grey) instead of Pillow's resampled
-    colour image pasted through its opacity mask. Returns the number of pixels coloured."""
+    little-endian RGBX words, contiguous along rows) holds ``grey`` ((rows, columns) uint8, e.g.
+    :func:`grey_of_words` of ``rgbx``) in R, G and B; the heatmap is written into it in place, pixel
+    for pixel what :func:`blend_heatmap` makes of that grey image, by one lookup per pixel in a 256 x
+    256 table (heatmap index, grey) instead of Pillow's resampled colour image pasted through its
+    opacity mask. Block by block of rows, each word's G byte is replaced by the heatmap index, so its
+    low 16 bits are the key (index << 8 | grey) the table is read at. Returns the number of pixels coloured."""
     if rgbx.ndim != 2 or rgbx.dtype != np.uint32 or grey.shape != rgbx.shape or grey.dtype != np.uint8:
-        raise ValueError(f"need (rows, columns) uint32 RGBX and uint8 grey, got {rgbx.shape} {rgbx.dtype}, {grey.shape} {grey.dtype}")
+        raise ValueError(
+            f"need (rows, columns) uint32 RGBX and uint8 grey, got {rgbx.shape} {rgbx.dtype}, {grey.shape} {grey.dtype}"
+        )
+    if rgbx.strides[1] != 4:
+        raise ValueError(f"the RGBX words must be contiguous along rows, got strides {rgbx.strides}")
     found = _visible_index(values, region, grey.shape)
     if found is None:
         return 0
     top, left, image = found
-    index = np.asarray(image)
+    index = to_array(image)
     h, w = index.shape
-    key = index.astype(np.intp)
-    key <<= 8
-    key |= grey[top : top + h, left : left + w]
-    np.take(_BLEND_OVER_GREY, key, out=rgbx[top : top + h, left : left + w], mode="clip")
+    target = rgbx[top : top + h, left : left + w]
+    g_bytes = target.view(np.uint8)[:, 1::4]
+    keys = target.view(np.uint16)[:, 0::2]  # R | G << 8 of each word
+    step = max(1, _BLEND_BLOCK // w)
+    for r0 in range(0, h, step):
+        r1 = min(h, r0 + step)
+        g_bytes[r0:r1] = index[r0:r1]
+        # keys < 65536 = the table's length: "wrap" never wraps (and is faster than "clip")
+        np.take(_BLEND_OVER_GREY, keys[r0:r1], out=target[r0:r1], mode="wrap")
     return int(np.count_nonzero(index >= _FIRST_VISIBLE))
 
 

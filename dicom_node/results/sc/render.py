@@ -16,7 +16,6 @@ the source rendering pixel for pixel elsewhere.
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 
@@ -24,10 +23,10 @@ import numpy as np
 from PIL import Image
 
 from dicom_node.results.common import classifier_model
-from dicom_node.results.sc.heatmap import HEATMAP_CUTOFF, blend_heatmap_over_grey, legend
+from dicom_node.results.sc.heatmap import HEATMAP_CUTOFF, blend_heatmap_over_grey, grey_of_words, legend
+from dicom_node.results.sc.pillow_array import to_array
 from dicom_node.results.sc.text import (
     MIN_FONT_SIZE,
-    Band,
     TextLine,
     label_masks,
     margin,
@@ -163,8 +162,38 @@ def grey_u8(pixels: np.ndarray, out_rows: int, out_cols: int) -> np.ndarray:
     np.fmin(t, 255.0, out=t)
     grey = t.astype(np.uint8)
     if grey.shape != (out_rows, out_cols):
-        grey = np.asarray(Image.fromarray(grey).resize((out_cols, out_rows), Image.Resampling.LANCZOS))
+        grey = to_array(Image.fromarray(grey).resize((out_cols, out_rows), Image.Resampling.LANCZOS))
     return grey
+
+
+#: pixels per block of :func:`grey_words` (its float32 scratch block stays in the CPU's L2 cache)
+_GREY_BLOCK = 1 << 16
+#: a grey level times this is its RGBX word (the level in R, G and B); exact in float32 up to 255 * it < 2**24
+_GREY_TO_WORD = np.float32(0x010101)
+
+
+def grey_words(pixels: np.ndarray, out: np.ndarray) -> None:
+    """Write :func:`grey_u8` of ``pixels`` (at their own size) into ``out`` ((rows, columns) uint32) as
+    RGBX words (``v * 0x010101``: the level in R, G and B), block by block of rows: the same values,
+    without the full-size float and uint8 images in between."""
+    if out.dtype != np.uint32 or out.shape != pixels.shape or pixels.ndim != 2:
+        raise ValueError(
+            f"need (rows, columns) pixels and uint32 words of that shape, got {pixels.shape}, {out.shape} {out.dtype}"
+        )
+    rows, cols = pixels.shape
+    step = max(1, _GREY_BLOCK // max(1, cols))
+    scratch = np.empty((min(step, rows), cols), dtype=np.float32)
+    signed = out.view(np.int32)  # float32 -> int32 is one instruction; every value is < 2**24
+    for r0 in range(0, rows, step):
+        r1 = min(rows, r0 + step)
+        t = scratch[: r1 - r0]
+        np.multiply(pixels[r0:r1], 255.0, out=t, dtype=np.float32)
+        np.rint(t, out=t)
+        if not (t.min() >= 0.0 and t.max() <= 255.0):  # out of range or NaN (which fails both)
+            np.fmax(t, 0.0, out=t)
+            np.fmin(t, 255.0, out=t)
+        np.multiply(t, _GREY_TO_WORD, out=t)
+        np.copyto(signed[r0:r1], t, casting="unsafe")
 
 
 def _outline_strips(rect: tuple[int, int, int, int], width: int) -> list[tuple[int, int, int, int]]:
@@ -261,7 +290,10 @@ def render_overlay(
         out_cols, size, False,
     )  # fmt: skip
     decision_colour = POSITIVE_COLOUR if findings.positive else NEGATIVE_COLOUR
-    footer_lines = [TextLine(text.summary[0], decision_colour), *(TextLine(t, TEXT_COLOUR) for t in text.summary[1:])]
+    footer_lines = [
+        TextLine(text.summary[0], decision_colour),
+        *(TextLine(t, TEXT_COLOUR) for t in text.summary[1:]),
+    ]
     legend_width = min(6 * size, max(1, out_cols // 4))
     if text.heatmap is not None:
         footer_lines.append(TextLine(text.heatmap, TEXT_COLOUR, indent=legend_width + pad))
@@ -270,35 +302,32 @@ def render_overlay(
     top = header.pixels.shape[0]
     layout = OverlayLayout(top, out_rows, out_cols, scale, top + out_rows + footer.pixels.shape[0])
     # RGBX words: the grey image is one multiply (v * 0x010101 puts v in R, G and B), the heatmap one
-    # table lookup per pixel, and the JPEG encoder reads the buffer without a copy
-    rgbx = np.zeros((layout.canvas_rows, out_cols), dtype=np.uint32)
+    # table lookup per pixel (by heatmap index and the grey in R), and the JPEG encoder reads the
+    # buffer without a copy
+    # every word is written below: the bands' rows, then the image's (np.zeros would fault in fresh zero pages)
+    rgbx = np.empty((layout.canvas_rows, out_cols), dtype=np.uint32)
     canvas = rgbx.view(np.uint8).reshape(layout.canvas_rows, out_cols, 4)[:, :, :3]
-    rgbx[:top] = _rgbx_words(header)  # whole words: a copy of contiguous rows
-    rgbx[layout.image_bottom :] = _rgbx_words(footer)
-    grey = grey_u8(pixels, out_rows, out_cols)
-    np.multiply(grey, np.uint32(0x010101), out=rgbx[top : layout.image_bottom])
+    rgbx[:top] = header.words  # whole words: a copy of contiguous rows
+    rgbx[layout.image_bottom :] = footer.words
+    if pixels.shape == (out_rows, out_cols):
+        grey_words(pixels, rgbx[top : layout.image_bottom])
+    else:
+        np.multiply(
+            grey_u8(pixels, out_rows, out_cols), np.uint32(0x010101), out=rgbx[top : layout.image_bottom]
+        )
     image = canvas[top : layout.image_bottom]
 
     if text.heatmap is not None and findings.heatmap is not None:
         hm = findings.heatmap
         region = (hm.x * scale, hm.y * scale, hm.width * scale, hm.height * scale)
-        blend_heatmap_over_grey(rgbx[top : layout.image_bottom], grey, hm.values, region)
+        area = rgbx[top : layout.image_bottom]
+        blend_heatmap_over_grey(area, grey_of_words(area), hm.values, region)
         legend_top = layout.image_bottom + footer.line_tops[-1] + max(1, footer.row_height // 8)
         if pad + legend_width <= out_cols:  # images a few pixels wide have no room for it
             canvas[legend_top : legend_top + size, pad : pad + legend_width] = legend(legend_width, size)
 
     _draw_boxes(image, findings, scale, size)
     return Overlay(canvas, layout, text, rgbx)
-
-
-@functools.lru_cache(maxsize=16)
-def _rgbx_words(band: Band) -> np.ndarray:
-    """A band's pixels as RGBX words (X = 0), computed once per cached band."""
-    rows, cols = band.pixels.shape[:2]
-    words = np.zeros((rows, cols), dtype=np.uint32)
-    words.view(np.uint8).reshape(rows, cols, 4)[:, :, :3] = band.pixels
-    words.setflags(write=False)
-    return words
 
 
 def _draw_boxes(image: np.ndarray, findings: Findings, scale: float, size: int) -> None:

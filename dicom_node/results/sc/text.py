@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from dicom_node.results.sc import heatmap
+
 Colour = tuple[int, int, int]
 
 #: Background of the text bands and colour of the rule that separates them from the image.
@@ -42,12 +44,25 @@ class TextLine:
 
 @dataclass(frozen=True, eq=False)
 class Band:
-    """A rendered band: ``pixels`` (rows, width, 3) uint8, read-only; ``line_tops[i]``: the top row of
-    the first text row of line ``i``; ``row_height``: pixels per text row."""
+    """A rendered band: ``words`` (rows, width) uint32, read-only, its pixels as little-endian RGBX words
+    (R in the low byte, X = 0: what the overlay canvas holds); ``line_tops[i]``: the top row of the
+    first text row of line ``i``; ``row_height``: pixels per text row."""
 
-    pixels: np.ndarray
+    words: np.ndarray
     line_tops: tuple[int, ...]
     row_height: int
+
+    def __post_init__(self) -> None:
+        if self.words.ndim != 2 or self.words.dtype != np.uint32:
+            raise ValueError(
+                f"band words must be (rows, width) uint32, got {self.words.shape} {self.words.dtype}"
+            )
+
+    @property
+    def pixels(self) -> np.ndarray:
+        """(rows, width, 3) uint8 RGB view of :attr:`words`."""
+        rows, width = self.words.shape
+        return self.words.view(np.uint8).reshape(rows, width, 4)[:, :, :3]
 
 
 @functools.lru_cache(maxsize=16)
@@ -68,17 +83,23 @@ def margin(size: int) -> int:
     return max(4, size // 2)
 
 
+@functools.lru_cache(maxsize=1024)
+def text_length(text: str, size: int) -> float:
+    """Advance width (pixels) of ``text`` at font ``size``, measured once: wrapping a row and rendering
+    it measure the same string."""
+    return float(font(size).getlength(text))
+
+
 @functools.lru_cache(maxsize=256)
 def wrap(text: str, size: int, width: float) -> tuple[str, ...]:
     """``text`` broken at spaces into rows no wider than ``width`` pixels (a longer word gets its own row)."""
-    f = font(size)
-    if f.getlength(text) <= width:  # the usual case: one measurement
+    if text_length(text, size) <= width:  # the usual case: one measurement
         return (text,)
     rows: list[str] = []
     current = ""
     for word in text.split(" "):
         candidate = f"{current} {word}" if current else word
-        if current and f.getlength(candidate) > width:
+        if current and text_length(candidate, size) > width:
             rows.append(current)
             current = word
         else:
@@ -95,7 +116,7 @@ def text_mask(text: str, size: int) -> np.ndarray:
     caption, most decision lines) are rendered once per process.
     """
     f = font(size)
-    width = max(1, int(np.ceil(f.getlength(text))) + 1)
+    width = max(1, int(np.ceil(text_length(text, size))) + 1)
     image = Image.new("L", (width, row_height(size)), 0)
     ImageDraw.Draw(image).text((0, 0), text, font=f, fill=255)
     mask = np.asarray(image, dtype=np.uint8).copy()
@@ -103,12 +124,21 @@ def text_mask(text: str, size: int) -> np.ndarray:
     return mask
 
 
+def _word(colour: Colour) -> int:
+    """``colour`` as a little-endian RGBX word."""
+    r, g, b = colour
+    return r | g << 8 | b << 16
+
+
 @functools.lru_cache(maxsize=16)
 def _shades(colour: Colour) -> np.ndarray:
-    """(256, 3) uint8: ``colour`` over the band's background at each text coverage 0..255."""
+    """(256,) uint32 RGBX words: ``colour`` over the band's background at each text coverage 0..255."""
     m = np.arange(256, dtype=np.uint32)[:, None]
     bg, fg = np.asarray(BAND_COLOUR, dtype=np.uint32), np.asarray(colour, dtype=np.uint32)
-    return ((bg * (255 - m) + fg * m + 127) // 255).astype(np.uint8)
+    rgb = (bg * (255 - m) + fg * m + 127) // 255
+    words = rgb[:, 0] | rgb[:, 1] << 8 | rgb[:, 2] << 16
+    words.setflags(write=False)
+    return words
 
 
 @functools.lru_cache(maxsize=8)
@@ -119,14 +149,14 @@ def render_band(lines: tuple[TextLine, ...], width: int, size: int, rule_at_top:
     band above it) shows where the image ends.
     """
     if width < 1 or not lines:
-        raise ValueError(f"a band needs a positive width and at least one line, got {width!r}, {len(lines)} lines")
+        raise ValueError(
+            f"a band needs a positive width and at least one line, got {width!r}, {len(lines)} lines"
+        )
     pad, step = margin(size), row_height(size)
     rule = max(1, size // 12)
     wrapped = [wrap(line.text, size, width - 2 * pad - line.indent) for line in lines]
     height = 2 * pad + rule + step * sum(len(w) for w in wrapped)
-    pixels = np.empty((height, width, 3), dtype=np.uint8)
-    for channel in range(3):
-        pixels[:, :, channel] = BAND_COLOUR[channel]
+    words = np.full((height, width), _word(BAND_COLOUR), dtype=np.uint32)
     y = pad + (rule if rule_at_top else 0)
     tops = []
     for line, rows in zip(lines, wrapped, strict=True):
@@ -135,12 +165,12 @@ def render_band(lines: tuple[TextLine, ...], width: int, size: int, rule_at_top:
         for row in rows:
             x = pad + line.indent
             mask = text_mask(row, size)[:, : max(0, width - x)]
-            pixels[y : y + step, x : x + mask.shape[1]] = shades[mask]
+            np.take(shades, mask, out=words[y : y + step, x : x + mask.shape[1]])
             y += step
     rule_y = 0 if rule_at_top else height - rule
-    pixels[rule_y : rule_y + rule] = RULE_COLOUR
-    pixels.setflags(write=False)
-    return Band(pixels, tuple(tops), step)
+    words[rule_y : rule_y + rule] = _word(RULE_COLOUR)
+    words.setflags(write=False)
+    return Band(words, tuple(tops), step)
 
 
 @functools.lru_cache(maxsize=64)
@@ -169,7 +199,9 @@ def label_masks(text: str, size: int, stroke: int) -> tuple[np.ndarray, np.ndarr
     return outline, fill
 
 
-def stamp_label(rgb: np.ndarray, masks: tuple[np.ndarray, np.ndarray], top: int, left: int, colour: Colour) -> None:
+def stamp_label(
+    rgb: np.ndarray, masks: tuple[np.ndarray, np.ndarray], top: int, left: int, colour: Colour
+) -> None:
     """Draw a label (see :func:`label_masks`) into ``rgb`` at (``top``, ``left``), in place: black outline,
     ``colour`` fill, nothing else of the image covered. Parts outside ``rgb`` are dropped."""
     outline, fill = masks
@@ -186,10 +218,8 @@ def stamp_label(rgb: np.ndarray, masks: tuple[np.ndarray, np.ndarray], top: int,
 
 
 def clear_caches() -> None:
-    """Forget every cached font, band and label (benchmarks measure the uncached cost with it)."""
-    for cached in (font, wrap, text_mask, _shades, render_band, label_masks):
+    """Forget every cached font, band, label and heatmap weight matrix (benchmarks measure the uncached
+    cost with it)."""
+    for cached in (font, text_length, wrap, text_mask, _shades, render_band, label_masks):
         cached.cache_clear()
-    # the renderer's copies of the bands as RGBX words (imported here: render imports this module)
-    from dicom_node.results.sc import render
-
-    render._rgbx_words.cache_clear()
+    heatmap._sample_weights.cache_clear()  # the renderer's other cache: one call clears them all
