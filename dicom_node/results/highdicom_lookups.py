@@ -22,7 +22,6 @@ the same values, and raise the same errors, as highdicom's.
 from __future__ import annotations
 
 import functools
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -32,6 +31,8 @@ from highdicom.sr.coding import CodedConcept
 from highdicom.sr.enum import RelationshipTypeValues
 from highdicom.sr.value_types import ContentItem
 from pydicom.dataelem import DataElement
+
+from dicom_node.module_patch import replace_in_package
 
 #: highdicom's own function, as imported before :func:`install`
 ORIGINAL: Callable[..., bool] = getattr(_standard_utils.is_attribute_in_iod, "__wrapped_original__",
@@ -121,12 +122,4 @@ def install() -> list[str]:
     CodedConcept.__hash__ = _coded_concept_hash  # type: ignore[method-assign,assignment]
     ContentItem.name = CONTENT_ITEM_NAME  # type: ignore[method-assign,assignment]
     ContentItem.relationship_type = CONTENT_ITEM_RELATIONSHIP_TYPE  # type: ignore[method-assign,assignment]
-    patched = []
-    for name, module in list(sys.modules.items()):
-        if not (name == "highdicom" or name.startswith("highdicom.")) or module is None:
-            continue
-        current = getattr(module, "is_attribute_in_iod", None)
-        if current is ORIGINAL or current is is_attribute_in_iod:
-            module.is_attribute_in_iod = is_attribute_in_iod  # type: ignore[attr-defined]
-            patched.append(name)
-    return sorted(patched)
+    return replace_in_package("highdicom", "is_attribute_in_iod", ORIGINAL, is_attribute_in_iod)

@@ -17,13 +17,14 @@ would only churn the memo.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from typing import Any
 
 import pynetdicom  # noqa: F401 - loads the modules that hold set_uid by name
 import pynetdicom.utils as _utils
 from pydicom.uid import UID
+
+from dicom_node.module_patch import replace_in_package
 
 #: pynetdicom's own function
 ORIGINAL: Callable[..., UID | None] = _utils.set_uid
@@ -57,12 +58,4 @@ def set_uid(
 def install() -> list[str]:
     """Use :func:`set_uid` in every loaded pynetdicom module that holds pynetdicom's (idempotent);
     returns those modules' names."""
-    patched = []
-    for module_name, module in list(sys.modules.items()):
-        if not (module_name == "pynetdicom" or module_name.startswith("pynetdicom.")) or module is None:
-            continue
-        current = getattr(module, "set_uid", None)
-        if current is ORIGINAL or current is set_uid:
-            module.set_uid = set_uid  # type: ignore[attr-defined]
-            patched.append(module_name)
-    return sorted(patched)
+    return replace_in_package("pynetdicom", "set_uid", ORIGINAL, set_uid)
