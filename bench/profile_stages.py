@@ -4,8 +4,10 @@ Stages (mean ms per image over ``--n`` RSNA-style 1024² JPEG phantoms): source 
 (``load_source_image``), ``prepare`` for each model input size, inference (``InferenceEngine``
 batch, both models), SR build (``build_sr``), SC build (``build_sc`` with the engine's decoded
 image, as the node calls it; also split into positive images with a heatmap and the others; the
-overlay's text caches are cleared before each of these rows, so every image renders its own text
-as it would in the node, except the header band shared by all), the heatmap's share of it
+overlay's text caches hold what a node that has run for a while holds: the texts of the overlays
+differ only in 2-decimal probabilities and box counts, ~100 distinct lines per deployment, all kept by
+``dicom_node.results.sc.text``'s caches; ``--cold-text`` clears them before each of these rows, so that
+every image renders its text from scratch, as a fresh result process does), the heatmap's share of it
 (``blend_heatmap`` alone), the engine without heatmaps (the Grad-CAM's share of the engine), and
 encoding both results (``dataset_bytes``), and the DICOM I/O (``bench/stage_io.py``): receiving
 (the node's SCP, spool file and journal row, fed by storescu) and delivering (SR + SC by the node's
@@ -17,7 +19,7 @@ SC build + encode SR + SC + receive + deliver (issue 15 point 1). Each row gives
 medians of the repeats, and the least CPU time of the repeats (on a shared host, where other
 processes inflate CPU time through cache and core contention, the least is the steadier figure).
 
-    python bench/profile_stages.py --n 16 --batch 8 [--device cpu] [--no-gc-freeze]
+    python bench/profile_stages.py --n 16 --batch 8 [--device cpu] [--no-gc-freeze] [--cold] [--cold-text]
 
 Before the timed repeats, every image's SR and SC is built and encoded once (``--cold``: not), as the
 node's long-lived result processes have done after their first image: the one-time costs of a
@@ -63,6 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="leave the start-up objects to the garbage collector (the node before dicom_node/gc_freeze.py)")  # fmt: skip
     p.add_argument("--cold", action="store_true",
                    help="no warm-up pass of the SR, SC and encode stages before the timed repeats")
+    p.add_argument("--cold-text", action="store_true",
+                   help="clear the overlay's text caches before each SC row (every image renders its text from scratch)")
     p.add_argument("--scratch", type=Path, default=Path(tempfile.gettempdir()) / "cxr-bench")
     args = p.parse_args(argv)
 
@@ -124,6 +128,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             for d, f, im in work:
                 dataset_bytes(build_sr(d, f))
                 dataset_bytes(build_sc(d, f, image=im))
+        def clear_text() -> None:
+            if args.cold_text:
+                clear_caches()
+
         rows: dict[str, list[tuple[float, float]]] = {}
         for _ in range(args.repeats):
             images: list[Any] = []
@@ -144,15 +152,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows.setdefault("SR build (highdicom TID 1500)", []).append(
                 per_image_ms(lambda: srs.extend(build_sr(d, f) for d, f, _ in work), args.n)
             )
-            clear_caches()
+            clear_text()
             rows.setdefault("SC build (overlay, from the engine's decoded image)", []).append(
                 per_image_ms(lambda: scs.extend(build_sc(d, f, image=im) for d, f, im in work), args.n)
             )
-            clear_caches()
+            clear_text()
             rows.setdefault(f"SC build, positive images with a heatmap ({len(with_map)} of {args.n})", []).append(
                 per_image_ms(lambda: [build_sc(d, f, image=im) for d, f, im in with_map], len(with_map))
             )
-            clear_caches()
+            clear_text()
             rows.setdefault(f"SC build, the other images ({len(without_map)} of {args.n})", []).append(
                 per_image_ms(lambda: [build_sc(d, f, image=im) for d, f, im in without_map], len(without_map))
             )

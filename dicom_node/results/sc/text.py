@@ -173,7 +173,7 @@ def render_band(lines: tuple[TextLine, ...], width: int, size: int, rule_at_top:
     return Band(words, tuple(tops), step)
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=256)  # box labels differ only in a 2-decimal score: ~100 per deployment
 def label_masks(text: str, size: int, stroke: int) -> tuple[np.ndarray, np.ndarray]:
     """Coverage masks (uint8, same shape) of ``text``: its dark outline (``stroke`` pixels wide) and its fill.
 
