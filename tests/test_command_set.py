@@ -111,3 +111,28 @@ def test_installed_where_pynetdicom_encodes_command_sets() -> None:
 
     assert dimse_messages.encode is command_set.encode
     assert command_set.install() is True  # idempotent
+
+
+def _received_meta(uid: str, syntax: str):  # type: ignore[no-untyped-def]
+    from pynetdicom.dsutils import create_file_meta
+
+    return create_file_meta(sop_class_uid="1.2.840.10008.5.1.4.1.1.7", sop_instance_uid=uid, transfer_syntax=syntax)
+
+
+@pytest.mark.parametrize("uid", ["1.2.3.4", "1.2.3.45", "2.25." + "7" * 59])
+@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.4.50"])
+def test_received_file_meta_is_written_as_pydicom_writes_it(uid: str, syntax: str) -> None:
+    """The meta group pynetdicom writes at the start of a file it receives a C-STORE into."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_file_meta_info
+
+    ours_meta, theirs_meta = _received_meta(uid, syntax), _received_meta(uid, syntax)
+    ours, theirs = BytesIO(), DicomBytesIO()
+    theirs.is_implicit_VR, theirs.is_little_endian = False, True
+    command_set.write_file_meta_info(ours, ours_meta)
+    write_file_meta_info(theirs, theirs_meta)
+    assert ours.getvalue() == theirs.getvalue()
+    assert ours_meta == theirs_meta  # (the group length set alike)
+    import dicom_node.scp.receive  # noqa: F401 - the receiver installs it (with the command set encoder)
+
+    assert dimse_messages.write_file_meta_info is command_set.write_file_meta_info

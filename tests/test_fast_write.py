@@ -327,3 +327,18 @@ def test_file_meta_elements_are_never_changed_in_place(case: str) -> None:
     assert encode_file(ds) == expected
     assert {tag: (element, element.value) for tag, element in meta._dict.items()} == elements
     assert all(meta._dict[tag] is element for tag, (element, _) in elements.items())
+
+
+def test_file_meta_group_of_a_read_file_meta_is_pydicoms() -> None:
+    """Raw elements (a file meta as read from a file) go to pydicom's writer; the bytes are the same."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_file_meta_info
+
+    path = Path(pydicom.data.__file__).parent / "test_files" / "CT_small.dcm"
+    ours_meta = pydicom.dcmread(path, stop_before_pixels=True).file_meta
+    theirs_meta = pydicom.dcmread(path, stop_before_pixels=True).file_meta
+    assert any(type(e) is not pydicom.dataelem.DataElement for e in ours_meta._dict.values())
+    theirs = DicomBytesIO()
+    theirs.is_implicit_VR, theirs.is_little_endian = False, True
+    write_file_meta_info(theirs, theirs_meta, enforce_standard=True)
+    assert fast_write.file_meta_group(ours_meta) == theirs.getvalue()

@@ -28,7 +28,7 @@ from pydicom.filewriter import dcmwrite, write_data_element, write_file_meta_inf
 from pydicom.multival import MultiValue
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
-__all__ = ["encode_file", "register_immutable"]
+__all__ = ["encode_file", "file_meta_group", "register_immutable"]
 
 _DEFAULT_ENCODING = "iso8859"
 #: python codecs (as pydicom's ``convert_encodings`` names them) under which ASCII text encodes as itself
@@ -286,13 +286,26 @@ def _file_meta_bytes(dataset: Dataset, file_meta: FileMetaDataset, preamble: byt
     ds_instance = dataset.get("SOPInstanceUID", None)
     if meta_instance is None or (ds_instance and ds_instance != meta_instance):
         _set_new(file_meta, "MediaStorageSOPInstanceUID", ds_instance)
+    return (preamble or b"\x00" * 128) + b"DICM" + file_meta_group(file_meta)
+
+
+def file_meta_group(file_meta: FileMetaDataset) -> bytes:
+    """The file meta group as pydicom's ``write_file_meta_info(fp, file_meta, enforce_standard=True)``
+    writes it, with the same changes to ``file_meta`` (validated and completed, its group length
+    set): written in one pass, every element it cannot write plainly handed to pydicom's writer."""
     validate_file_meta(file_meta, enforce_standard=True)
-    fp = DicomBytesIO()
-    fp.is_implicit_VR, fp.is_little_endian = False, True
-    fp.write(preamble or b"\x00" * 128)
-    fp.write(b"DICM")
-    write_file_meta_info(fp, file_meta, enforce_standard=True)
-    return fp.getvalue()
+    rest = Dataset()
+    rest._dict.update((tag, element) for tag, element in file_meta._dict.items() if tag != _GROUP_LENGTH)
+    body = bytearray()
+    try:
+        _write_dataset(body, rest, _DEFAULT_ENCODING)
+    except _Unsupported:  # raw elements: pydicom's writer converts them
+        fp = DicomBytesIO()
+        fp.is_implicit_VR, fp.is_little_endian = False, True
+        write_file_meta_info(fp, file_meta, enforce_standard=True)
+        return fp.getvalue()
+    file_meta.FileMetaInformationGroupLength = len(body)  # (as pydicom's writer leaves it)
+    return _header(_GROUP_LENGTH, "UL") + pack("<HL", 4, len(body)) + bytes(body)
 
 
 def _pydicom_bytes(dataset: Dataset) -> bytes:
