@@ -113,3 +113,19 @@ def test_load_source_image_unchanged(bits: int, signed: bool, monkeypatch: pytes
     monkeypatch.setattr(dicom_image, "_stored_percentile_limits", lambda *a: None)
     slow = load_source_image(ds).pixels
     np.testing.assert_array_equal(slow, fast)
+
+
+@pytest.mark.parametrize("shape", [(300, 257), (1, 5), (7,), (1_000_003,)])
+def test_uint8_histogram_is_bincount(shape: tuple[int, ...]) -> None:
+    """8-bit counts (Pillow's histogram) are np.bincount's, for 2-D, strided and 1-D (masked) samples."""
+    rng = np.random.default_rng(3)
+    image = rng.integers(17, 240, size=(64, 64), dtype=np.uint8)
+    image[0, 0], image[-1, -1] = 17, 239
+    levels_ = levels.StoredLevels.of(image)
+    assert levels_ is not None and (levels_.first, levels_.last) == (17, 239)
+    sample = rng.integers(17, 240, size=shape, dtype=np.uint8)
+    for s in (sample, sample[..., ::3], sample[::2] if sample.ndim == 2 else sample[1::2]):
+        got = levels_.histogram(s)
+        want = np.bincount(s.reshape(-1), minlength=240)[17:]
+        assert got.dtype == want.dtype and got.shape == want.shape == (223,)
+        np.testing.assert_array_equal(got, want)
