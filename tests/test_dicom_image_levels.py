@@ -129,3 +129,18 @@ def test_uint8_histogram_is_bincount(shape: tuple[int, ...]) -> None:
         want = np.bincount(s.reshape(-1), minlength=240)[17:]
         assert got.dtype == want.dtype and got.shape == want.shape == (223,)
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize(
+    ("center", "width", "function"),
+    [(2000.0, 3000.0, "LINEAR"), (1000.3, 1.0, "LINEAR"), (2047.5, 4095.0, "LINEAR_EXACT"),
+     (10.0, 0.5, "LINEAR_EXACT"), (2000.0, 800.0, "SIGMOID")],
+)  # fmt: skip
+def test_window_in_place_is_the_same_as_a_new_array(center: float, width: float, function: str) -> None:
+    x = cxr_like_array(300, 211, bits_stored=12, seed=6).astype(np.float32)
+    want = dicom_image._window(x, center, width, function)
+    mine = x.copy()
+    got = dicom_image._window(mine, center, width, function, in_place=True)
+    assert got.dtype == want.dtype == np.float32
+    assert got.tobytes() == want.tobytes()
+    np.testing.assert_array_equal(x, cxr_like_array(300, 211, bits_stored=12, seed=6).astype(np.float32))

@@ -432,7 +432,9 @@ def _load(ds: pydicom.Dataset, uid: str, max_pixels: int) -> SourceImage:
         grey = _luminance(arr, float(2**h.bits_stored - 1))
     if h.photometric not in _GREY:  # the grey pipeline's every VOI step already ends in [0, 1]
         grey = np.clip(grey, 0.0, 1.0, out=grey)
-    if np.isnan(grey.sum()):  # after the clip, only NaN can be non-finite (one pass, no mask)
+    # after the clip, only NaN can be non-finite: one pass, no mask; max propagates NaN as the sum
+    # did (every value is in [0, 1] or NaN) and is ~2.5x cheaper than the pairwise sum
+    if np.isnan(grey.max()):
         raise ImageDecodeError(uid, "decoded image contains non-finite values")
     spacing, source = pixel_spacing(ds)  # the one rule: models.imaging.spacing
     return SourceImage(
@@ -500,7 +502,8 @@ def _grey_to_unit(
     window = _first_window(ds, uid)
     if window is not None:
         center, width, function = window
-        return _window(values.astype(np.float32, copy=False), center, width, function)
+        x = values.astype(np.float32, copy=False)
+        return _window(x, center, width, function, in_place=x is not values and x is not arr)
     limits = _stored_percentile_limits(arr, ds, padding)
     x = values.astype(np.float32, copy=False)
     if limits is not None and x is not values and x is not arr:  # a new array of ours: map it in place
@@ -594,11 +597,19 @@ def _first_window(ds: pydicom.Dataset, uid: str) -> tuple[float, float, str] | N
     return c, w, function
 
 
-def _window(x: np.ndarray, center: float, width: float, function: str) -> np.ndarray:
-    """VOI window of PS3.3 C.11.2.1.2 / C.11.2.1.3, output in [0, 1] instead of [ymin, ymax]."""
+def _window(x: np.ndarray, center: float, width: float, function: str, *, in_place: bool = False) -> np.ndarray:
+    """VOI window of PS3.3 C.11.2.1.2 / C.11.2.1.3, output in [0, 1] instead of [ymin, ymax].
+    ``in_place``: ``x`` (float32) is the caller's to overwrite; the linear windows are then computed
+    in it with the same operations in the same order (the same values, no 4 MB temporaries)."""
     if function == "SIGMOID":
         z = np.clip(-4.0 * (x - np.float32(center)) / np.float32(width), -80.0, 80.0)
         return (1.0 / (1.0 + np.exp(z))).astype(np.float32, copy=False)
+    if in_place and x.dtype == np.float32 and not (function == "LINEAR" and width == 1.0):
+        offset, scale = (center, width) if function == "LINEAR_EXACT" else (center - 0.5, width - 1.0)
+        np.subtract(x, np.float32(offset), out=x)
+        np.divide(x, np.float32(scale), out=x)
+        np.add(x, np.float32(0.5), out=x)
+        return np.clip(x, 0.0, 1.0, out=x)
     if function == "LINEAR_EXACT":
         out = (x - np.float32(center)) / np.float32(width) + np.float32(0.5)
         return np.clip(out, 0.0, 1.0).astype(np.float32, copy=False)
