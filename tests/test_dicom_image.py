@@ -387,3 +387,21 @@ def test_pixel_padding_value_is_black_and_out_of_the_window_statistics() -> None
     no_attr = load_source_image(make_dataset(padded, bits_stored=12)).pixels
     assert (no_attr[collimated] == 1).all()
     assert not np.allclose(plain, expected)  # the padding really changed the statistics
+
+
+@pytest.mark.parametrize("where", [(0, 0), (17, 5), (-1, -1)])
+def test_nan_anywhere_in_the_unit_image_is_refused(where: tuple[int, int], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The final check (one max over the image) finds a NaN wherever it is."""
+    from models.imaging import dicom_image
+
+    ds = make_dataset(cxr_like_array(40, 30, bits_stored=12), bits_stored=12)
+    real = dicom_image._grey_to_unit
+
+    def with_nan(*args: object, **kwargs: object) -> np.ndarray:
+        grey = real(*args, **kwargs)  # type: ignore[arg-type]
+        grey[where] = np.nan
+        return grey
+
+    monkeypatch.setattr(dicom_image, "_grey_to_unit", with_nan)
+    with pytest.raises(ImageDecodeError, match="non-finite"):
+        load_source_image(ds)

@@ -113,3 +113,34 @@ def test_load_source_image_unchanged(bits: int, signed: bool, monkeypatch: pytes
     monkeypatch.setattr(dicom_image, "_stored_percentile_limits", lambda *a: None)
     slow = load_source_image(ds).pixels
     np.testing.assert_array_equal(slow, fast)
+
+
+@pytest.mark.parametrize("shape", [(300, 257), (1, 5), (7,), (1_000_003,)])
+def test_uint8_histogram_is_bincount(shape: tuple[int, ...]) -> None:
+    """8-bit counts (Pillow's histogram) are np.bincount's, for 2-D, strided and 1-D (masked) samples."""
+    rng = np.random.default_rng(3)
+    image = rng.integers(17, 240, size=(64, 64), dtype=np.uint8)
+    image[0, 0], image[-1, -1] = 17, 239
+    levels_ = levels.StoredLevels.of(image)
+    assert levels_ is not None and (levels_.first, levels_.last) == (17, 239)
+    sample = rng.integers(17, 240, size=shape, dtype=np.uint8)
+    for s in (sample, sample[..., ::3], sample[::2] if sample.ndim == 2 else sample[1::2]):
+        got = levels_.histogram(s)
+        want = np.bincount(s.reshape(-1), minlength=240)[17:]
+        assert got.dtype == want.dtype and got.shape == want.shape == (223,)
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize(
+    ("center", "width", "function"),
+    [(2000.0, 3000.0, "LINEAR"), (1000.3, 1.0, "LINEAR"), (2047.5, 4095.0, "LINEAR_EXACT"),
+     (10.0, 0.5, "LINEAR_EXACT"), (2000.0, 800.0, "SIGMOID")],
+)  # fmt: skip
+def test_window_in_place_is_the_same_as_a_new_array(center: float, width: float, function: str) -> None:
+    x = cxr_like_array(300, 211, bits_stored=12, seed=6).astype(np.float32)
+    want = dicom_image._window(x, center, width, function)
+    mine = x.copy()
+    got = dicom_image._window(mine, center, width, function, in_place=True)
+    assert got.dtype == want.dtype == np.float32
+    assert got.tobytes() == want.tobytes()
+    np.testing.assert_array_equal(x, cxr_like_array(300, 211, bits_stored=12, seed=6).astype(np.float32))

@@ -261,10 +261,19 @@ def test_jpeg_baseline_is_decoded_with_pillow_first(tmp_path: Path, monkeypatch:
 
     monkeypatch.setattr(dicom_image, "pixel_array", spy)
     preferred = load_source_image(encoded)
-    assert used == ["pillow"]
+    assert used == []  # 8-bit grey, one frame: Pillow decodes it directly (_direct_pillow_grey8)
+    encoded.PhotometricInterpretation = "MONOCHROME1"  # still direct
+    assert load_source_image(encoded).pixels.tobytes() == (1.0 - preferred.pixels).tobytes()
+    assert used == []
+    encoded.PhotometricInterpretation = "MONOCHROME2"
+    direct = dicom_image._direct_pillow_grey8
+    monkeypatch.setattr(dicom_image, "_direct_pillow_grey8", lambda ds, h: None)
+    assert load_source_image(encoded).pixels.tobytes() == preferred.pixels.tobytes()
+    assert used == ["pillow"]  # pydicom's path with the Pillow plug-in: the same pixels
+    monkeypatch.setattr(dicom_image, "_direct_pillow_grey8", direct)
     monkeypatch.setattr(dicom_image, "PREFERRED_DECODER", {})
     default = load_source_image(encoded)
-    assert used == ["pillow", ""]
+    assert used == ["pillow", ""]  # no Pillow preference: no direct Pillow decode either
     assert np.abs(preferred.pixels - default.pixels).max() <= 2 / 255
 
 
@@ -351,9 +360,38 @@ def test_a_bomb_pillow_refuses_is_not_handed_to_another_decoder(monkeypatch: pyt
         raise RuntimeError("all plug-ins failed") from Image.DecompressionBombError("Image size exceeds limit of 1 pixels")
 
     monkeypatch.setattr(dicom_image, "pixel_array", bomb)
+    monkeypatch.setattr(dicom_image, "_direct_pillow_grey8", lambda ds, h: None)  # pydicom's path
     with pytest.raises(ImageDecodeError, match="all plug-ins failed"):
         load_source_image(_jpeg_claiming(64, 64))
     assert calls == ["pillow"]  # no fall-back to pylibjpeg
+
+
+def test_a_bomb_pillow_refuses_in_the_direct_decode_is_reported_as_before(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Pillow's bomb refusal in the direct 8-bit grey decode: pydicom's path runs (and refuses it in
+    Pillow again, without handing it to pylibjpeg), the same error as without the direct decode."""
+    from PIL import Image
+
+    import models.imaging.dicom_image as dicom_image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 64 * 64 // 3)  # 64 x 64 is over twice the limit
+    ds = _jpeg_claiming(64, 64)
+    calls: list[str] = []
+    real = dicom_image.pixel_array
+
+    def spy(ds: pydicom.Dataset, **kwargs: object) -> np.ndarray:
+        calls.append(str(kwargs.get("decoding_plugin", "")))
+        return real(ds, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(dicom_image, "pixel_array", spy)
+    with pytest.raises(ImageDecodeError, match="exceeds limit") as direct:
+        load_source_image(ds)
+    assert calls == ["pillow"]  # the direct decode declined; pydicom's Pillow refused; no pylibjpeg
+    monkeypatch.setattr(dicom_image, "_direct_pillow_grey8", lambda ds, h: None)
+    with pytest.raises(ImageDecodeError) as before:
+        load_source_image(ds)
+    assert str(direct.value) == str(before.value)
 
 
 def test_jpeg_2000_codestream_size_is_checked(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from io import BytesIO
 
 import numpy as np
 import pydicom
@@ -349,6 +350,42 @@ def _is_decompression_bomb(exc: BaseException) -> bool:
     return False
 
 
+def _direct_pillow_grey8(ds: pydicom.Dataset, h: _Header) -> np.ndarray | None:
+    """Frame 0 of a single-frame 8-bit greyscale JPEG Baseline instance (the RSNA challenge format,
+    many CR exports) decoded by Pillow directly: the array pydicom's Pillow plug-in gives, without
+    its generic pixel pipeline (~1.3 ms of CPU per 1024 x 1024 image). None for anything else, or
+    when Pillow refuses the stream or gives another mode or size: the caller then takes pydicom's
+    path, which reports the error exactly as before. Taken only while Pillow is the
+    :data:`PREFERRED_DECODER` of JPEG Baseline."""
+    if not (
+        h.transfer_syntax == JPEGBaseline8Bit
+        and PREFERRED_DECODER.get(JPEGBaseline8Bit) == "pillow"
+        and h.frames == 1
+        and h.samples_per_pixel == 1
+        and h.bits_allocated == 8
+        and h.bits_stored == 8
+        and h.pixel_representation == 0
+        and h.photometric in _GREY
+        and "ExtendedOffsetTable" not in ds
+    ):
+        return None
+    from PIL import Image
+
+    try:
+        # the same call as pydicom's Pillow decoder (pydicom.pixels.decoders.pillow)
+        frame = BytesIO(get_frame(ds.PixelData, 0, number_of_frames=1))
+        with Image.open(frame, formats=("JPEG", "JPEG2000")) as image:
+            if image.mode != "L" or image.size != (h.columns, h.rows):
+                return None
+            data = image.tobytes()
+    except Exception:  # noqa: BLE001 - pydicom's path decodes it again and reports the error as before
+        return None
+    if len(data) != h.rows * h.columns:
+        return None
+    # read-only (no copy of the megabytes): the grey pipeline never writes into the stored image
+    return np.frombuffer(data, dtype=np.uint8).reshape(h.rows, h.columns)
+
+
 def _decode_frame0(ds: pydicom.Dataset) -> np.ndarray:
     """Frame 0 as pydicom decodes it (YBR -> RGB), with the preferred plug-in first."""
     ts = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
@@ -373,7 +410,9 @@ def _load(ds: pydicom.Dataset, uid: str, max_pixels: int) -> SourceImage:
             "multi-frame instance: using frame 0",
             extra={"sop_instance_uid": uid, "number_of_frames": h.frames},
         )
-    arr = _decode_frame0(ds)
+    arr = _direct_pillow_grey8(ds, h)
+    if arr is None:
+        arr = _decode_frame0(ds)
     expected_shape = (h.rows, h.columns) if h.samples_per_pixel == 1 else (h.rows, h.columns, 3)
     if arr.shape != expected_shape:
         raise ImageDecodeError(uid, f"decoded frame has shape {arr.shape}, expected {expected_shape}")
@@ -393,7 +432,9 @@ def _load(ds: pydicom.Dataset, uid: str, max_pixels: int) -> SourceImage:
         grey = _luminance(arr, float(2**h.bits_stored - 1))
     if h.photometric not in _GREY:  # the grey pipeline's every VOI step already ends in [0, 1]
         grey = np.clip(grey, 0.0, 1.0, out=grey)
-    if np.isnan(grey.sum()):  # after the clip, only NaN can be non-finite (one pass, no mask)
+    # after the clip, only NaN can be non-finite: one pass, no mask; max propagates NaN as the sum
+    # did (every value is in [0, 1] or NaN) and is ~2.5x cheaper than the pairwise sum
+    if np.isnan(grey.max()):
         raise ImageDecodeError(uid, "decoded image contains non-finite values")
     spacing, source = pixel_spacing(ds)  # the one rule: models.imaging.spacing
     return SourceImage(
@@ -461,10 +502,13 @@ def _grey_to_unit(
     window = _first_window(ds, uid)
     if window is not None:
         center, width, function = window
-        return _window(values.astype(np.float32, copy=False), center, width, function)
-    return percentile_window(
-        values.astype(np.float32, copy=False), exclude=padding, limits=_stored_percentile_limits(arr, ds, padding)
-    )
+        x = values.astype(np.float32, copy=False)
+        return _window(x, center, width, function, in_place=x is not values and x is not arr)
+    limits = _stored_percentile_limits(arr, ds, padding)
+    x = values.astype(np.float32, copy=False)
+    if limits is not None and x is not values and x is not arr:  # a new array of ours: map it in place
+        return _linear_unit(x, *limits, out=x)
+    return percentile_window(x, exclude=padding, limits=limits)
 
 
 def _stored_percentile_limits(
@@ -553,11 +597,19 @@ def _first_window(ds: pydicom.Dataset, uid: str) -> tuple[float, float, str] | N
     return c, w, function
 
 
-def _window(x: np.ndarray, center: float, width: float, function: str) -> np.ndarray:
-    """VOI window of PS3.3 C.11.2.1.2 / C.11.2.1.3, output in [0, 1] instead of [ymin, ymax]."""
+def _window(x: np.ndarray, center: float, width: float, function: str, *, in_place: bool = False) -> np.ndarray:
+    """VOI window of PS3.3 C.11.2.1.2 / C.11.2.1.3, output in [0, 1] instead of [ymin, ymax].
+    ``in_place``: ``x`` (float32) is the caller's to overwrite; the linear windows are then computed
+    in it with the same operations in the same order (the same values, no 4 MB temporaries)."""
     if function == "SIGMOID":
         z = np.clip(-4.0 * (x - np.float32(center)) / np.float32(width), -80.0, 80.0)
         return (1.0 / (1.0 + np.exp(z))).astype(np.float32, copy=False)
+    if in_place and x.dtype == np.float32 and not (function == "LINEAR" and width == 1.0):
+        offset, scale = (center, width) if function == "LINEAR_EXACT" else (center - 0.5, width - 1.0)
+        np.subtract(x, np.float32(offset), out=x)
+        np.divide(x, np.float32(scale), out=x)
+        np.add(x, np.float32(0.5), out=x)
+        return np.clip(x, 0.0, 1.0, out=x)
     if function == "LINEAR_EXACT":
         out = (x - np.float32(center)) / np.float32(width) + np.float32(0.5)
         return np.clip(out, 0.0, 1.0).astype(np.float32, copy=False)
@@ -600,8 +652,9 @@ def percentile_window(
     return _linear_unit(x, lo, hi)
 
 
-def _linear_unit(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """``(x - lo) / (hi - lo)`` clipped to [0, 1], in float32 (a new array)."""
-    out = np.subtract(x, np.float32(lo))
+def _linear_unit(x: np.ndarray, lo: float, hi: float, out: np.ndarray | None = None) -> np.ndarray:
+    """``(x - lo) / (hi - lo)`` clipped to [0, 1], in float32 (a new array, or ``out``: ``x`` itself
+    when float32, the same operations in the same order, so the same values)."""
+    out = np.subtract(x, np.float32(lo), out=out)
     np.divide(out, np.float32(hi - lo), out=out)
     return np.clip(out, 0.0, 1.0, out=out)

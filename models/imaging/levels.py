@@ -47,9 +47,20 @@ class StoredLevels:
         """Occurrences of each level (``first .. last``) in ``sample`` (values of this image)."""
         flat = sample.reshape(-1)
         n = self.last - self.first + 1
+        if self.image.dtype == np.uint8 and flat.size:
+            return _uint8_counts(flat)[self.first : self.last + 1]
         if self.image.dtype.kind == "u":
             return np.bincount(flat, minlength=self.last + 1)[self.first :]
         return np.bincount(flat.astype(np.int64) - self.first, minlength=n)
+
+
+def _uint8_counts(flat: np.ndarray) -> np.ndarray:
+    """``np.bincount(flat, minlength=256)`` of 8-bit values, by Pillow's histogram of an "L" image:
+    the same counts without bincount's conversion of every value to a 64-bit index (~2.5x cheaper)."""
+    from PIL import Image
+
+    row = np.ascontiguousarray(flat, dtype=np.uint8).reshape(1, -1)
+    return np.array(Image.fromarray(row).histogram(), dtype=np.intp)
 
 
 def _monotonic(table: np.ndarray) -> int:
