@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import re
 import subprocess
 import sys
@@ -22,10 +23,12 @@ def test_fuzz_decode_bounded_run(tmp_path: Path) -> None:
            "-timeout=20", "-rss_limit_mb=3072", "-seed=20261123", f"-artifact_prefix={tmp_path}/", str(corpus)]  # fmt: skip
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmp_path)
     out = res.stdout + res.stderr
-    crashes = sorted(p.name for p in tmp_path.glob("crash-*")) + sorted(
-        p.name for p in tmp_path.glob("timeout-*")
-    )
-    assert res.returncode == 0 and not crashes, f"fuzzer finding ({res.returncode}): {crashes}\n{out[-3000:]}"
+    found = sorted(tmp_path.glob("crash-*")) + sorted(tmp_path.glob("timeout-*")) + sorted(tmp_path.glob("oom-*"))
+    crashes = [p.name for p in found]
+    # the inputs themselves, so that a finding in CI (whose temporary folders are gone) can be replayed:
+    # base64 -d > input.dcm; python fuzz/fuzz_decode.py input.dcm
+    inputs = "\n".join(f"{p.name} (base64): {base64.b64encode(p.read_bytes()).decode()}" for p in found)
+    assert res.returncode == 0 and not crashes, f"fuzzer finding ({res.returncode}): {crashes}\n{out[-3000:]}\n{inputs}"
     done = re.search(r"Done (\d+) runs in (\d+) second", out)
     assert done and int(done.group(1)) >= RUNS, out[-2000:]
     report("fuzz: atheris on dcmread + load_source_image", tried=int(done.group(1)), findings=len(crashes),
