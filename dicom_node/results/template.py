@@ -17,6 +17,8 @@ import datetime
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.valuerep import DA, TM
 
@@ -53,10 +55,14 @@ def instance_from_template(template: D) -> D:
 
 
 def set_fresh(ds: Dataset, keyword: str, value: Any) -> None:
-    """Set ``keyword`` to ``value`` as a new data element (an element shared with a template stays as it is)."""
-    if keyword in ds:
-        delattr(ds, keyword)
-    setattr(ds, keyword, value)
+    """Set ``keyword`` to ``value`` as a new data element (an element shared with a template stays as it
+    is), in the place of the element it replaces (pydicom's ``ds.X = v`` makes the same new element
+    for a keyword ``ds`` does not hold yet)."""
+    tag = tag_for_keyword(keyword)
+    if tag is None or tag not in ds._dict:
+        setattr(ds, keyword, value)
+        return
+    ds[tag] = DataElement(tag, dictionary_VR(tag), value)
 
 
 def drop(ds: Dataset, keywords: Iterable[str]) -> None:

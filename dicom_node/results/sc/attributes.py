@@ -25,6 +25,7 @@ from pydicom.valuerep import DA, DT, TM
 
 from dicom_node.results.common import MANUFACTURER, SC_SERIES_DESCRIPTION, SC_SERIES_NUMBER
 from dicom_node.results.dataset_copy import fresh_copy
+from dicom_node.results.template import set_media_storage_instance, stamp_creation
 
 #: highdicom writes the attributes; the pixels are stored afterwards (sc.encode.store_pixels), so it gets one
 _ONE_RGB_PIXEL = np.zeros((1, 1, 3), dtype=np.uint8)
@@ -96,10 +97,6 @@ def _template(manufacturer_model_name: str, software_versions: tuple[str, ...]) 
     return sc
 
 
-def _padded(uid: str) -> int:
-    return len(uid) + len(uid) % 2
-
-
 def sc_image(args: ScArguments) -> SCImage:
     """What :func:`highdicom_sc` returns for ``args`` (but the times, which are now's), made from a
     per-process template. Raises ValueError for what highdicom refuses per overlay (an orientation
@@ -110,20 +107,13 @@ def sc_image(args: ScArguments) -> SCImage:
     template = _template(args.manufacturer_model_name, args.software_versions)
     sop_instance_uid = args.sop_instance_uid
     sc = fresh_copy(template)
-    meta = sc.file_meta
-    meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
     # highdicom measures the File Meta Information as written with the SOP Instance UID: only its length differs
-    length = template.file_meta.FileMetaInformationGroupLength
-    meta.FileMetaInformationGroupLength = length - _padded(_PLACEHOLDER_UID) + _padded(str(sop_instance_uid))
+    set_media_storage_instance(sc, UID(sop_instance_uid))
     sc.StudyInstanceUID = str(args.study_instance_uid)
     sc.SeriesInstanceUID = str(args.series_instance_uid)
     sc.SOPInstanceUID = str(sop_instance_uid)
     sc.InstanceNumber = args.instance_number
-    now = datetime.datetime.now()  # highdicom's SOPClass: instance creation and content date and time
-    sc.InstanceCreationDate = DA(now.date())
-    sc.InstanceCreationTime = TM(now.time())
-    sc.ContentDate = DA(now.date())
-    sc.ContentTime = TM(now.time())
+    stamp_creation(sc)  # highdicom's SOPClass: instance creation and content date and time
     # its Contributing Equipment item (ContributingEquipment.for_highdicom)
     sc.ContributingEquipmentSequence[0].ContributionDateTime = DT(datetime.datetime.now())
     now = datetime.datetime.now()  # SCImage: SC Image module
