@@ -3,6 +3,9 @@
 * receive: the node's ``Receiver`` (pynetdicom SCP, spool file, journal row, as ``NodeService``
   builds it; no worker) in this process, fed by a dcmtk ``storescu`` subprocess over one
   association; this process's CPU time is the SCP side only.
+* association: the same ``Receiver`` opened and closed the way Orthanc forwards a one-image study
+  (one association per study, the 127 contexts Orthanc 1.10 proposes: ``bench/orthanc_like_scu.py``),
+  one C-STORE in each; this process's CPU per association.
 * deliver: the node's ``DicomSender`` sends each image's SR and SC (one batch per image, what the
   deliverer does at a low arrival rate) to a dcmtk ``storescp --ignore +xa`` subprocess that
   negotiates the maximum PDU the shipped Orthanc configuration sets (``MaximumPduLength``, 128 KiB):
@@ -80,6 +83,38 @@ def receive_ms(files: Sequence[Path], scratch: Path) -> tuple[float, float]:
         receiver.stop(10)
         journal.close()
     return wall * 1000 / len(files), cpu * 1000 / len(files)
+
+
+def association_ms(file: Path, scratch: Path, n: int = 16) -> tuple[float, float]:
+    """(wall ms, CPU ms of this process) per association opened with the node's SCP the way Orthanc
+    forwards a one-image study: A-ASSOCIATE with the 127 contexts Orthanc proposes, one C-STORE of
+    ``file`` (spool file, journal row), A-RELEASE; ``n`` associations from a child process
+    (``bench/orthanc_like_scu.py``), whose CPU is not counted."""
+    from dicom_node.scp.receive import Receiver
+    from dicom_node.scp.routing import RoutingRules
+    from dicom_node.settings import NodeSettings
+    from dicom_node.storage.journal import Journal
+    from dicom_node.storage.spool import Spool
+
+    work = Path(tempfile.mkdtemp(prefix="assoc-", dir=scratch))
+    settings = NodeSettings(port=free_port(), bind="127.0.0.1", ae_title="AINODE", spool_dir=work / "spool",
+                            destinations=[], allowed_aets=["BENCHSCU"])  # fmt: skip
+    journal = Journal(settings.journal_path)
+    receiver = Receiver(settings, Spool(settings.spool_dir), journal, rules=RoutingRules.from_settings(settings))
+    receiver.start()
+    scu = [sys.executable, str(Path(__file__).resolve().parent / "orthanc_like_scu.py"), "send", str(receiver.port)]
+    try:
+        subprocess.run([*scu, "1", str(file)], check=True, timeout=120)  # the SCP's first association: warm-up
+        t0, c0 = time.perf_counter(), time.process_time()
+        subprocess.run([*scu, str(n), str(file)], check=True, timeout=600)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        received = journal.counts().get("job.received", 0)
+        if received != n + 1:
+            raise RuntimeError(f"{received} jobs received for {n + 1} associations")
+    finally:
+        receiver.stop(10)
+        journal.close()
+    return wall * 1000 / n, cpu * 1000 / n
 
 
 def deliver_ms(

@@ -133,8 +133,12 @@ def configure_logging(
 
 
 def quiet_pynetdicom(level: str = "WARNING") -> None:
-    """Keep pynetdicom's logger (DEBUG dumps dataset contents, incl. patient data) at ``level``."""
-    logging.getLogger("pynetdicom").setLevel(level.upper())
+    """Keep pynetdicom's logger (DEBUG dumps dataset contents, incl. patient data) at ``level``; above
+    INFO, pynetdicom's narrating event handlers are not bound (``dicom_node.transport.event_logging``)."""
+    from dicom_node.transport.event_logging import PYNETDICOM_LOGGER, sync_standard_handlers
+
+    logging.getLogger(PYNETDICOM_LOGGER).setLevel(level.upper())
+    sync_standard_handlers()
 
 
 def quiet_highdicom() -> None:

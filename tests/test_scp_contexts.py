@@ -21,6 +21,8 @@ def test_copy_equals_a_deep_copy_and_is_independent(tmp_path) -> None:
     fast = copy.deepcopy(SupportedContexts(contexts))
     slow = copy.deepcopy(contexts)
     assert [_state(c) for c in fast] == [_state(c) for c in slow]
+    assert [vars(c) for c in fast] == [vars(c) for c in slow]  # every attribute, not only the public ones
+    assert all(type(c) is PresentationContext for c in fast)
     assert len(fast) > 100
     for original, copied in zip(contexts, fast, strict=True):
         assert copied is not original and copied.transfer_syntax is not original.transfer_syntax
@@ -76,3 +78,21 @@ def test_the_scp_advertises_its_maximum_pdu(tmp_path) -> None:
         finally:
             receiver.stop(5)
             journal.close()
+
+
+def test_a_subclass_is_copied_by_copy_copy() -> None:
+    from dicom_node.scp.contexts import copy_context
+
+    class Tagged(PresentationContext):
+        def __copy__(self) -> Tagged:
+            new = Tagged()
+            new.__dict__.update(self.__dict__)
+            new.copied = True
+            return new
+
+    cx = Tagged()
+    cx.abstract_syntax = "1.2.840.10008.1.1"
+    cx.add_transfer_syntax("1.2.840.10008.1.2")
+    new = copy_context(cx)
+    assert type(new) is Tagged and new.copied and new.transfer_syntax == cx.transfer_syntax
+    assert new.transfer_syntax is not cx.transfer_syntax

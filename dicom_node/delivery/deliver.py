@@ -39,6 +39,7 @@ from dicom_node.settings import Destination, NodeSettings
 from dicom_node.storage.journal import Job, Journal, OutboxItem
 from dicom_node.storage.spool import Spool
 from dicom_node.transport import command_set, uid_memo
+from dicom_node.transport.event_logging import sync_standard_handlers
 from dicom_node.transport.tcp_options import NODELAY_HANDLERS
 
 logger = logging.getLogger(__name__)
@@ -136,6 +137,7 @@ class DicomSender:
         #: the (SOP class, transfer syntax) pairs of each destination's last association
         self._recent: dict[str, list[tuple[str, str]]] = {}
         send_files_as_stored()
+        sync_standard_handlers()  # pynetdicom's INFO/DEBUG narration only when its logger prints it
 
     def close(self) -> None:
         """Release the kept associations and wait for the releases still running (idempotent)."""

@@ -58,6 +58,7 @@ from dicom_node.settings import NodeSettings
 from dicom_node.storage.journal import Journal
 from dicom_node.storage.spool import InstanceTooLargeError, Spool, StagedFile, is_out_of_space
 from dicom_node.transport import command_set, uid_memo
+from dicom_node.transport.event_logging import sync_standard_handlers
 from dicom_node.transport.tcp_options import NODELAY_HANDLERS
 
 logger = logging.getLogger(__name__)
@@ -257,6 +258,7 @@ class Receiver:
         self.journal = journal
         self.rules = rules or RoutingRules.from_settings(settings)
         self.on_received = on_received
+        sync_standard_handlers()  # pynetdicom's INFO/DEBUG narration only when its logger prints it
         self.ae = build_ae(settings)
         self.peers = PeerPolicy.build(settings.allowed_aets, settings.allowed_peers)
         self._server: ThreadedAssociationServer | None = None
