@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-_ROW = re.compile(r"^\| (.+?) \| ([\d.]*) \| \*?\*?([\d.]+)\*?\*? \| \*?\*?([\d.]+)\*?\*? \|$")
+_ROW = re.compile(r"^\| (.+?) \| ?([\d.]*) ?\| \*?\*?([\d.]+)\*?\*? \| \*?\*?([\d.]+)\*?\*? \|$")
 
 
 def calibration_ms() -> float:
@@ -71,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         envs[name][var] = value
     for path in trees.values():
         if Path(path).resolve() != HERE.parent:
-            for script in ("profile_stages.py", "stage_io.py", "common.py"):
+            for script in ("profile_stages.py", "stage_io.py", "common.py", "orthanc_like_scu.py", "orthanc_contexts.json"):
                 shutil.copy(HERE / script, Path(path) / "bench" / script)
     runs: dict[str, list[dict[str, tuple[float, float]]]] = collections.defaultdict(list)
     for round_ in range(1, args.rounds + 1):
