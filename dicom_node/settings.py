@@ -393,7 +393,10 @@ class NodeSettings(BaseSettings):
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
     log_format: Literal["text", "json"] = Field("text", description="text or json (one JSON object per line)")
     pynetdicom_log_level: str = Field(
-        "WARNING", description="level of pynetdicom's own logger (DEBUG dumps datasets: avoid in production)"
+        "WARNING",
+        description="level of pynetdicom's own logger (DEBUG dumps datasets: avoid in production); at INFO or "
+        "DEBUG pynetdicom's narration of every PDU and DIMSE message is switched on, ~3 ms of CPU per "
+        "association from Orthanc",
     )
 
     # ----------------------------------------------------------------- validators
