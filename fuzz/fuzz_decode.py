@@ -111,7 +111,7 @@ def write_seeds(corpus: Path) -> int:
 
 def main() -> None:
     corpus = [a for a in sys.argv[1:] if not a.startswith("-")]
-    if corpus and not any(Path(corpus[0]).glob("*")):
+    if corpus and not Path(corpus[0]).is_file() and not any(Path(corpus[0]).glob("*")):  # a file: replay it
         print(f"wrote {write_seeds(Path(corpus[0]))} seeds to {corpus[0]}", file=sys.stderr)
     atheris.Setup(sys.argv, TestOneInput)
     atheris.Fuzz()
