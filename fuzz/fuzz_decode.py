@@ -88,11 +88,11 @@ def write_seeds(corpus: Path) -> int:
     ds.save_as(buf, enforce_file_format=True)
     (corpus / "valid-rle.dcm").write_bytes(buf.getvalue())
     n += 1
-    try:  # an 8-bit JPEG baseline phantom from models.phantoms.synth (small)
+    try:  # an 8-bit JPEG baseline phantom from models.phantoms.synth (small: 3.3 KB)
         from models.phantoms.synth import write_rsna_dataset
 
         tmp = corpus.parent / (corpus.name + "-synth")
-        write_rsna_dataset(tmp, n=1, seed=1, size=32)
+        write_rsna_dataset(tmp, n=1, seed=1, size=64)  # synth draws at least 64 x 64
         for f in (tmp / "stage_2_train_images").glob("*.dcm"):
             (corpus / "valid-jpeg.dcm").write_bytes(f.read_bytes())
             n += 1
