@@ -13,6 +13,14 @@ Seeds (valid small images in several transfer syntaxes plus hostile variants) ar
 corpus folder when it is empty. Bounded run (what the test and RELIABILITY.md use):
 
     .venv/bin/python fuzz/fuzz_decode.py -runs=20000 -max_len=131072 -timeout=20 -rss_limit_mb=3072 /tmp/fuzz-corpus
+
+Replay one input (a finding's file, e.g. ``oom-…`` or one base64-decoded from test_fuzz_decode's failure):
+
+    .venv/bin/python fuzz/fuzz_decode.py -rss_limit_mb=3072 FILE
+
+libFuzzer samples the RSS once a second, so a short-lived allocation past the limit is caught only
+sometimes; the run's path also depends on PYTHONHASHSEED (pytest leaves it random), so a CI finding
+need not recur on the same ``-seed``: loop over PYTHONHASHSEED=1..N to reproduce one.
 """
 
 from __future__ import annotations

@@ -72,7 +72,8 @@ def check_declared_sizes(
         _check_jpeg_frame_headers(uid, transfer_syntax, frame, rows, columns, samples, bits_allocated)
     elif frame is not None and transfer_syntax in _J2K_FAMILY:
         _check_j2k_siz(uid, transfer_syntax, frame, rows, columns, samples, bits_allocated)
-    if "SegmentedRedPaletteColorLookupTableData" in ds:
+    palette = str(ds.get("PhotometricInterpretation", "") or "").strip().upper() == "PALETTE COLOR"
+    if palette and "SegmentedRedPaletteColorLookupTableData" in ds:  # expanded only for PALETTE COLOR
         _check_segmented_palette(ds, uid)
 
 
