@@ -63,7 +63,8 @@ def fuzzer_oom_input() -> Dataset:
     60000 x 60000, behind an invalid marker (FF 0B) whose "length" runs past it. The length-following
     walk of ``codestream_frame_size`` (libjpeg-turbo's) skips the SOF0 and finds no frame header, so
     the size check was skipped; pylibjpeg-libjpeg resynchronises on the bad marker, reads the SOF0 and
-    allocated 3.4 GB (RSS 3588 MB in the failing CI run, 3581 MB replayed) before failing."""
+    allocated 3.4 GB (RSS 3588 MB in the failing CI run, 3581 MB replayed; this reduction: 7.6 GB, then
+    libjpeg ran out at an 8 GB address-space cap) before failing."""
     segments = _jpeg_segments(32, 32)
     stream = b"".join(
         seg if seg[1] != 0xC0 else b"\xff\xff\xff\x0b\x0b\x0c" + _sof0(60000, 60000, 1) for seg in segments
@@ -132,6 +133,7 @@ BOMBS = {
     "j2k_2x2_precincts": lambda: j2k(precinct_exp=1),
     "segmented_lut_linear": lambda: palette_with_segments(LINEAR_BOMB),
     "segmented_lut_indirect": lambda: palette_with_segments(INDIRECT_BOMB),
+    "jp2_decoy": lambda: jp2_with_a_decoy(),  # defined below
 }
 
 
@@ -168,7 +170,7 @@ def test_bomb_is_refused_before_any_decoder(name: str, words: str, monkeypatch: 
 
 def test_bombs_stay_small_in_memory(tmp_path: Path) -> None:
     """Each bomb decoded in a fresh process (the real decoders, no monkeypatch): the peak RSS grows by
-    less than 150 MB (before the guard: 3.5, 4.1, 6.8, 0.7, 9.2, 2.4 and - stopped - unbounded GB)."""
+    less than 150 MB (before the guard, in this order: > 7.6, 4.1, 6.8, 0.65, 9.2, 2.1, unbounded, > 5.7 GB)."""
     for name, make in BOMBS.items():
         make().save_as(tmp_path / f"{name}.dcm", enforce_file_format=True)
     script = (
@@ -266,3 +268,39 @@ def test_sop_uid_of_survives_an_element_that_cannot_be_printed() -> None:
             return Unprintable()
 
     assert sop_uid_of(Broken()) == UNKNOWN_UID
+
+
+def _box(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I4s", 8 + len(payload), kind) + payload
+
+
+def jp2_with_a_decoy() -> Dataset:
+    """A 64 x 64 instance whose frame is a JP2 file: an XML box holding a 64 x 64 codestream (the
+    decoy a search for the first SOC + SIZ finds), then the Contiguous Codestream box openjpeg
+    decodes: 4096 x 4096 in 2 x 2 precincts (9.2 GB)."""
+    from openjpeg.utils import encode_array
+    from pydicom.encaps import get_frame
+
+    decoy = encode_array(np.full((64, 64), 100, np.uint16), bits_stored=16)
+    jp2 = encode_array(np.full((64, 64), 100, np.uint16), bits_stored=16, codec_format=1)
+    head = bytearray(jp2[: jp2.index(b"jp2c") - 4])  # signature, ftyp, jp2h (its ihdr: 4096 x 4096)
+    ihdr = head.index(b"ihdr") + 4
+    head[ihdr : ihdr + 8] = struct.pack(">II", 4096, 4096)
+    bomb = get_frame(j2k(precinct_exp=1).PixelData, 0, number_of_frames=1)
+    ds = make_dataset(np.zeros((64, 64), np.uint16))
+    return _encapsulated(
+        ds, bytes(head) + _box(b"xml ", decoy) + _box(b"jp2c", bomb), JPEG2000Lossless, bits=16
+    )
+
+
+def test_jp2_codestream_is_found_box_by_box(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydicom.encaps import get_frame
+
+    ds = jp2_with_a_decoy()
+    frame = get_frame(ds.PixelData, 0, number_of_frames=1)
+    assert codestream_frame_size(JPEG2000Lossless, frame) == (64, 64)  # the decoy
+    decoded: list[object] = []
+    monkeypatch.setattr(dicom_image, "_decode_frame0", lambda ds: decoded.append(ds))
+    with pytest.raises(ImageDecodeError, match="declares a 4096 x 4096 frame but Columns x Rows is 64 x 64"):
+        load_source_image(ds)
+    assert decoded == []
