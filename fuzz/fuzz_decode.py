@@ -13,6 +13,14 @@ Seeds (valid small images in several transfer syntaxes plus hostile variants) ar
 corpus folder when it is empty. Bounded run (what the test and RELIABILITY.md use):
 
     .venv/bin/python fuzz/fuzz_decode.py -runs=20000 -max_len=131072 -timeout=20 -rss_limit_mb=3072 /tmp/fuzz-corpus
+
+Replay one input (a finding's file, e.g. ``oom-…`` or one base64-decoded from test_fuzz_decode's failure):
+
+    .venv/bin/python fuzz/fuzz_decode.py -rss_limit_mb=3072 FILE
+
+libFuzzer samples the RSS once a second, so a short-lived allocation past the limit is caught only
+sometimes; the run's path also depends on PYTHONHASHSEED (pytest leaves it random), so a CI finding
+need not recur on the same ``-seed``: loop over PYTHONHASHSEED=1..N to reproduce one.
 """
 
 from __future__ import annotations
@@ -88,11 +96,11 @@ def write_seeds(corpus: Path) -> int:
     ds.save_as(buf, enforce_file_format=True)
     (corpus / "valid-rle.dcm").write_bytes(buf.getvalue())
     n += 1
-    try:  # an 8-bit JPEG baseline phantom from models.phantoms.synth (small)
+    try:  # an 8-bit JPEG baseline phantom from models.phantoms.synth (small: 3.3 KB)
         from models.phantoms.synth import write_rsna_dataset
 
         tmp = corpus.parent / (corpus.name + "-synth")
-        write_rsna_dataset(tmp, n=1, seed=1, size=32)
+        write_rsna_dataset(tmp, n=1, seed=1, size=64)  # synth draws at least 64 x 64
         for f in (tmp / "stage_2_train_images").glob("*.dcm"):
             (corpus / "valid-jpeg.dcm").write_bytes(f.read_bytes())
             n += 1
@@ -111,7 +119,7 @@ def write_seeds(corpus: Path) -> int:
 
 def main() -> None:
     corpus = [a for a in sys.argv[1:] if not a.startswith("-")]
-    if corpus and not any(Path(corpus[0]).glob("*")):
+    if corpus and not Path(corpus[0]).is_file() and not any(Path(corpus[0]).glob("*")):  # a file: replay it
         print(f"wrote {write_seeds(Path(corpus[0]))} seeds to {corpus[0]}", file=sys.stderr)
     atheris.Setup(sys.argv, TestOneInput)
     atheris.Fuzz()

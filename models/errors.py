@@ -13,9 +13,9 @@ def sop_uid_of(ds: object) -> str:
     """The SOP Instance UID an error message names: ``ds``'s, or :data:`UNKNOWN_UID` (never raises)."""
     try:
         uid = ds.get("SOPInstanceUID", None)  # type: ignore[attr-defined]
-    except Exception:  # a broken element must not hide the real error
+        return str(uid) if uid else UNKNOWN_UID
+    except Exception:  # a broken element must not hide the real error (str() of one can raise too)
         return UNKNOWN_UID
-    return str(uid) if uid else UNKNOWN_UID
 
 
 class InferenceCoreError(Exception):

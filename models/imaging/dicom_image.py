@@ -34,6 +34,7 @@ from pydicom.uid import UID, JPEGBaseline8Bit
 from models.errors import ImageDecodeError, UnsupportedImageError, sop_uid_of
 from models.findings import checked_spacing
 from models.imaging.levels import StoredLevels, content_region, percentile_limits, statistics_sample
+from models.imaging.size_guard import check_declared_sizes
 from models.imaging.spacing import pixel_spacing
 
 logger = logging.getLogger(__name__)
@@ -412,6 +413,11 @@ def _load(ds: pydicom.Dataset, uid: str, max_pixels: int) -> SourceImage:
         )
     arr = _direct_pillow_grey8(ds, h)
     if arr is None:
+        # what pydicom's decoders (and the Palette LUT expansion) would allocate, bounded first
+        check_declared_sizes(
+            ds, uid, rows=h.rows, columns=h.columns, samples=h.samples_per_pixel,
+            bits_allocated=h.bits_allocated, frames=h.frames, transfer_syntax=h.transfer_syntax,
+        )  # fmt: skip
         arr = _decode_frame0(ds)
     expected_shape = (h.rows, h.columns) if h.samples_per_pixel == 1 else (h.rows, h.columns, 3)
     if arr.shape != expected_shape:
