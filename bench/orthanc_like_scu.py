@@ -102,7 +102,9 @@ def _orthanc_version() -> str:
     from dicom_node.testing.local_orthanc import orthanc_binary
 
     binary = orthanc_binary() or "Orthanc"
-    first = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False).stdout.splitlines()
+    first = subprocess.run(
+        [binary, "--version"], capture_output=True, text=True, check=False
+    ).stdout.splitlines()
     return first[0].split()[-1] if first else "unknown"
 
 

@@ -8,8 +8,9 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +18,16 @@ import pydicom
 from dicom_factory import cxr_like_array, make_dataset, write
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
+from pynetdicom import AE
+from pynetdicom.association import Association
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from tls_certs import free_port
 
+from dicom_node.scp.receive import Receiver
 from dicom_node.service import NodeService
 from dicom_node.settings import NodeSettings
+from dicom_node.storage.journal import Journal
+from dicom_node.storage.spool import Spool
 from models.findings import RSNA_CLASSES, Box, FindingCode, Findings, ModelInfo
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -204,3 +211,30 @@ def _cxr(tmp_path: Path, i: int, **attrs: object) -> Path:
 
 def _delivered(svc: NodeService, n: int) -> Callable[[], bool]:
     return lambda: svc.journal.counts().get("job.delivered", 0) >= n  # type: ignore[union-attr]
+
+
+@contextmanager
+def running_receiver(spool_dir: Path, **overrides: object) -> Iterator[tuple[Receiver, NodeSettings]]:
+    """The node's SCP alone (``Receiver``, no worker) on a free loopback port, stopped on exit."""
+    settings = NodeSettings(spool_dir=spool_dir, destinations=[], port=0, bind="127.0.0.1", **overrides)
+    journal = Journal(settings.journal_path)
+    receiver = Receiver(settings, Spool(settings.spool_dir), journal)
+    receiver.start()
+    try:
+        yield receiver, settings
+    finally:
+        receiver.stop(5)
+        journal.close()
+
+
+@contextmanager
+def verification_association(receiver: Receiver, settings: NodeSettings) -> Iterator[Association]:
+    """An established association with ``receiver`` proposing Verification only, released on exit."""
+    scu = AE(ae_title="SCU")
+    scu.add_requested_context(Verification)
+    assoc = scu.associate("127.0.0.1", receiver.port, ae_title=settings.ae_title)
+    assert assoc.is_established
+    try:
+        yield assoc
+    finally:
+        assoc.release()

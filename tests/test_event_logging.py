@@ -11,15 +11,11 @@ from pathlib import Path
 
 import pynetdicom._handlers
 import pytest
-from pynetdicom import AE, _config, evt
+from pynetdicom import _config, evt
 from pynetdicom._handlers import standard_dimse_recv_handler, standard_pdu_recv_handler
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from service_helpers import running_receiver, verification_association
 
 from dicom_node.logging_setup import quiet_pynetdicom
-from dicom_node.scp.receive import Receiver
-from dicom_node.settings import NodeSettings
-from dicom_node.storage.journal import Journal
-from dicom_node.storage.spool import Spool
 from dicom_node.transport.event_logging import sync_standard_handlers
 
 
@@ -34,26 +30,14 @@ def _restore() -> Iterator[None]:
 
 def _echo_through_receiver(tmp_path: Path) -> tuple[list, list]:
     """C-ECHO to a fresh Receiver; (the server's PDU handlers, the association's DIMSE handlers)."""
-    settings = NodeSettings(spool_dir=tmp_path / "spool", destinations=[], port=0, bind="127.0.0.1")
-    journal = Journal(settings.journal_path)
-    receiver = Receiver(settings, Spool(settings.spool_dir), journal)
-    receiver.start()
-    try:
-        scu = AE(ae_title="SCU")
-        scu.add_requested_context(Verification)
-        assoc = scu.associate("127.0.0.1", receiver.port, ae_title=settings.ae_title)
-        assert assoc.is_established
-        try:
-            assert assoc.send_c_echo().Status == 0
-            server = receiver.ae._servers[0]
-            served = server.active_associations
-            dimse = [h for a in served for h in a.get_handlers(evt.EVT_DIMSE_RECV)]
-            return list(server.get_handlers(evt.EVT_PDU_RECV)), dimse
-        finally:
-            assoc.release()
-    finally:
-        receiver.stop(5)
-        journal.close()
+    with (
+        running_receiver(tmp_path / "spool") as (receiver, settings),
+        verification_association(receiver, settings) as assoc,
+    ):
+        assert assoc.send_c_echo().Status == 0
+        server = receiver.ae._servers[0]
+        dimse = [h for a in server.active_associations for h in a.get_handlers(evt.EVT_DIMSE_RECV)]
+        return list(server.get_handlers(evt.EVT_PDU_RECV)), dimse
 
 
 def test_above_info_the_handlers_are_not_bound(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 
 from pynetdicom.presentation import PresentationContext
+from service_helpers import running_receiver, verification_association
 
 from dicom_node.scp.contexts import SupportedContexts
 from dicom_node.scp.receive import build_ae
@@ -33,51 +34,18 @@ def test_copy_equals_a_deep_copy_and_is_independent(tmp_path) -> None:
 
 
 def test_the_receiver_serves_the_cheap_copy(tmp_path) -> None:
-    from dicom_node.scp.receive import Receiver
-    from dicom_node.storage.journal import Journal
-    from dicom_node.storage.spool import Spool
-
-    settings = NodeSettings(spool_dir=tmp_path / "spool", destinations=[], port=0, bind="127.0.0.1")
-    spool = Spool(settings.spool_dir)
-    journal = Journal(settings.journal_path)
-    receiver = Receiver(settings, spool, journal)
-    receiver.start()
-    try:
+    with running_receiver(tmp_path / "spool") as (receiver, _):
         servers = receiver.ae._servers
         assert servers and all(isinstance(s.contexts, SupportedContexts) for s in servers)
-    finally:
-        receiver.stop(5)
-        journal.close()
 
 
 def test_the_scp_advertises_its_maximum_pdu(tmp_path) -> None:
     """A sender learns scp_max_pdu in the A-ASSOCIATE-AC (storescu then sends 57 instead of 303
     P-DATA PDUs for 16 RSNA-style instances at 128 KiB; the chunked receive writes them the same)."""
-    from pynetdicom import AE
-    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-
-    from dicom_node.scp.receive import Receiver
-    from dicom_node.storage.journal import Journal
-    from dicom_node.storage.spool import Spool
-
     for size in (NodeSettings.model_fields["scp_max_pdu"].default, 65536):
-        settings = NodeSettings(spool_dir=tmp_path / f"spool{size}", destinations=[], port=0, bind="127.0.0.1",
-                                scp_max_pdu=size)  # fmt: skip
-        journal = Journal(settings.journal_path)
-        receiver = Receiver(settings, Spool(settings.spool_dir), journal)
-        receiver.start()
-        try:
-            scu = AE(ae_title="SCU")
-            scu.add_requested_context(Verification)
-            assoc = scu.associate("127.0.0.1", receiver.port, ae_title=settings.ae_title)
-            assert assoc.is_established
-            try:
+        with running_receiver(tmp_path / f"spool{size}", scp_max_pdu=size) as (receiver, settings):
+            with verification_association(receiver, settings) as assoc:
                 assert assoc.acceptor.maximum_length == size
-            finally:
-                assoc.release()
-        finally:
-            receiver.stop(5)
-            journal.close()
 
 
 def test_a_subclass_is_copied_by_copy_copy() -> None:

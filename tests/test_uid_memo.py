@@ -53,7 +53,9 @@ def test_non_conformant_values_warn_every_time(caplog: pytest.LogCaptureFixture)
         for value in ("1.02.3", "1.2.abc", b"1.2.3\x00"):  # a leading zero, letters, a NUL: not conformant
             for _ in range(2):
                 assert uid_memo.set_uid(value, "x") == uid_memo.ORIGINAL(value, "x")
-    assert sum("Non-conformant" in r.getMessage() for r in caplog.records) == 12  # ours and pynetdicom's, each time
+    assert (
+        sum("Non-conformant" in r.getMessage() for r in caplog.records) == 12
+    )  # ours and pynetdicom's, each time
     assert not uid_memo._accepted
     assert uid_memo.set_uid(None, "x") is None
     assert uid_memo.set_uid("", "x") == ""
@@ -115,14 +117,18 @@ def _run(add: object, inputs: list, caplog: pytest.LogCaptureFixture) -> tuple[l
     return [(type(s), str(s)) for s in cx.transfer_syntax], errors, logs
 
 
-def test_add_transfer_syntax_gives_pynetdicoms_list_errors_and_log_lines(caplog: pytest.LogCaptureFixture) -> None:
+def test_add_transfer_syntax_gives_pynetdicoms_list_errors_and_log_lines(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     uid_memo._standard_syntaxes.clear()
     with caplog.at_level(logging.DEBUG, logger="pynetdicom"):
         expected = _run(uid_memo.ORIGINAL_ADD_TRANSFER_SYNTAX, TS_INPUTS * 2, caplog)
         first = _run(uid_memo.add_transfer_syntax, TS_INPUTS * 2, caplog)  # learns on the way
         again = _run(uid_memo.add_transfer_syntax, TS_INPUTS * 2, caplog)  # answers from the memo
     assert first == expected and again == expected
-    assert any(level == logging.WARNING for level, _ in expected[2]) and expected[1]  # the test sees both kinds
+    assert (
+        any(level == logging.WARNING for level, _ in expected[2]) and expected[1]
+    )  # the test sees both kinds
     # only the silent standard ones (" ...2.2 " makes pydicom warn before it strips the spaces)
     remembered = {str(v) for v in uid_memo._standard_syntaxes.values()}
     assert remembered == {"1.2.840.10008.1.2.1", "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2"}

@@ -69,7 +69,9 @@ def set_uid(
 
 
 #: pynetdicom's own method
-ORIGINAL_ADD_TRANSFER_SYNTAX: Callable[[PresentationContext, Any], None] = PresentationContext.add_transfer_syntax
+ORIGINAL_ADD_TRANSFER_SYNTAX: Callable[[PresentationContext, Any], None] = (
+    PresentationContext.add_transfer_syntax
+)
 #: (input, input is bytes) -> the UID made of it, for standard transfer syntaxes accepted without a log line
 _standard_syntaxes: dict[tuple[str | bytes, bool], UID] = {}
 
