@@ -5,24 +5,23 @@ each attribute through pydicom (~2 ms for the node's SR document, most of it the
 image). :func:`instance_from_template` makes a new dataset of the template's class that *shares*
 the template's data elements, then replaces the per-image ones with new elements: setting an
 existing element through pydicom (``ds.X = v``) changes the element in place, which would change
-the template and every dataset made from it, so every per-image keyword is first removed from the
-new dataset's own element table (:func:`set_fresh`). Shared elements are never changed afterwards:
-the node only reads and encodes its result datasets (tests check that a later result leaves an
-earlier one and the template unchanged).
+the template and every dataset made from it, so every per-image value is set as a new element in the
+new dataset's own element table (``set_fresh``, from the result writer
+:mod:`dicom_node.storage.fast_write`, which sets its own copies of file meta the same way). Shared
+elements are never changed afterwards: the node only reads and encodes its result datasets (tests
+check that a later result leaves an earlier one and the template unchanged).
 """
 
 from __future__ import annotations
 
 import datetime
 from collections.abc import Iterable
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from pydicom.datadict import dictionary_VR, tag_for_keyword
-from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.valuerep import DA, TM
 
-from dicom_node.storage.fast_write import register_immutable
+from dicom_node.storage.fast_write import register_immutable, set_fresh
 
 D = TypeVar("D", bound=Dataset)
 C = TypeVar("C")
@@ -52,17 +51,6 @@ def instance_from_template(template: D) -> D:
             own_meta.add(element)
         instance.__dict__["file_meta"] = own_meta
     return instance
-
-
-def set_fresh(ds: Dataset, keyword: str, value: Any) -> None:
-    """Set ``keyword`` to ``value`` as a new data element (an element shared with a template stays as it
-    is), in the place of the element it replaces (pydicom's ``ds.X = v`` makes the same new element
-    for a keyword ``ds`` does not hold yet)."""
-    tag = tag_for_keyword(keyword)
-    if tag is None or tag not in ds._dict:
-        setattr(ds, keyword, value)
-        return
-    ds[tag] = DataElement(tag, dictionary_VR(tag), value)
 
 
 def drop(ds: Dataset, keywords: Iterable[str]) -> None:

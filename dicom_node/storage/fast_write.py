@@ -21,6 +21,7 @@ from struct import pack, pack_into
 from typing import Any
 
 from pydicom.charset import convert_encodings
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset, validate_file_meta
 from pydicom.filebase import DicomBytesIO
@@ -28,7 +29,7 @@ from pydicom.filewriter import dcmwrite, write_data_element, write_file_meta_inf
 from pydicom.multival import MultiValue
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
-__all__ = ["encode_file", "file_meta_group", "register_immutable"]
+__all__ = ["encode_file", "file_meta_group", "register_immutable", "set_fresh"]
 
 _DEFAULT_ENCODING = "iso8859"
 #: python codecs (as pydicom's ``convert_encodings`` names them) under which ASCII text encodes as itself
@@ -269,10 +270,16 @@ def _own_copy(file_meta: FileMetaDataset) -> FileMetaDataset:
     return copy
 
 
-def _set_new(file_meta: FileMetaDataset, keyword: str, value: Any) -> None:
-    if keyword in file_meta:
-        delattr(file_meta, keyword)
-    setattr(file_meta, keyword, value)
+def set_fresh(ds: Dataset, keyword: str, value: Any) -> None:
+    """Set ``keyword`` to ``value`` as a new data element, in the place of the element it replaces
+    (pydicom's ``ds.X = v`` would change that element in place: one shared with another dataset, a
+    result template's or an immutable item's, stays as it is; pydicom makes the same new element for
+    a keyword ``ds`` does not hold yet)."""
+    tag = tag_for_keyword(keyword)
+    if tag is None or tag not in ds._dict:
+        setattr(ds, keyword, value)
+        return
+    ds[tag] = DataElement(tag, dictionary_VR(tag), value)
 
 
 def _file_meta_bytes(dataset: Dataset, file_meta: FileMetaDataset, preamble: bytes) -> bytes:
@@ -281,11 +288,11 @@ def _file_meta_bytes(dataset: Dataset, file_meta: FileMetaDataset, preamble: byt
     meta_class = file_meta.get("MediaStorageSOPClassUID", None)
     ds_class = dataset.get("SOPClassUID", None)
     if meta_class is None or (ds_class and ds_class != meta_class):
-        _set_new(file_meta, "MediaStorageSOPClassUID", ds_class)
+        set_fresh(file_meta, "MediaStorageSOPClassUID", ds_class)
     meta_instance = file_meta.get("MediaStorageSOPInstanceUID", None)
     ds_instance = dataset.get("SOPInstanceUID", None)
     if meta_instance is None or (ds_instance and ds_instance != meta_instance):
-        _set_new(file_meta, "MediaStorageSOPInstanceUID", ds_instance)
+        set_fresh(file_meta, "MediaStorageSOPInstanceUID", ds_instance)
     return (preamble or b"\x00" * 128) + b"DICM" + file_meta_group(file_meta)
 
 

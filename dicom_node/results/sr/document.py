@@ -49,11 +49,11 @@ from dicom_node.results.sr.codes import PIXELS, SOURCE
 from dicom_node.results.template import (
     drop,
     instance_from_template,
-    set_fresh,
     set_media_storage_instance,
     shared,
     stamp_creation,
 )
+from dicom_node.storage.fast_write import set_fresh
 from models.imaging.spacing import RECEPTOR_PLANE, pixel_spacing
 
 _MODALITY_CODES = {
