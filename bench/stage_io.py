@@ -28,6 +28,7 @@ script with ``PYTHONPATH`` set to each code tree in turn::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import io
 import os
@@ -36,8 +37,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DCMTK_ENV, free_port, hardware, push_parallel, rsna_phantoms, stop_process, wait_port  # noqa: E402
@@ -55,22 +57,32 @@ def as_before() -> bool:
     return os.environ.get("CXR_BENCH_DELIVER_AS_BEFORE", "") not in ("", "0")
 
 
-def receive_ms(files: Sequence[Path], scratch: Path) -> tuple[float, float]:
-    """(wall ms, CPU ms of this process) per image received by the node's SCP."""
+@contextlib.contextmanager
+def _node_scp(scratch: Path, prefix: str) -> Iterator[tuple[Any, Any]]:
+    """The node's ``Receiver`` (as ``NodeService`` builds it, no worker) on a free port in this
+    process, with its journal; stopped on exit."""
     from dicom_node.scp.receive import Receiver
     from dicom_node.scp.routing import RoutingRules
     from dicom_node.settings import NodeSettings
     from dicom_node.storage.journal import Journal
     from dicom_node.storage.spool import Spool
 
-    work = Path(tempfile.mkdtemp(prefix="recv-", dir=scratch))
+    work = Path(tempfile.mkdtemp(prefix=prefix, dir=scratch))
     settings = NodeSettings(port=free_port(), bind="127.0.0.1", ae_title="AINODE", spool_dir=work / "spool",
                             destinations=[], allowed_aets=["BENCHSCU"])  # fmt: skip
-    spool = Spool(settings.spool_dir)
     journal = Journal(settings.journal_path)
-    receiver = Receiver(settings, spool, journal, rules=RoutingRules.from_settings(settings))
+    receiver = Receiver(settings, Spool(settings.spool_dir), journal, rules=RoutingRules.from_settings(settings))
     receiver.start()
     try:
+        yield receiver, journal
+    finally:
+        receiver.stop(10)
+        journal.close()
+
+
+def receive_ms(files: Sequence[Path], scratch: Path) -> tuple[float, float]:
+    """(wall ms, CPU ms of this process) per image received by the node's SCP."""
+    with _node_scp(scratch, "recv-") as (receiver, journal):
         t0, c0 = time.perf_counter(), time.process_time()
         push = push_parallel(files, receiver.port, 1, calling="BENCHSCU", called="AINODE")
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -79,9 +91,6 @@ def receive_ms(files: Sequence[Path], scratch: Path) -> tuple[float, float]:
         received = journal.counts().get("job.received", 0)
         if received != len(files):
             raise RuntimeError(f"{received} jobs received for {len(files)} files")
-    finally:
-        receiver.stop(10)
-        journal.close()
     return wall * 1000 / len(files), cpu * 1000 / len(files)
 
 
@@ -90,20 +99,8 @@ def association_ms(file: Path, scratch: Path, n: int = 16) -> tuple[float, float
     forwards a one-image study: A-ASSOCIATE with the 127 contexts Orthanc proposes, one C-STORE of
     ``file`` (spool file, journal row), A-RELEASE; ``n`` associations from a child process
     (``bench/orthanc_like_scu.py``), whose CPU is not counted."""
-    from dicom_node.scp.receive import Receiver
-    from dicom_node.scp.routing import RoutingRules
-    from dicom_node.settings import NodeSettings
-    from dicom_node.storage.journal import Journal
-    from dicom_node.storage.spool import Spool
-
-    work = Path(tempfile.mkdtemp(prefix="assoc-", dir=scratch))
-    settings = NodeSettings(port=free_port(), bind="127.0.0.1", ae_title="AINODE", spool_dir=work / "spool",
-                            destinations=[], allowed_aets=["BENCHSCU"])  # fmt: skip
-    journal = Journal(settings.journal_path)
-    receiver = Receiver(settings, Spool(settings.spool_dir), journal, rules=RoutingRules.from_settings(settings))
-    receiver.start()
-    scu = [sys.executable, str(Path(__file__).resolve().parent / "orthanc_like_scu.py"), "send", str(receiver.port)]
-    try:
+    with _node_scp(scratch, "assoc-") as (receiver, journal):
+        scu = [sys.executable, str(Path(__file__).resolve().parent / "orthanc_like_scu.py"), "send", str(receiver.port)]
         subprocess.run([*scu, "1", str(file)], check=True, timeout=120)  # the SCP's first association: warm-up
         t0, c0 = time.perf_counter(), time.process_time()
         subprocess.run([*scu, str(n), str(file)], check=True, timeout=600)
@@ -111,9 +108,6 @@ def association_ms(file: Path, scratch: Path, n: int = 16) -> tuple[float, float
         received = journal.counts().get("job.received", 0)
         if received != n + 1:
             raise RuntimeError(f"{received} jobs received for {n + 1} associations")
-    finally:
-        receiver.stop(10)
-        journal.close()
     return wall * 1000 / n, cpu * 1000 / n
 
 
