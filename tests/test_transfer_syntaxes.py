@@ -243,6 +243,22 @@ def test_trailing_bytes_after_eoi_are_tolerated(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- preferred decoder
+def _record_decoding_plugins(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The decoding plug-in ("" for pydicom's default order) of every call ``load_source_image`` makes
+    to pydicom's ``pixel_array``, in order (the calls still decode)."""
+    import models.imaging.dicom_image as dicom_image
+
+    used: list[str] = []
+    real = dicom_image.pixel_array
+
+    def spy(ds: pydicom.Dataset, **kwargs: object) -> np.ndarray:
+        used.append(str(kwargs.get("decoding_plugin", "")))
+        return real(ds, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(dicom_image, "pixel_array", spy)
+    return used
+
+
 @pytest.mark.integration
 @pytest.mark.skipif(not have_dcmtk("dcmcjpeg"), reason="dcmcjpeg not on PATH")
 def test_jpeg_baseline_is_decoded_with_pillow_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -252,14 +268,7 @@ def test_jpeg_baseline_is_decoded_with_pillow_first(tmp_path: Path, monkeypatch:
 
     assert dicom_image.PREFERRED_DECODER[uid.JPEGBaseline8Bit] == "pillow"
     encoded = transcode_dcmtk(_source("u8"), "dcmcjpeg", ["+eb", "+un"], tmp_path)
-    used: list[str] = []
-    real = dicom_image.pixel_array
-
-    def spy(ds: pydicom.Dataset, **kwargs: object) -> np.ndarray:
-        used.append(str(kwargs.get("decoding_plugin", "")))
-        return real(ds, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(dicom_image, "pixel_array", spy)
+    used = _record_decoding_plugins(monkeypatch)
     preferred = load_source_image(encoded)
     assert used == []  # 8-bit grey, one frame: Pillow decodes it directly (_direct_pillow_grey8)
     encoded.PhotometricInterpretation = "MONOCHROME1"  # still direct
@@ -377,14 +386,7 @@ def test_a_bomb_pillow_refuses_in_the_direct_decode_is_reported_as_before(
 
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 64 * 64 // 3)  # 64 x 64 is over twice the limit
     ds = _jpeg_claiming(64, 64)
-    calls: list[str] = []
-    real = dicom_image.pixel_array
-
-    def spy(ds: pydicom.Dataset, **kwargs: object) -> np.ndarray:
-        calls.append(str(kwargs.get("decoding_plugin", "")))
-        return real(ds, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(dicom_image, "pixel_array", spy)
+    calls = _record_decoding_plugins(monkeypatch)
     with pytest.raises(ImageDecodeError, match="exceeds limit") as direct:
         load_source_image(ds)
     assert calls == ["pillow"]  # the direct decode declined; pydicom's Pillow refused; no pylibjpeg

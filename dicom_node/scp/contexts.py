@@ -24,7 +24,7 @@ def copy_context(cx: PresentationContext) -> PresentationContext:
     ``copy.copy``'s generic protocol (4x faster; 171 contexts per association); other types go to
     ``copy.copy``."""
     if type(cx) is PresentationContext:
-        new = _new_object(PresentationContext)
+        new = object.__new__(PresentationContext)
         state = cx.__dict__.copy()
         state["_transfer_syntax"] = list(state["_transfer_syntax"])  # the only mutable attribute
         new.__dict__ = state
@@ -33,8 +33,6 @@ def copy_context(cx: PresentationContext) -> PresentationContext:
     new._transfer_syntax = list(cx._transfer_syntax)  # the only mutable attribute (add_transfer_syntax)
     return new
 
-
-_new_object = object.__new__
 
 
 class SupportedContexts(list):
