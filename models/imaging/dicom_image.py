@@ -34,7 +34,7 @@ from pydicom.uid import UID, JPEGBaseline8Bit
 from models.errors import ImageDecodeError, UnsupportedImageError, sop_uid_of
 from models.findings import checked_spacing
 from models.imaging.levels import StoredLevels, content_region, percentile_limits, statistics_sample
-from models.imaging.size_guard import check_declared_sizes
+from models.imaging.size_guard import JP2_SIGNATURE, check_declared_sizes
 from models.imaging.spacing import pixel_spacing
 
 logger = logging.getLogger(__name__)
@@ -236,7 +236,6 @@ _J2K_FAMILY = frozenset(
         "1.2.840.10008.1.2.4.203",
     }
 )
-_JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
 #: EOI/EOC must lie within this many bytes of the end (some encoders append junk after it).
 #: 0xFFD9 cannot occur inside JPEG, JPEG-LS or JPEG 2000 entropy-coded data (byte stuffing).
 _END_MARKER_TAIL = 64
@@ -256,7 +255,7 @@ def _check_codestream(uid: str, ts: UID, frame: bytes) -> None:
         if b"\xff\xd9" not in tail:
             raise ImageDecodeError(uid, f"{ts.name}: frame 0 has no JPEG EOI marker (truncated stream?)")
     elif ts in _J2K_FAMILY:
-        if body.startswith(_JP2_SIGNATURE):
+        if body.startswith(JP2_SIGNATURE):
             return  # JP2 file format: box structure, leave it to the decoder
         if not body.startswith(b"\xff\x4f\xff\x51"):
             raise ImageDecodeError(uid, f"{ts.name}: frame 0 does not start with a JPEG 2000 SOC/SIZ marker")
@@ -301,7 +300,7 @@ def codestream_frame_size(ts: UID, frame: bytes) -> tuple[int, int] | None:
             pos += 2 + max(length, 2)
     if ts in _J2K_FAMILY:
         # a JP2 file wraps the codestream in boxes: its SOC + SIZ start the contiguous codestream box
-        start = body.find(b"\xff\x4f\xff\x51") if body.startswith(_JP2_SIGNATURE) else 0
+        start = body.find(b"\xff\x4f\xff\x51") if body.startswith(JP2_SIGNATURE) else 0
         if start < 0 or body[start : start + 4] != b"\xff\x4f\xff\x51" or len(body) < start + 24:
             return None
         x_siz, y_siz, x_off, y_off = (int.from_bytes(body[start + i : start + i + 4], "big") for i in (8, 12, 16, 20))

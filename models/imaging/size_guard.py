@@ -36,7 +36,8 @@ from models.errors import ImageDecodeError
 _FRAME_HEADER = re.compile(rb"\xff[\xc0-\xc3\xc5-\xc7\xc9-\xcb\xcd-\xcf\xde\xf7]")
 _JPEG_FAMILY = frozenset(JPEGTransferSyntaxes + JPEGLSTransferSyntaxes)
 _J2K_FAMILY = frozenset(JPEG2000TransferSyntaxes)
-_JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
+#: the first box of a JP2 file (a JPEG 2000 codestream wrapped in boxes)
+JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
 #: Most tiles a JPEG 2000 frame may have: openjpeg keeps ~11 KB per tile and component
 #: (58081 tiles of 17 x 17: 650 MB). A single tile is usual; 4096 tiles is 64 x 64 tiles of 4096 x 4096.
 MAX_J2K_TILES = 4096
@@ -105,7 +106,7 @@ def j2k_codestream(frame: bytes) -> bytes | None:
     its Contiguous Codestream box found by walking the top-level boxes as openjpeg does (None when
     there is none)."""
     body = bytes(frame)
-    if not body.startswith(_JP2_SIGNATURE):
+    if not body.startswith(JP2_SIGNATURE):
         return body
     pos = 0
     while pos + 8 <= len(body):
