@@ -430,6 +430,7 @@ def test_jp2_wrapped_codestream_size_is_checked() -> None:
     from models.imaging.dicom_image import codestream_frame_size
 
     siz = b"\xff\x4f\xff\x51\x00\x29\x00\x00" + (9000).to_bytes(4, "big") + (7000).to_bytes(4, "big") + b"\x00" * 8
-    jp2 = b"\x00\x00\x00\x0cjP  \r\n\x87\n" + b"\x00\x00\x00\x14ftypjp2 " + b"\x00" * 12 + b"\x00\x00\x00\x00jp2c" + siz
+    # signature box, a 24-byte ftyp box, then the codestream box (length 0: to the end of the file)
+    jp2 = b"\x00\x00\x00\x0cjP  \r\n\x87\n" + b"\x00\x00\x00\x18ftypjp2 " + b"\x00" * 12 + b"\x00\x00\x00\x00jp2c" + siz
     assert codestream_frame_size(uid.JPEG2000, jp2) == (7000, 9000)
     assert codestream_frame_size(uid.JPEG2000, jp2[:40]) is None  # no codestream box yet

@@ -34,7 +34,7 @@ from pydicom.uid import UID, JPEGBaseline8Bit
 from models.errors import ImageDecodeError, UnsupportedImageError, sop_uid_of
 from models.findings import checked_spacing
 from models.imaging.levels import StoredLevels, content_region, percentile_limits, statistics_sample
-from models.imaging.size_guard import JP2_SIGNATURE, check_declared_sizes
+from models.imaging.size_guard import JP2_SIGNATURE, check_declared_sizes, j2k_codestream
 from models.imaging.spacing import pixel_spacing
 
 logger = logging.getLogger(__name__)
@@ -299,11 +299,12 @@ def codestream_frame_size(ts: UID, frame: bytes) -> tuple[int, int] | None:
                 return None
             pos += 2 + max(length, 2)
     if ts in _J2K_FAMILY:
-        # a JP2 file wraps the codestream in boxes: its SOC + SIZ start the contiguous codestream box
-        start = body.find(b"\xff\x4f\xff\x51") if body.startswith(JP2_SIGNATURE) else 0
-        if start < 0 or body[start : start + 4] != b"\xff\x4f\xff\x51" or len(body) < start + 24:
+        # a JP2 file wraps the codestream in boxes: the one openjpeg decodes, found box by box (the
+        # first SOC + SIZ in the file may be a decoy inside another box)
+        stream = j2k_codestream(body)
+        if stream is None or stream[:4] != b"\xff\x4f\xff\x51" or len(stream) < 24:
             return None
-        x_siz, y_siz, x_off, y_off = (int.from_bytes(body[start + i : start + i + 4], "big") for i in (8, 12, 16, 20))
+        x_siz, y_siz, x_off, y_off = (int.from_bytes(stream[i : i + 4], "big") for i in (8, 12, 16, 20))
         return y_siz - y_off, x_siz - x_off
     return None
 
