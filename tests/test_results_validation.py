@@ -108,3 +108,42 @@ def test_not_evaluated_sr_passes_dciodvfy(tmp_path: Path, reason: NotEvaluatedRe
     sr = build_not_evaluated_sr(src, reason, models=MODELS, attempts=2)
     assert PRIVATE_SCHEME in _used_designators(sr)  # the reason category
     _check([sr], tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("orientation", "kept"),
+    [
+        (
+            ["P", "FL"],
+            ["P", "FL"],
+        ),  # oblique column direction: valid DICOM, highdicom takes single letters only
+        (["RA", "F"], ["RA", "F"]),
+        (["X", "F"], []),  # not a direction
+        (["L", "FH"], []),  # a direction with its opposite
+        (["L"], []),  # one value
+    ],
+)
+def test_results_of_a_source_with_an_unusual_orientation(
+    tmp_path: Path, orientation: list[str], kept: list[str]
+) -> None:
+    """An analysed CXR whose Patient Orientation is oblique or malformed still gets its SR and SC: the
+    SC keeps a valid value and leaves a malformed one empty (Type 2), the SR's image library likewise.
+    Before, highdicom refused both kinds for the SC, and the image's results were never built."""
+    src = dx_source(320, 256)
+    src.PatientOrientation = orientation
+    results = build_results(src, findings_for(src, three_boxes(320, 256)[:1]))
+    assert [str(ds.Modality) for ds in results] == ["SR", "OT"]
+    sr, sc = results
+    assert list(sc.PatientOrientation) == kept
+    assert _orientation_items(sr) == kept  # TID 1603 Patient Orientation Row, Column
+    _check(results, tmp_path)
+
+
+def _orientation_items(ds: pydicom.Dataset) -> list[str]:
+    """The values of the SR's Patient Orientation Row and Column content items (DCM 111044, 111043), in order."""
+    found: list[str] = []
+    for item in ds.get("ContentSequence", []):
+        if item.ValueType == "TEXT" and item.ConceptNameCodeSequence[0].CodeValue in ("111044", "111043"):
+            found.append(str(item.TextValue))
+        found += _orientation_items(item)
+    return found

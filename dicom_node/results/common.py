@@ -141,6 +141,35 @@ def instance_number(source: Dataset) -> int:
     return n if n >= 1 else 1
 
 
+#: the six directions of a biped patient (PS3.3 C.7.6.1.1.1) and the opposite of each
+_OPPOSITE = {"A": "P", "P": "A", "R": "L", "L": "R", "H": "F", "F": "H"}
+
+
+def is_biped_orientation_value(value: str) -> bool:
+    """Whether ``value`` is one value of a biped Patient Orientation (PS3.3 C.7.6.1.1.1): a principal
+    direction (A, P, R, L, H or F) refined by up to two more (an oblique row or column, e.g. ``"FL"``),
+    no direction twice and never a direction with its opposite."""
+    return (
+        1 <= len(value) <= 3
+        and all(c in _OPPOSITE for c in value)
+        and len(set(value)) == len(value)
+        and not any(_OPPOSITE[c] in value for c in value)
+    )
+
+
+def patient_orientation(source: Dataset) -> tuple[str, str] | None:
+    """The source's Patient Orientation (row direction, column direction) when it holds two valid biped
+    values (:func:`is_biped_orientation_value`); None when it is absent, empty or malformed, so a result
+    object leaves it empty (Type 2) rather than repeat a value a viewer cannot read."""
+    value = source.get("PatientOrientation")
+    if value is None or isinstance(value, (str, bytes)) or len(value) != 2:
+        return None
+    row, column = (str(v) for v in value)
+    if not (is_biped_orientation_value(row) and is_biped_orientation_value(column)):
+        return None
+    return row, column
+
+
 def is_decided_positive(findings: Findings) -> bool:
     """Image-level decision taken by the engine: probability >= the findings' threshold."""
     if findings.positive is None:

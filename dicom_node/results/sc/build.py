@@ -21,6 +21,7 @@ from dicom_node.results.common import (
     instance_number,
     model_names,
     models_label,
+    patient_orientation,
     software_versions,
 )
 from dicom_node.results.sc.attributes import DEFAULT_ORIENTATION, ScArguments, sc_image
@@ -64,16 +65,19 @@ def build_sc(
     overlay = render_overlay(image.pixels, findings, models_label=models_label(models), max_side=max_side)
     layout = overlay.layout
 
-    orientation = source.get("PatientOrientation")
-    has_orientation = orientation is not None and not isinstance(orientation, str) and len(orientation) == 2
+    orientation = patient_orientation(source)
+    # highdicom needs an orientation for PATIENT, one letter per direction (PatientOrientationValuesBiped):
+    # an oblique value ("FL"), and the source's when it has none, are set below
+    highdicom_orientation = (
+        orientation if orientation is not None and all(len(v) == 1 for v in orientation) else DEFAULT_ORIENTATION
+    )
     sc = sc_image(
         ScArguments(
             study_instance_uid=source.StudyInstanceUID,
             series_instance_uid=uids.series_uid(source.StudyInstanceUID, findings, uids.ResultKind.SC),
             sop_instance_uid=uids.instance_uid(findings, uids.ResultKind.SC),
             instance_number=instance_number(source),
-            # highdicom needs an orientation for PATIENT; replaced below by the source's (or empty)
-            patient_orientation=tuple(orientation) if has_orientation else DEFAULT_ORIENTATION,
+            patient_orientation=highdicom_orientation,
             manufacturer_model_name=model_names(models),
             software_versions=tuple(software_versions(models)),
         )
@@ -81,7 +85,7 @@ def build_sc(
     sc.Rows, sc.Columns = layout.canvas_rows, layout.image_columns
     copy_patient_study(source, sc)
     # Type 2: the source's value when it has a valid one, otherwise empty (never invented)
-    sc.PatientOrientation = [str(v) for v in orientation] if has_orientation else []
+    sc.PatientOrientation = list(orientation) if orientation else []
     if source.get("Laterality"):
         sc.Laterality = source.Laterality
     if source.get("BodyPartExamined"):

@@ -44,6 +44,7 @@ from dicom_node.results.common import (
     SR_SERIES_DESCRIPTION,
     SR_SERIES_NUMBER,
     copy_patient_study,
+    patient_orientation,
 )
 from dicom_node.results.sr.codes import PIXELS, SOURCE
 from dicom_node.results.template import (
@@ -88,15 +89,13 @@ def _library_descriptors(source: Dataset) -> list:
     """The TID 1602/1603 descriptors of the source: Modality, [Frame of Reference UID], Rows, Columns,
     [Patient Orientation], [Pixel Spacing]. All but the Frame of Reference are the same for every image
     of a detector model, so they are built once per distinct set of values (:func:`_device_descriptors`)."""
-    orientation = source.get("PatientOrientation")
-    has_orientation = (orientation is not None and not isinstance(orientation, str) and len(orientation) == 2
-                       and all(orientation))  # fmt: skip
+    orientation = patient_orientation(source)
     spacing, _ = pixel_spacing(source, RECEPTOR_PLANE)  # DCM 111026/111066: at the image receptor
     modality, *rest = _device_descriptors(
         str(source.get("Modality") or "OT"),
         int(source.Rows),
         int(source.Columns),
-        (str(orientation[0]), str(orientation[1])) if has_orientation else None,
+        orientation,
         None if spacing is None else (float(spacing[0]), float(spacing[1])),
     )
     items: list = [modality]
