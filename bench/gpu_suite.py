@@ -17,6 +17,10 @@ Steps (``--quick``: smaller N and sweeps, to check the plumbing, e.g. on a CPU w
 
     python bench/gpu_suite.py --out "$OUT"                   # on the GPU box (about 6-8 minutes)
     python bench/gpu_suite.py --out /tmp/gs --device cpu --quick   # plumbing check on a CPU
+
+On the GPU machine the workplace's ``device`` tool lends (no virtualenv of ours, no Orthanc, no dcmtk, no
+network), ``bench/device_kit.sh`` prepares the wheels to carry and prints the command for the model-only
+steps (``--skip e2e paced``); BENCHMARKS.md section 5.
 """
 
 from __future__ import annotations
