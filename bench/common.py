@@ -18,7 +18,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -180,22 +180,28 @@ def push_parallel(
     timeout: float = 600.0, nodelay: bool = True,
 ) -> PushResult:  # fmt: skip
     """Send ``files`` split round-robin over ``k`` simultaneous storescu processes (one association each)."""
+    chunks = split_round_robin(files, k)
+    option = STORESCU_TS_OPTION.get(transfer_syntax(files[0]), "-xe")
+    commands = [storescu_cmd(port, c, calling=calling, called=called, ts_option=option) for c in chunks]
+    return run_senders(commands, files, env=DCMTK_ENV if nodelay else None, timeout=timeout)
+
+
+def split_round_robin(files: Sequence[Path], k: int) -> list[list[Path]]:
+    """``files`` dealt over ``k`` senders (those left without a file dropped)."""
     if k < 1 or not files:
         raise ValueError(f"need k >= 1 and files, got k={k!r}, {len(files)} files")
-    option = STORESCU_TS_OPTION.get(transfer_syntax(files[0]), "-xe")
-    chunks = [list(files[i::k]) for i in range(k)]
-    chunks = [c for c in chunks if c]
+    return [c for c in (list(files[i::k]) for i in range(k)) if c]
+
+
+def run_senders(commands: Sequence[Sequence[str]], files: Sequence[Path], *, env: Mapping[str, str] | None,
+                timeout: float) -> PushResult:  # fmt: skip
+    """Run the sender ``commands`` (which send ``files`` between them) at once, each until it ends or
+    ``timeout`` s from the start; their "E:" / "F:" lines (dcmtk's, and bench/python_peers.py's) are the failures."""
     size = sum(p.stat().st_size for p in files)
     t0 = time.perf_counter()
     procs = [
-        subprocess.Popen(
-            storescu_cmd(port, c, calling=calling, called=called, ts_option=option),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=DCMTK_ENV if nodelay else None,
-        )  # fmt: skip
-        for c in chunks
+        subprocess.Popen(list(c), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        for c in commands
     ]
     outputs = []
     for p in procs:

@@ -6,8 +6,9 @@
 # httpx, pyyaml, prometheus-client and packaging, but none of the node's DICOM and MONAI packages, no
 # virtualenv of ours (the 5.5 GB .venv cannot travel: 64 MiB at most go) and no network. This fetches
 # those packages as Python 3.12 manylinux wheels (~18 MB); the device command installs them into
-# /tmp/site with pip --no-index and runs the suite's model-only steps on the GPU. The end-to-end and
-# paced steps need Debian's Orthanc and dcmtk, which are not there either (BENCHMARKS.md section 5).
+# /tmp/site with pip --no-index and runs the whole suite on the GPU, its end-to-end and paced steps with
+# pynetdicom in the places of Orthanc and storescu, which are not there either (bench/python_peers.py,
+# BENCHMARKS.md section 5).
 #
 #   bash bench/device_kit.sh            # then device run with carry [".whl"] and the printed command
 set -euo pipefail
@@ -32,5 +33,5 @@ done
 echo "wheels: $(ls .whl | wc -l), $(du -sh .whl | cut -f1); tracked files: $(git ls-files -z | du -ch --files0-from=- | tail -1 | cut -f1) (64 MiB travel at most)"
 cat <<'CMD'
 device run, carry [".whl"], timeout_s 600:
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 && nvidia-smi && python3 bench/gpu_suite.py --out "$OUT" --skip e2e paced
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 && nvidia-smi && python3 bench/gpu_suite.py --out "$OUT"
 CMD

@@ -31,7 +31,9 @@ p50/p95/p99/max are reported per batch size, with the node's CPU ms per image an
 ``--baseline-tree DIR`` runs a second node from another source tree (``git archive <commit> | tar -x
 -C DIR``), interleaved with this one run by run: before/after under the same host load.
 
-``--device cuda`` runs the same measurement on a GPU box.
+``--device cuda`` runs the same measurement on a GPU box. ``--peers python`` puts pynetdicom in the places
+of Orthanc and storescu (``bench/python_peers.py``), for a machine that has neither (the GPU machine the
+workplace lends); the "Orthanc" CPU column is then that receiver's.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ sys.path.insert(0, str(HERE))
 from common import (  # noqa: E402
     REPO,
     CpuMeter,
+    PushResult,
     Sampler,
     add_output_arguments,
     child_pids,
@@ -69,8 +72,12 @@ from common import (  # noqa: E402
 
 sys.path.insert(0, str(REPO / "tests" / "integration"))
 from integration_helpers import NodeProcess  # noqa: E402
+from python_peers import PythonStore, echo_ok, push_python  # noqa: E402
 
-from dicom_node.testing.local_orthanc import PUSHER_AET, LocalOrthanc, wait_until  # noqa: E402
+from dicom_node.testing.local_orthanc import ORTHANC_AET, PUSHER_AET, LocalOrthanc, wait_until  # noqa: E402
+
+#: what receives the node's results: Debian's Orthanc, or (``--peers python``) a pynetdicom Storage SCP
+Pacs = LocalOrthanc | PythonStore
 
 #: variants: extra environment of the node subprocess (earlier before/after patches: git history of bench/ab_patches/)
 VARIANTS: dict[str, dict[str, str]] = {
@@ -82,21 +89,49 @@ VARIANTS: dict[str, dict[str, str]] = {
 ORTHANC_ENV: dict[str, dict[str, str]] = {}
 
 
-def orthanc_count(orthanc: LocalOrthanc) -> int:
-    """Number of instances Orthanc stores."""
+def orthanc_count(orthanc: Pacs) -> int:
+    """Number of instances Orthanc (or the Python receiver) stores."""
+    if isinstance(orthanc, PythonStore):
+        return orthanc.count()
     return int(orthanc.get("/statistics")["CountInstances"])
 
 
-def wipe(orthanc: LocalOrthanc) -> None:
+def wipe(orthanc: Pacs) -> None:
     """Delete everything in Orthanc: result UIDs are deterministic, so a repeated run over the
     same phantoms would only overwrite the previous run's instances (the count would not grow)."""
-    for pid in orthanc.get("/patients"):
-        orthanc.request("DELETE", f"/patients/{pid}").raise_for_status()
+    if isinstance(orthanc, PythonStore):
+        orthanc.wipe()
+    else:
+        for pid in orthanc.get("/patients"):
+            orthanc.request("DELETE", f"/patients/{pid}").raise_for_status()
     if orthanc_count(orthanc):
         raise RuntimeError(f"Orthanc still holds {orthanc_count(orthanc)} instances after the wipe")
 
 
-def one_run(orthanc: LocalOrthanc, files: Sequence[Path], *, senders: int, batch: int, device: str,
+def new_pacs(peers: str, workdir: Path, env: dict[str, str] | None = None) -> Pacs:
+    """The receiver of the node's results for ``--peers`` (``dcmtk-orthanc`` or ``python``)."""
+    if peers == "python":
+        return PythonStore(workdir=workdir, dicom_port=free_port(), ae_title=ORTHANC_AET)
+    return LocalOrthanc(workdir=workdir, http_port=free_port(), dicom_port=free_port(), node_port=free_port(),
+                        auto_forward=False, env_overrides=env or {})  # fmt: skip
+
+
+def push(orthanc: Pacs, files: Sequence[Path], port: int, senders: int) -> PushResult:
+    """``files`` into the node over ``senders`` associations: storescu, or pynetdicom beside the Python receiver."""
+    if isinstance(orthanc, PythonStore):
+        return push_python(files, port, senders, calling=PUSHER_AET, called="AINODE")
+    return push_parallel(files, port, senders, calling=PUSHER_AET, called="AINODE")
+
+
+def node_process(orthanc: Pacs, workdir: Path, env: dict[str, str]) -> NodeProcess:
+    """A node delivering to ``orthanc`` (its readiness checked with pynetdicom beside the Python receiver)."""
+    port = free_port()
+    ready = (lambda: echo_ok(port, calling=ORTHANC_AET)) if isinstance(orthanc, PythonStore) else None
+    return NodeProcess(workdir=workdir, port=port, orthanc_dicom_port=orthanc.dicom_port, env_overrides=env,
+                       ready_check=ready)  # fmt: skip
+
+
+def one_run(orthanc: Pacs, files: Sequence[Path], *, senders: int, batch: int, device: str,
             workdir: Path, timeout: float, extra_env: dict[str, str],
             warmup: Sequence[Path] = ()) -> dict[str, Any]:  # fmt: skip
     """Start a node, push ``files`` over ``senders`` associations, wait for 2·N results in Orthanc.
@@ -104,10 +139,9 @@ def one_run(orthanc: LocalOrthanc, files: Sequence[Path], *, senders: int, batch
     ``warmup`` images (other UIDs) go through the node first and are waited for, then Orthanc is
     emptied: the clock then measures a node in its steady state (models warm, result processes
     started), not its first seconds."""
-    node = NodeProcess(workdir=workdir, port=free_port(), orthanc_dicom_port=orthanc.dicom_port,
-                       env_overrides={"CXR_NODE_BATCH_SIZE": str(batch), "CXR_NODE_DEVICE": device, "CXR_NODE_HTTP_PORT": "0",
-                                      "CXR_NODE_LOG_LEVEL": "DEBUG",
-                                      "CXR_NODE_DECODE_WORKERS": "2", **extra_env})  # fmt: skip
+    node = node_process(orthanc, workdir, {"CXR_NODE_BATCH_SIZE": str(batch), "CXR_NODE_DEVICE": device,
+                                           "CXR_NODE_HTTP_PORT": "0", "CXR_NODE_LOG_LEVEL": "DEBUG",
+                                           "CXR_NODE_DECODE_WORKERS": "2", **extra_env})  # fmt: skip
     wipe(orthanc)
     base = 0
     want = 2 * len(files)
@@ -116,9 +150,9 @@ def one_run(orthanc: LocalOrthanc, files: Sequence[Path], *, senders: int, batch
         assert node.proc is not None
         pid = node.proc.pid
         if warmup:
-            push = push_parallel(warmup, node.port, senders, calling=PUSHER_AET, called="AINODE")
-            if push.failures or any(push.returncodes):
-                raise RuntimeError(f"warm-up push failed: rc {push.returncodes}")
+            pushed = push(orthanc, warmup, node.port, senders)
+            if pushed.failures or any(pushed.returncodes):
+                raise RuntimeError(f"warm-up push failed: rc {pushed.returncodes}")
             wait_until(lambda: orthanc_count(orthanc) >= 2 * len(warmup), timeout, interval=0.1,
                        what="the warm-up results in Orthanc")  # fmt: skip
             wipe(orthanc)
@@ -131,10 +165,10 @@ def one_run(orthanc: LocalOrthanc, files: Sequence[Path], *, senders: int, batch
         with Sampler(lambda: gpu_memory_used_mb() or 0.0, 0.5) as gpu:
             cpu.start()
             t0 = time.perf_counter()
-            push = push_parallel(files, node.port, senders, calling=PUSHER_AET, called="AINODE")
+            pushed = push(orthanc, files, node.port, senders)
             t_pushed = time.perf_counter() - t0
-            if push.failures or any(push.returncodes):
-                raise RuntimeError(f"push failed: rc {push.returncodes}: {push.outputs[0][-1500:]!r}")
+            if pushed.failures or any(pushed.returncodes):
+                raise RuntimeError(f"push failed: rc {pushed.returncodes}: {pushed.outputs[0][-1500:]!r}")
             wait_until(lambda: orthanc_count(orthanc) >= want, timeout, interval=0.1,
                        what=f"{want - base} results in Orthanc")  # fmt: skip
             seconds = time.perf_counter() - t0
@@ -175,16 +209,15 @@ def one_run(orthanc: LocalOrthanc, files: Sequence[Path], *, senders: int, batch
     }
 
 
-def paced_run(orthanc: LocalOrthanc, files: Sequence[Path], *, rate: float, batch: int, device: str,
+def paced_run(orthanc: Pacs, files: Sequence[Path], *, rate: float, batch: int, device: str,
               workdir: Path, timeout: float, extra_env: dict[str, str],
               warmup: Sequence[Path] = ()) -> dict[str, Any]:  # fmt: skip
     """Start a node, deliver ``warmup`` images, then push ``files`` at ``rate`` images/s
     (``bench/paced.py``) and wait for 2·N results in Orthanc: latency per image, CPU per image."""
     from paced import PacedPush, latencies_s, latency_summary
 
-    node = NodeProcess(workdir=workdir, port=free_port(), orthanc_dicom_port=orthanc.dicom_port,
-                       env_overrides={"CXR_NODE_BATCH_SIZE": str(batch), "CXR_NODE_DEVICE": device,
-                                      "CXR_NODE_HTTP_PORT": "0", "CXR_NODE_DECODE_WORKERS": "2", **extra_env})  # fmt: skip
+    node = node_process(orthanc, workdir, {"CXR_NODE_BATCH_SIZE": str(batch), "CXR_NODE_DEVICE": device,
+                                           "CXR_NODE_HTTP_PORT": "0", "CXR_NODE_DECODE_WORKERS": "2", **extra_env})  # fmt: skip
     wipe(orthanc)
     node.start(timeout=300)
     try:
@@ -231,8 +264,7 @@ def run_paced(args: argparse.Namespace) -> dict[str, Any]:
     files = rsna_phantoms(scratch / "phantoms", args.n, seed=21, size=args.size)
     warmup = rsna_phantoms(scratch / "phantoms", args.warmup, seed=97, size=args.size) if args.warmup else []
     work = Path(tempfile.mkdtemp(prefix="e2e-paced-", dir=scratch))
-    orthanc = LocalOrthanc(workdir=work / "orthanc", http_port=free_port(), dicom_port=free_port(),
-                           node_port=free_port(), auto_forward=False)  # fmt: skip
+    orthanc = new_pacs(getattr(args, "peers", "dcmtk-orthanc"), work / "orthanc")
     extra = dict(kv.split("=", 1) for kv in args.env)
     # code variants, interleaved run by run: this tree, and (--baseline-tree) another checkout's
     # dicom_node/models (e.g. `git archive <commit> | tar -x -C DIR`), same bundles and settings
@@ -330,8 +362,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         (args.default_senders, b) for b in args.batch_sizes if (args.default_senders, b) not in configs
     ]
     work = Path(tempfile.mkdtemp(prefix="e2e-", dir=scratch))
-    orthancs: dict[str, LocalOrthanc] = {}
-    by_variant: dict[str, LocalOrthanc] = {}
+    orthancs: dict[str, Pacs] = {}
+    by_variant: dict[str, Pacs] = {}
     variant_env = {v: VARIANTS[v] for v in args.variants}
     if getattr(args, "baseline_tree", None):  # another source tree's node, interleaved (see --paced)
         variant_env["baseline"] = {"PYTHONPATH": str(Path(args.baseline_tree).resolve())}
@@ -339,9 +371,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         env = ORTHANC_ENV.get(variant, {})
         key = json.dumps(env, sort_keys=True)
         if key not in orthancs:
-            orthancs[key] = LocalOrthanc(workdir=work / f"orthanc-{len(orthancs)}", http_port=free_port(),
-                                         dicom_port=free_port(), node_port=free_port(), auto_forward=False,
-                                         env_overrides=env)  # fmt: skip
+            orthancs[key] = new_pacs(getattr(args, "peers", "dcmtk-orthanc"), work / f"orthanc-{len(orthancs)}", env)
         by_variant[variant] = orthancs[key]
     rows = []
     extra = dict(kv.split("=", 1) for kv in args.env)
@@ -455,6 +485,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         choices=sorted(VARIANTS),
         help="code variants run side by side (interleaved) for before/after comparisons",
     )
+    p.add_argument("--peers", choices=["dcmtk-orthanc", "python"], default="dcmtk-orthanc",
+                   help="what sends to the node and receives its results: storescu and Orthanc (default), or "
+                        "pynetdicom for both (bench/python_peers.py: a machine without Debian's packages)")  # fmt: skip
     add_output_arguments(p)
     args = p.parse_args(argv)
     args.scratch.mkdir(parents=True, exist_ok=True)

@@ -19,8 +19,9 @@ Steps (``--quick``: smaller N and sweeps, to check the plumbing, e.g. on a CPU w
     python bench/gpu_suite.py --out /tmp/gs --device cpu --quick   # plumbing check on a CPU
 
 On the GPU machine the workplace's ``device`` tool lends (no virtualenv of ours, no Orthanc, no dcmtk, no
-network), ``bench/device_kit.sh`` prepares the wheels to carry and prints the command for the model-only
-steps (``--skip e2e paced``); BENCHMARKS.md section 5.
+network), ``bench/device_kit.sh`` prepares the wheels to carry and prints the command; the end-to-end and
+paced steps then use pynetdicom as sender and receiver (``--peers python``, ``bench/python_peers.py``, the
+default where Orthanc or storescu is missing); BENCHMARKS.md section 5.
 """
 
 from __future__ import annotations
@@ -93,23 +94,31 @@ def model_only(bundles: Path, device: str, batches: Sequence[int], iterations: i
     return rows
 
 
+def default_peers() -> str:
+    """``dcmtk-orthanc`` where Debian's Orthanc and dcmtk's storescu are installed, else ``python``
+    (``bench/python_peers.py``: the GPU machine the workplace lends has neither)."""
+    from dicom_node.testing.local_orthanc import orthanc_binary
+
+    return "dcmtk-orthanc" if orthanc_binary() and shutil.which("storescu") else "python"
+
+
 def end_to_end(bundles: Path, device: str, n: int, batches: Sequence[int], senders: int, extra_env: Sequence[str],
-               scratch: Path) -> dict[str, Any]:  # fmt: skip
+               scratch: Path, peers: str) -> dict[str, Any]:  # fmt: skip
     import end_to_end as e2e
 
     args = argparse.Namespace(scratch=scratch, n=n, size=1024, warmup=8, senders=[senders], default_batch=batches[0],
                               default_senders=senders, batch_sizes=list(batches), variants=["current"], repeats=1,
                               device=device, model_images=max(32, 4 * max(batches)), timeout=900.0,
-                              env=[f"CXR_NODE_BUNDLES_DIR={bundles}", *extra_env])  # fmt: skip
+                              env=[f"CXR_NODE_BUNDLES_DIR={bundles}", *extra_env], peers=peers)  # fmt: skip
     return e2e.run(args)
 
 
-def paced(bundles: Path, device: str, n: int, extra_env: Sequence[str], scratch: Path) -> dict[str, Any]:
+def paced(bundles: Path, device: str, n: int, extra_env: Sequence[str], scratch: Path, peers: str) -> dict[str, Any]:
     import end_to_end as e2e
 
     args = argparse.Namespace(scratch=scratch, n=n, size=1024, warmup=4, batch_sizes=[8], paced=1.0, repeats=1,
                               device=device, timeout=900.0,
-                              env=[f"CXR_NODE_BUNDLES_DIR={bundles}", *extra_env])  # fmt: skip
+                              env=[f"CXR_NODE_BUNDLES_DIR={bundles}", *extra_env], peers=peers)  # fmt: skip
     return e2e.run_paced(args)
 
 
@@ -120,7 +129,8 @@ def to_markdown(report: dict[str, Any]) -> str:
     lines = [f"# GPU suite ({report.get('started')}, {report.get('seconds', 0):.0f} s)", "",
              f"Host: {host.get('nvidia_smi') or host.get('gpu') or 'no GPU'}; CPU {host.get('cpu')}, "
              f"{host.get('cores')} cores; torch {host.get('torch')} (CUDA {host.get('cuda')}); device "
-             f"{report.get('device')}; quick={report.get('quick')}.", ""]  # fmt: skip
+             f"{report.get('device')}; quick={report.get('quick')}; sender and receiver of the end-to-end steps: "
+             f"{report.get('peers', 'dcmtk-orthanc')}.", ""]  # fmt: skip
     for key, title in (("model_only_shipped", "Model-only, shipped bundles"),
                        ("model_only_seed", "Model-only, seed-size bundles (random weights)")):  # fmt: skip
         rows = report.get(key)
@@ -154,6 +164,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="small N and sweeps")
     p.add_argument("--scratch", type=Path, default=None, help="phantoms and work folders (default: OUT/../scratch)")
     p.add_argument("--skip", nargs="*", default=[], help="steps to skip: model_only e2e paced")
+    p.add_argument("--peers", choices=["dcmtk-orthanc", "python"], default=None,
+                   help="end to end: storescu + Orthanc, or pynetdicom for both (default: the first where "
+                        "installed, else python)")  # fmt: skip
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     scratch = args.scratch or Path(os.environ.get("TMPDIR", "/tmp")) / "cxr-gpu-suite"
@@ -162,8 +175,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     cores = os.cpu_count() or 2
     # a GPU box has more cores than the 2-core VM: give result building and decoding some of them
     extra_env = [f"CXR_NODE_RESULT_WORKERS={max(2, min(8, cores // 2))}", f"CXR_NODE_DECODE_WORKERS={min(4, cores)}"]
+    peers = args.peers or default_peers()
     report: dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "device": args.device,
-                              "quick": quick, "node_env": extra_env, "errors": {}}  # fmt: skip
+                              "quick": quick, "node_env": extra_env, "peers": peers, "errors": {}}  # fmt: skip
     t0 = time.perf_counter()
 
     def save() -> None:
@@ -201,10 +215,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         n = 16 if quick else 128
         e2e_batches = [8] if quick else [8, 32]
         for name, path in sets.items():
-            step(f"e2e_{name}", lambda path=path: end_to_end(path, args.device, n, e2e_batches, 4, extra_env, scratch))
+            step(f"e2e_{name}", lambda path=path: end_to_end(path, args.device, n, e2e_batches, 4, extra_env, scratch,
+                                                             peers))  # fmt: skip
     if "paced" not in args.skip:
         for name, path in sets.items():
-            step(f"paced_{name}", lambda path=path: paced(path, args.device, 8 if quick else 30, extra_env, scratch))
+            step(f"paced_{name}", lambda path=path: paced(path, args.device, 8 if quick else 30, extra_env, scratch,
+                                                          peers))  # fmt: skip
     save()
     print(to_markdown(report))
     return 0 if not report["errors"] else 2
