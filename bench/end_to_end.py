@@ -72,9 +72,9 @@ from common import (  # noqa: E402
 
 sys.path.insert(0, str(REPO / "tests" / "integration"))
 from integration_helpers import NodeProcess  # noqa: E402
-from python_peers import PythonStore, echo_ok, push_python  # noqa: E402
+from python_peers import PythonStore, push_python  # noqa: E402
 
-from dicom_node.testing.local_orthanc import ORTHANC_AET, PUSHER_AET, LocalOrthanc, wait_until  # noqa: E402
+from dicom_node.testing.local_orthanc import ORTHANC_AET, PUSHER_AET, LocalOrthanc, echo_ok, wait_until  # noqa: E402
 
 #: what receives the node's results: Debian's Orthanc, or (``--peers python``) a pynetdicom Storage SCP
 Pacs = LocalOrthanc | PythonStore

@@ -153,24 +153,6 @@ class PythonStore:
             path.unlink()
 
 
-def echo_ok(port: int, *, calling: str, called: str = "AINODE") -> bool:
-    """Whether an association with ``called`` at 127.0.0.1:``port`` answers C-ECHO (pynetdicom)."""
-    from pynetdicom import AE
-    from pynetdicom.sop_class import Verification
-
-    ae = AE(ae_title=calling)
-    ae.add_requested_context(Verification)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 5
-    assoc = ae.associate("127.0.0.1", port, ae_title=called)
-    if not assoc.is_established:
-        return False
-    try:
-        status = assoc.send_c_echo()
-        return getattr(status, "Status", None) == 0x0000
-    finally:
-        assoc.release()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)

@@ -11,9 +11,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
-from python_peers import PythonStore, echo_ok, push_python  # noqa: E402
+from python_peers import PythonStore, push_python  # noqa: E402
 
-from dicom_node.testing.local_orthanc import free_port  # noqa: E402
+from dicom_node.testing.local_orthanc import echo_ok, free_port  # noqa: E402
 
 try:  # tests/ is on sys.path under pytest's default "prepend" import mode
     from dicom_factory import cxr_like_array, make_dataset

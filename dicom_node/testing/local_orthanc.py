@@ -78,6 +78,25 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
         return s.connect_ex((host, port)) == 0
 
 
+def echo_ok(port: int, calling: str = PUSHER_AET, called: str = NODE_AET) -> bool:
+    """Whether ``called`` at 127.0.0.1:``port`` answers a C-ECHO from ``calling`` (pynetdicom, bounded)."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+    ae = AE(ae_title=calling)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = 10
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", port, ae_title=called)
+    if not assoc.is_established:
+        return False
+    try:
+        status = assoc.send_c_echo()
+        return "Status" in status and int(status.Status) == 0
+    finally:
+        if assoc.is_established:
+            assoc.release()
+
+
 def orthanc_binary() -> str | None:
     """Path of the Orthanc server binary, or None."""
     return shutil.which("Orthanc") or (str(p) if (p := Path("/usr/sbin/Orthanc")).exists() else None)

@@ -33,7 +33,14 @@ for _p in (REPO / "tests" / "integration", REPO / "bench", REPO / "tests"):
 
 from integration_helpers import NodeProcess  # noqa: E402
 
-from dicom_node.testing.local_orthanc import PUSHER_AET, LocalOrthanc, free_port, orthanc_binary, wait_until  # noqa: E402
+from dicom_node.testing.local_orthanc import (  # noqa: E402,F401  (echo_ok: imported from here by the scenarios)
+    PUSHER_AET,
+    LocalOrthanc,
+    echo_ok,
+    free_port,
+    orthanc_binary,
+    wait_until,
+)
 
 SCALE = float(os.environ.get("CXR_RELIABILITY_SCALE", "0.25"))
 if not SCALE > 0:
@@ -178,25 +185,6 @@ def send_files(port: int, files: Sequence[Path], *, log: SendLog | None = None, 
         if assoc.is_established:
             assoc.release()
     return log
-
-
-def echo_ok(port: int, calling: str = PUSHER_AET) -> bool:
-    """C-ECHO with pynetdicom (bounded)."""
-    from pynetdicom import AE
-    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-
-    ae = AE(ae_title=calling)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = 10
-    ae.add_requested_context(Verification)
-    assoc = ae.associate("127.0.0.1", port, ae_title="AINODE")
-    if not assoc.is_established:
-        return False
-    try:
-        status = assoc.send_c_echo()
-        return "Status" in status and int(status.Status) == 0
-    finally:
-        if assoc.is_established:
-            assoc.release()
 
 
 # ------------------------------------------------------------------------------------ journal
