@@ -152,6 +152,17 @@ def test_shipped_config_is_consistent_with_the_plugin() -> None:
     assert cfg["DicomModalities"]["cxr-node"]["AllowStore"] is True
 
 
+def test_orthanc_keeps_the_router_jobs_it_has_not_polled_yet() -> None:
+    """The router polls each forward job (``GET /jobs/{id}``) once per poll interval and sends a study again
+    when Orthanc no longer knows its job. Orthanc keeps only ``JobsHistorySize`` finished jobs (default 10):
+    with that default, a burst of more than 10 studies finishing within one interval dropped the first
+    finished jobs before they were polled, and those studies were analysed twice (seen in
+    tests/reliability/test_replicas.py: 12 studies, 13 analyses). The shipped configuration keeps 1,000."""
+    assert load_shipped_config()["JobsHistorySize"] >= 1000
+    deployment_docs = (Path(__file__).resolve().parents[1] / "docs" / "DEPLOY.md").read_text(encoding="utf-8")
+    assert '"JobsHistorySize": 1000' in deployment_docs  # and a site adding the plug-in to its own Orthanc is told
+
+
 def test_shipped_config_uses_env_placeholders_only_in_strings() -> None:
     # Orthanc 1.10 substitutes ${VAR} in strings only; an integer option given as "${VAR}" is fatal.
     cfg = load_shipped_config()

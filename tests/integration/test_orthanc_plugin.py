@@ -244,3 +244,18 @@ def test_the_shared_routing_policy_runs_inside_orthanc(
     assert _received_uids(fake_node) == {str(ot.SOPInstanceUID), str(thorax.SOPInstanceUID)}
     log = orthanc.log_path.read_text(errors="replace")
     assert "lateral view (SeriesDescription)" in log and "CHEST LAT" not in log  # no free text in the log
+
+
+def test_a_burst_of_studies_is_forwarded_once_each(orthanc: LocalOrthanc, fake_node: StoreSCP, tmp_path: Path) -> None:
+    """More studies than Orthanc's default ``JobsHistorySize`` (10) become stable together: every forward job
+    is still known when the router polls it, so no study is sent twice (with the default, the first jobs to
+    finish were gone by the next poll, and the router sent those studies again; RELIABILITY.md bug 9)."""
+    n = 16
+    files = [write(make_image("CR", study_uid=pydicom.uid.generate_uid(), seed=100 + i), tmp_path / f"{i}.dcm")
+             for i in range(n)]  # fmt: skip
+    _push(orthanc, files)
+    st = _wait_routed(orthanc, studies=n, timeout=60)
+    wait_until(lambda: len(fake_node.received()) >= n, 30, what=f"{n} instances at the fake node")
+    counters = st["Counters"]
+    assert counters["jobs_resubmitted_after_restart"] == 0, counters
+    assert counters["instances_forwarded"] == n and counters["jobs_succeeded"] == n, counters
