@@ -102,3 +102,32 @@ def test_lost_job_is_sent_again_and_alerts_are_rate_limited() -> None:
     assert s.alert_due(1200.0, 600.0) == ["a"]
     summary = s.summary(1200.0)
     assert summary["WaitingStudies"] == 1 and summary["OldestWaitingSeconds"] == 1200.0
+
+
+def test_finished_jobs_keep_the_latest_outcomes() -> None:
+    """What Orthanc announced (JOB_SUCCESS / JOB_FAILURE) outlives its own job history, up to a bound."""
+    done = fs.FinishedJobs(limit=3)
+    assert done.outcome("j1") is None
+    for i, state in enumerate(["Success", "Failure", "Success", "Success"], start=1):
+        done.record(f"j{i}", state)
+    assert len(done) == 3 and done.outcome("j1") is None  # the oldest went
+    assert [done.outcome(f"j{i}") for i in (2, 3, 4)] == ["Failure", "Success", "Success"]
+    done.record("j2", "Success")  # recorded again: the latest outcome, and the newest entry
+    done.record("j5", "Success")
+    assert done.outcome("j2") == "Success" and done.outcome("j3") is None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"), [({"limit": 0}, "limit >= 1, got 0"), ({"limit": True}, "got True")]
+)
+def test_finished_jobs_limit_is_checked(kwargs: dict, needle: str) -> None:
+    with pytest.raises(ValueError, match=needle):
+        fs.FinishedJobs(**kwargs)
+
+
+def test_finished_jobs_refuse_other_states_and_empty_ids() -> None:
+    done = fs.FinishedJobs()
+    with pytest.raises(ValueError, match="'Running'"):
+        done.record("j1", "Running")
+    with pytest.raises(ValueError, match="needs an id, got ''"):
+        done.record("", "Success")

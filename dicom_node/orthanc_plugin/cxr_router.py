@@ -80,6 +80,7 @@ class Router:
         self.stable_age_s = float(stable_age_s)
         self.backoff = fs.Backoff(config.retry_delay_s, config.max_retry_delay_s)
         self.state = fs.ForwardState()
+        self.finished = fs.FinishedJobs()  # outcomes announced by Orthanc, for jobs its history dropped
         self._saved = ""
         self._lock = threading.RLock()
         self._wake = threading.Event()
@@ -87,7 +88,8 @@ class Router:
         self._thread = threading.Thread(target=self._run, name="cxr-ai-router", daemon=True)
         self.counters = {"studies_seen": 0, "instances_forwarded": 0, "instances_skipped": 0,
                          "jobs_failed": 0, "jobs_succeeded": 0, "jobs_resubmitted_after_restart": 0,
-                         "echo_probes_failed": 0, "studies_set_aside": 0, "alerts": 0}  # fmt: skip
+                         "echo_probes_failed": 0, "studies_set_aside": 0, "alerts": 0,
+                         "jobs_outcome_from_changes": 0}  # fmt: skip
 
     def _count(self, name: str, n: int = 1) -> None:
         with self._lock:
@@ -120,6 +122,11 @@ class Router:
 
     def wake(self) -> None:
         self._wake.set()
+
+    def job_finished(self, job_id: str, state: str) -> None:
+        """Orthanc announced that ``job_id`` ended in ``state`` (``Success`` / ``Failure``)."""
+        with self._lock:
+            self.finished.record(job_id, state)
 
     # -- the work -----------------------------------------------------------------------------
     def _run(self) -> None:
@@ -260,11 +267,17 @@ class Router:
             job_id = entry.job
             try:
                 job = _get_json(f"/jobs/{job_id}")
-            except Exception:  # Orthanc forgot the job (restart without it, history cut): send again
-                _warn(f"study {study_id}: job {job_id} is unknown to Orthanc (restart?); sending the study again")
-                self._count("jobs_resubmitted_after_restart")
-                self.state.job_lost(study_id, now)
-                continue
+            except Exception:  # no longer in Orthanc's job history (JobsHistorySize) or lost in a restart
+                outcome = self.finished.outcome(job_id)
+                if outcome is None:  # never announced as finished: lost in a restart, send again
+                    _warn(f"study {study_id}: job {job_id} is unknown to Orthanc (restart?); sending the study again")
+                    self._count("jobs_resubmitted_after_restart")
+                    self.state.job_lost(study_id, now)
+                    continue
+                self._count("jobs_outcome_from_changes")
+                job = {"State": outcome}
+                if outcome == "Failure":
+                    job["ErrorDescription"] = "job failed (Orthanc no longer keeps its details: JobsHistorySize)"
             state = job.get("State")
             if state == "Success":
                 for iid in entry.instances:
@@ -369,6 +382,9 @@ _CONFIGURATION = json.loads(orthanc.GetConfiguration())
 _ROUTER = Router(rr.PluginConfig.from_orthanc_configuration(_CONFIGURATION),
                  stable_age_s=float(_CONFIGURATION.get("StableAge", 60)))  # fmt: skip
 _VERBOSE = _ROUTER.config.verbose
+# Orthanc announces the end of every job (SDK 1.7+); an older one leaves the record empty (polling only)
+_JOB_SUCCESS = getattr(orthanc.ChangeType, "JOB_SUCCESS", object())
+_JOB_FAILURE = getattr(orthanc.ChangeType, "JOB_FAILURE", object())
 
 
 def on_change(change_type: int, level: int, resource_id: str) -> None:
@@ -380,6 +396,10 @@ def on_change(change_type: int, level: int, resource_id: str) -> None:
         _ROUTER.stop()
     elif change_type == orthanc.ChangeType.STABLE_STUDY and _ROUTER.config.auto_forward:
         _ROUTER.wake()  # the change log has it; read it now rather than at the next poll
+    elif change_type == _JOB_SUCCESS:
+        _ROUTER.job_finished(resource_id, "Success")
+    elif change_type == _JOB_FAILURE:
+        _ROUTER.job_finished(resource_id, "Failure")
 
 
 def on_analyze(output: Any, uri: str, **request: Any) -> None:

@@ -264,3 +264,45 @@ class ForwardState:
             return []
         self.last_alert = now
         return late
+
+
+#: job states Orthanc announces with its ``JOB_SUCCESS`` and ``JOB_FAILURE`` changes
+JOB_OUTCOMES = ("Success", "Failure")
+
+
+@dataclass
+class FinishedJobs:
+    """The outcomes Orthanc announced for its jobs (``JOB_SUCCESS`` / ``JOB_FAILURE`` changes), the
+    latest ``limit`` of them, in memory.
+
+    Orthanc keeps only ``JobsHistorySize`` finished jobs (10 by default): when more forward jobs
+    finish between two polls, the first are gone from ``/jobs`` before the router asks. Their outcome
+    is still here, so the router does not mistake them for jobs lost in a restart and send their
+    studies again (RELIABILITY.md bug 9). After a restart this record is empty, as Orthanc's is.
+    """
+
+    limit: int = 10_000
+    _outcomes: dict[str, str] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 1:
+            raise ValueError(f"the finished-jobs record needs a limit >= 1, got {self.limit!r}")
+
+    def record(self, job_id: str, state: str) -> None:
+        """Remember that ``job_id`` ended in ``state`` (one of :data:`JOB_OUTCOMES`); the oldest
+        record goes when there are more than ``limit``."""
+        if state not in JOB_OUTCOMES:
+            raise ValueError(f"a finished job's state must be one of {JOB_OUTCOMES}, got {state!r}")
+        if not job_id:
+            raise ValueError(f"a finished job needs an id, got {job_id!r}")
+        self._outcomes.pop(job_id, None)
+        self._outcomes[job_id] = state
+        while len(self._outcomes) > self.limit:
+            del self._outcomes[next(iter(self._outcomes))]
+
+    def outcome(self, job_id: str) -> str | None:
+        """How ``job_id`` ended, or None when Orthanc announced nothing for it here."""
+        return self._outcomes.get(job_id)
+
+    def __len__(self) -> int:
+        return len(self._outcomes)

@@ -155,6 +155,8 @@ class LocalOrthanc:
     alert_after_s: float = 600.0
     #: DICOM TLS on Orthanc's side (its DICOM port then accepts TLS only; the node is called with TLS)
     dicom_tls: DicomTls | None = None
+    #: top-level Orthanc settings written over the generated configuration (e.g. ``{"JobsHistorySize": 10}``)
+    config_overrides: Mapping[str, object] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -196,7 +198,12 @@ class LocalOrthanc:
             alert_after_s=self.alert_after_s,
             dicom_tls=self.dicom_tls,
         )
-        return write_config(dep, self.config_path)
+        path = write_config(dep, self.config_path)
+        if self.config_overrides:
+            config = json.loads(path.read_text(encoding="utf-8"))
+            config.update(self.config_overrides)
+            path.write_text(json.dumps(config, indent=2), encoding="utf-8")
+        return path
 
     def start(self, timeout: float = 30.0) -> LocalOrthanc:
         """Start Orthanc (same storage as before, if restarted) and wait until ``/system`` answers."""
