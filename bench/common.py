@@ -222,6 +222,19 @@ def rss_bytes(pid: int) -> int:
     return _status_kb(pid, "VmRSS") * 1024
 
 
+def minor_faults(pid: int) -> int:
+    """Minor page faults of ``pid`` so far (``/proc/PID/stat``'s minflt: a fresh page the kernel zero-fills
+    or maps, e.g. for a newly allocated image buffer)."""
+    return _stat_fields(pid)[7]
+
+
+def _stat_fields(pid: int) -> list[int]:
+    """The fields of ``/proc/PID/stat`` after the command name, from the state (given as 0) on: minflt
+    is index 7, utime 11 and stime 12 (in clock ticks)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return [0] + [int(v) for v in stat[stat.rindex(")") + 2 :].split()[1:20]]
+
+
 def peak_rss_bytes(pid: int) -> int:
     """Peak resident set size of ``pid`` so far (VmHWM)."""
     return _status_kb(pid, "VmHWM") * 1024

@@ -24,19 +24,22 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
-from common import child_pids, percentile, rss_bytes
+from common import child_pids, cpu_seconds, minor_faults, percentile, rss_bytes
 
 
 @dataclass
 class RssSampler:
     """Samples the RSS of ``pid`` and of its children every ``interval_s`` in a thread.
 
-    ``samples`` holds ``(seconds since start, node RSS bytes, children RSS bytes, images sent)``."""
+    ``samples`` holds ``(seconds since start, node RSS bytes, children RSS bytes, images sent)``;
+    ``faults`` ``(images sent, minor page faults of the node and its children so far, their CPU seconds so
+    far)`` at the same times."""
 
     pid: int
     interval_s: float
     sent: Callable[[], int]
     samples: list[tuple[float, int, int, int]] = field(default_factory=list)
+    faults: list[tuple[int, int, float]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.interval_s <= 0:
@@ -48,15 +51,20 @@ class RssSampler:
     def _sample(self) -> None:
         try:
             node = rss_bytes(self.pid)
-        except (OSError, KeyError):
+            faults, cpu = minor_faults(self.pid), cpu_seconds(self.pid)
+        except (OSError, KeyError, ValueError):
             return
         kids = 0
         for child in child_pids(self.pid):
             try:
                 kids += rss_bytes(child)
-            except (OSError, KeyError):
+                faults += minor_faults(child)
+                cpu += cpu_seconds(child)
+            except (OSError, KeyError, ValueError):
                 pass
-        self.samples.append((time.perf_counter() - self._t0, node, kids, self.sent()))
+        sent = self.sent()
+        self.samples.append((time.perf_counter() - self._t0, node, kids, sent))
+        self.faults.append((sent, faults, cpu))
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -167,6 +175,19 @@ def latency_summary(values_s: Sequence[float]) -> dict[str, float]:
         "p99_s": percentile(values_s, 99),
         "max_s": max(values_s),
     }
+
+
+def per_image_after_warmup(
+    faults: Sequence[tuple[int, int, float]], *, skip_fraction: float = 0.1
+) -> tuple[float, float]:
+    """(minor page faults, CPU ms) per image sent, node + children, after the first ``skip_fraction`` of
+    the images, from :class:`RssSampler`'s ``faults`` (the last sample is taken once all are delivered)."""
+    total = faults[-1][0] if faults else 0
+    window = [f for f in faults if f[0] >= skip_fraction * total]
+    if len(window) < 2 or window[-1][0] == window[0][0]:
+        raise ValueError(f"too few samples to compare: {list(faults)[-3:]!r}")
+    images = window[-1][0] - window[0][0]
+    return (window[-1][1] - window[0][1]) / images, (window[-1][2] - window[0][2]) * 1000.0 / images
 
 
 def rss_summary(

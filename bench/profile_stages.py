@@ -23,7 +23,7 @@ the same with the association row in place of the receive row (a one-image study
 medians of the repeats, and the least CPU time of the repeats (on a shared host, where other
 processes inflate CPU time through cache and core contention, the least is the steadier figure).
 
-    python bench/profile_stages.py --n 16 --batch 8 [--device cpu] [--no-gc-freeze] [--cold] [--cold-text]
+    python bench/profile_stages.py --n 16 --batch 8 [--device cpu] [--no-gc-freeze] [--no-memory-reuse] [--cold] [--cold-text]
 
 Before the timed repeats, every image's SR and SC is built and encoded once (``--cold``: not), as the
 node's long-lived result processes have done after their first image: the one-time costs of a
@@ -31,6 +31,8 @@ process (lazy imports, lookups and caches filled on first use) are start-up, not
 
 Like the node (``dicom_node/gc_freeze.py``), it freezes its start-up objects (torch, the models)
 for the garbage collector before timing; ``--no-gc-freeze`` measures the node as it was before.
+Like the node (``dicom_node/memory_reuse.py``), it keeps freed image buffers for reuse (glibc's
+mmap and trim thresholds, Pillow's block cache); ``--no-memory-reuse`` leaves the allocators' defaults.
 """
 
 from __future__ import annotations
@@ -67,12 +69,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--no-gc-freeze", action="store_true",
                    help="leave the start-up objects to the garbage collector (the node before dicom_node/gc_freeze.py)")  # fmt: skip
+    p.add_argument("--no-memory-reuse", action="store_true",
+                   help="the allocators' defaults (the node before dicom_node/memory_reuse.py)")
     p.add_argument("--cold", action="store_true",
                    help="no warm-up pass of the SR, SC and encode stages before the timed repeats")
     p.add_argument("--cold-text", action="store_true",
                    help="clear the overlay's text caches before each SC row (every image renders its text from scratch)")
     p.add_argument("--scratch", type=Path, default=Path(tempfile.gettempdir()) / "cxr-bench")
     args = p.parse_args(argv)
+
+    if not args.no_memory_reuse:  # as the node and its result processes do at start-up
+        from dicom_node.memory_reuse import DEFAULT_KEEP_MIB, keep_freed_memory
+
+        keep_freed_memory(DEFAULT_KEEP_MIB)
 
     import numpy as np
     import pydicom

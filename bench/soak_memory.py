@@ -12,7 +12,8 @@ over one association and samples the RSS of the node and of its result processes
 
 Reported: RSS (node + result processes) after the first 10 % of the images: first, last, min,
 max, spread = (max - min) / first (the target: within ±10 %), drift = (last - first) / first;
-peak RSS (the node's VmHWM, plus the children's highest sampled RSS); latency p50/p95/p99/max
+peak RSS (the node's VmHWM, plus the children's highest sampled RSS); minor page faults per image
+(fresh pages the kernel zero-fills for new buffers: ``CXR_NODE_MEMORY_KEEP_MIB``, ``--env``); latency p50/p95/p99/max
 (C-STORE start → job_delivered); host load. ``--json`` keeps every sample.
 
     python bench/soak_memory.py --n 2000 --rate 4 --json /tmp/soak.json
@@ -42,7 +43,7 @@ from common import (  # noqa: E402
     stop_process,
     wait_port,
 )
-from paced import PacedPush, RssSampler, latencies_s, latency_summary, rss_summary  # noqa: E402
+from paced import PacedPush, RssSampler, latencies_s, latency_summary, per_image_after_warmup, rss_summary  # noqa: E402
 
 sys.path.insert(0, str(HERE.parent / "tests" / "integration"))
 from integration_helpers import NodeProcess  # noqa: E402
@@ -111,6 +112,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "images_s": args.n / seconds,
         **latency_summary(lat),
         **rss_summary(samples),
+        **dict(zip(("minor_faults_per_image", "cpu_ms_per_image"), per_image_after_warmup(rss.faults), strict=True)),
         "peak_rss_node_mb": peak_node,
         "peak_rss_children_sampled_mb": max(s[2] for s in samples) / 2**20,
         "peak_rss_total_sampled_mb": max(s[1] + s[2] for s in samples) / 2**20,
@@ -136,6 +138,9 @@ def to_markdown(r: dict[str, Any]) -> str:
         f"| drift (last − first) / first | {100 * r['rss_drift']:+.1f} % |",
         f"| peak RSS: node VmHWM / node + result processes (highest sample) (MiB) | "
         f"{r['peak_rss_node_mb']:.0f} / {r['peak_rss_total_sampled_mb']:.0f} |",
+        f"| minor page faults per image, node + result processes, after the first 10 % | "
+        f"{r['minor_faults_per_image']:.0f} |",
+        f"| CPU ms per image, node + result processes, after the first 10 % | {r['cpu_ms_per_image']:.0f} |",
         f"| latency p50 / p95 / p99 / max (s) | {r['p50_s']:.2f} / {r['p95_s']:.2f} / {r['p99_s']:.2f} / "
         f"{r['max_s']:.2f} |",
         "",

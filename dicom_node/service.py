@@ -25,6 +25,7 @@ from typing import Any
 from dicom_node.delivery.deliver import Deliverer
 from dicom_node.gc_freeze import freeze_long_lived
 from dicom_node.health_http import HealthServer, start_health_server
+from dicom_node.memory_reuse import keep_freed_memory
 from dicom_node.node_metrics import NodeMetrics
 from dicom_node.pipeline.analyse import Analyser, AnalysisWorker, BuildEncoded
 from dicom_node.results.sc.encode import ScEncoding
@@ -152,6 +153,7 @@ class NodeService:
         s = self.settings
         t0 = time.perf_counter()
         logger.info("starting cxr-ai-node", extra={"event": "starting", "settings": s.public_dict()})
+        keep_freed_memory(s.memory_keep_mib)  # before the first image buffer (dicom_node/memory_reuse.py)
         secure_spool(s.spool_dir, s.journal_path)
         self.spool = Spool(s.spool_dir, reserve_bytes=int(s.disk_reserve_mb * 1024 * 1024))
         self.journal = Journal(s.journal_path)
@@ -213,6 +215,7 @@ class NodeService:
                 metrics=self.metrics,
                 result_workers=s.result_workers,
                 sc_encoding=ScEncoding(s.sc_transfer_syntax, s.sc_jpeg_quality),
+                memory_keep_mib=s.memory_keep_mib,
             )
             self.receiver = Receiver(
                 s,

@@ -285,6 +285,14 @@ class NodeSettings(BaseSettings):
     batch_size: int = Field(8, ge=1, le=256, description="maximum inference batch size")
     max_wait_ms: float = Field(20.0, ge=0, description="how long a busy engine waits to fill a batch (a lone image never waits)")
     decode_workers: int = Field(2, ge=1, le=64, description="threads decoding DICOM pixel data")
+    memory_keep_mib: int = Field(
+        256,
+        ge=0,
+        le=2047,
+        description="freed memory each glibc heap and Pillow's block cache keep for the next images instead of "
+        "returning it to the kernel (fresh image buffers cost a page fault per 4 KiB page); 0: the "
+        "allocators' defaults (dicom_node/memory_reuse.py)",
+    )
     result_workers: int | None = Field(
         None,
         ge=1,

@@ -141,16 +141,19 @@ def _build_in_pool(
     return encoded, keep.records
 
 
-def _pool_init(parent_pid: int) -> None:
+def _pool_init(parent_pid: int, memory_keep_mib: int = 0) -> None:
     """Initializer of each pool process: keep highdicom's DEBUG chatter out of the records shipped
-    back (see ``logging_setup.quiet_highdicom``), and exit as soon as the node process is gone.
+    back (see ``logging_setup.quiet_highdicom``), keep freed image buffers for reuse as the node
+    does (``memory_keep_mib``: ``dicom_node.memory_reuse``), and exit as soon as the node process is gone.
 
     A pool process blocks on its job queue, whose write end its siblings also hold, so it would
     outlive a node that was killed (SIGKILL, crash) or exited without ``stop()``.
     """
     from dicom_node.logging_setup import quiet_highdicom
+    from dicom_node.memory_reuse import keep_freed_memory
 
     quiet_highdicom()
+    keep_freed_memory(memory_keep_mib)
     # warnings (pydicom quotes header values in them) become log records: shipped back with a build and
     # written by the node's scrubbing formatter, never printed raw to the shared stderr
     logging.captureWarnings(True)
@@ -193,10 +196,12 @@ class AnalysisWorker:
         metrics: NodeMetrics | None = None,
         result_workers: int | None = None,
         sc_encoding: object = None,
+        memory_keep_mib: int = 0,
     ) -> None:
         """``result_workers``: processes building SR + SC (None: :func:`default_result_workers`);
         ``build_encoded``: what they run (None: ``dicom_node.results.build.build_encoded_results``);
-        ``sc_encoding``: how the SC is stored (a ``dicom_node.results.sc.encode.ScEncoding``; None: its default)."""
+        ``sc_encoding``: how the SC is stored (a ``dicom_node.results.sc.encode.ScEncoding``; None: its default);
+        ``memory_keep_mib``: freed memory those processes keep for reuse (``dicom_node.memory_reuse``; 0: none)."""
         if batch_size < 1 or max_attempts < 1:
             raise ValueError(
                 f"batch_size and max_attempts must be >= 1, got {batch_size!r}, {max_attempts!r}"
@@ -212,6 +217,7 @@ class AnalysisWorker:
         self._keep_image = _accepts_keep_image(analyser)
         self._build_encoded = build_encoded
         self._sc_encoding = sc_encoding
+        self._memory_keep_mib = memory_keep_mib
         self.journal = journal
         self.spool = spool
         self.analyser = analyser
@@ -267,7 +273,7 @@ class AnalysisWorker:
             max_workers=self.result_workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_pool_init,
-            initargs=(os.getpid(),),
+            initargs=(os.getpid(), self._memory_keep_mib),
         )
         for _ in range(self.result_workers):  # start the processes and import highdicom now
             pool.submit(_pool_warmup)
