@@ -6,14 +6,15 @@ With the C library's and Pillow's defaults such buffers are often mapped fresh f
 (above glibc's moving ``mmap`` threshold; Pillow frees its image blocks at once and allocates new
 ones) or returned to it when the top of a heap is trimmed, so the next image pays a page fault per
 4 KiB page, the kernel zero-filling every page: ~510 faults per 1024² image in the decode when images
-are decoded in batches, and ~570 per image in a node under load (BENCHMARKS.md section 1, "Sixth
-pass"; at a steady low rate glibc's threshold settles by itself and the node hardly faults).
+are decoded in batches, and from 23 to 1,669 (median 580) per image in a node under load
+(BENCHMARKS.md section 1, "Sixth pass"; at a steady low rate glibc's threshold settles by itself and
+the node hardly faults).
 
 :func:`keep_freed_memory` asks glibc (``mallopt``) to serve buffers up to 32 MiB (its largest
 setting) from its heaps and to keep up to ``keep_mib`` of freed memory at the top of each heap, and
 gives Pillow a cache of freed blocks of the same total. Both or neither: in a loaded node glibc's
-thresholds alone left ~500 faults per image, Pillow's cache alone ~1,700, the two together ~80. The
-process's resident memory then stays at its working set's high-water mark instead of breathing with
+thresholds alone left 415–575 faults per image, Pillow's cache alone ~1,700, the two together 23–84.
+The process's resident memory then stays at its working set's high-water mark instead of breathing with
 every batch (BENCHMARKS.md section 4 measures it over a soak: ~90 MiB more at the peak). Settings a
 site made itself are left alone, and then nothing is set: glibc's environment variables
 (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``, ``GLIBC_TUNABLES`` naming either) and
