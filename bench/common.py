@@ -225,14 +225,14 @@ def rss_bytes(pid: int) -> int:
 def minor_faults(pid: int) -> int:
     """Minor page faults of ``pid`` so far (``/proc/PID/stat``'s minflt: a fresh page the kernel zero-fills
     or maps, e.g. for a newly allocated image buffer)."""
-    return _stat_fields(pid)[7]
+    return int(_stat_fields(pid)[7])
 
 
-def _stat_fields(pid: int) -> list[int]:
-    """The fields of ``/proc/PID/stat`` after the command name, from the state (given as 0) on: minflt
-    is index 7, utime 11 and stime 12 (in clock ticks)."""
+def _stat_fields(pid: int) -> list[str]:
+    """The fields of ``/proc/PID/stat`` after the command name (the name may hold spaces and
+    parentheses): state is index 0, ppid 1, minflt 7, utime 11 and stime 12 (in clock ticks)."""
     stat = Path(f"/proc/{pid}/stat").read_text()
-    return [0] + [int(v) for v in stat[stat.rindex(")") + 2 :].split()[1:20]]
+    return stat[stat.rindex(")") + 2 :].split()
 
 
 def peak_rss_bytes(pid: int) -> int:
@@ -264,10 +264,9 @@ def emit_report(report: dict[str, Any], json_path: Path | None, render: Callable
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds ``pid`` has used so far (0.0 once it is gone)."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = _stat_fields(pid)
     except OSError:
         return 0.0
-    fields = stat[stat.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -278,10 +277,10 @@ def child_pids(pid: int) -> list[int]:
         if not entry.name.isdigit():
             continue
         try:
-            stat = (entry / "stat").read_text()
+            ppid = int(_stat_fields(int(entry.name))[1])
         except OSError:
             continue
-        if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
+        if ppid == pid:
             out.append(int(entry.name))
     return out
 

@@ -99,6 +99,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         node.stop()
         stop_process(dest)
     samples = rss.samples
+    faults_per_image, cpu_ms_per_image = per_image_after_warmup(rss.faults)
     return {
         "hardware": hardware(),
         "n": args.n,
@@ -112,7 +113,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "images_s": args.n / seconds,
         **latency_summary(lat),
         **rss_summary(samples),
-        **dict(zip(("minor_faults_per_image", "cpu_ms_per_image"), per_image_after_warmup(rss.faults), strict=True)),
+        "minor_faults_per_image": faults_per_image,
+        "cpu_ms_per_image": cpu_ms_per_image,
         "peak_rss_node_mb": peak_node,
         "peak_rss_children_sampled_mb": max(s[2] for s in samples) / 2**20,
         "peak_rss_total_sampled_mb": max(s[1] + s[2] for s in samples) / 2**20,

@@ -246,9 +246,10 @@ def _is_ip(host: str) -> bool:
         return False
 
 
-def write_config(deployment: OrthancDeployment, path: Path) -> Path:
-    """Render and write the configuration to ``path`` (mode 0600: it holds passwords); returns ``path``."""
-    cfg = render_config(deployment)
+def write_config(deployment: OrthancDeployment, path: Path, overrides: Mapping[str, Any] | None = None) -> Path:
+    """Render and write the configuration to ``path`` (mode 0600: it holds passwords); returns ``path``.
+    ``overrides``: top-level settings written over the rendered ones (tests: e.g. ``JobsHistorySize``)."""
+    cfg = {**render_config(deployment), **(overrides or {})}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.touch(mode=0o600, exist_ok=True)

@@ -198,12 +198,7 @@ class LocalOrthanc:
             alert_after_s=self.alert_after_s,
             dicom_tls=self.dicom_tls,
         )
-        path = write_config(dep, self.config_path)
-        if self.config_overrides:
-            config = json.loads(path.read_text(encoding="utf-8"))
-            config.update(self.config_overrides)
-            path.write_text(json.dumps(config, indent=2), encoding="utf-8")
-        return path
+        return write_config(dep, self.config_path, self.config_overrides)
 
     def start(self, timeout: float = 30.0) -> LocalOrthanc:
         """Start Orthanc (same storage as before, if restarted) and wait until ``/system`` answers."""
