@@ -50,11 +50,13 @@ from pydicom import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
 from dicom_node.node_metrics import NodeMetrics, skip_reason_category
+from dicom_node.pipeline.shared_image import SharedImageRef, SharedImages, attached
 from dicom_node.results.sr.codes import NotEvaluatedReason
 from dicom_node.storage.journal import Job, Journal, ResultFile
 from dicom_node.storage.spool import Spool
 from models.errors import ImageDecodeError
 from models.findings import Findings
+from models.imaging.dicom_image import SourceImage
 
 logger = logging.getLogger(__name__)
 
@@ -125,20 +127,35 @@ def _build_in_pool(
 ) -> tuple[list, list[logging.LogRecord]]:
     """Pool-process job: ``build_encoded`` (None: ``dicom_node.results.build.build_encoded_results``) plus
     the log records it wrote (a spawned process has no log handlers; the node re-emits them so none are lost)."""
-    from dicom_node.results.build import build_encoded_results
-
     root = logging.getLogger()
     root.setLevel(log_level)
     keep = _KeepRecords()
     root.addHandler(keep)
     try:
-        if build_encoded is None:
-            encoded = build_encoded_results(source_path, findings_json, image, parts, sc_encoding)  # type: ignore[arg-type]
+        if isinstance(image, SharedImageRef):  # the decoded image, mapped from the node's shared memory
+            with attached(image) as shared:
+                encoded = _build(build_encoded, source_path, findings_json, shared, parts, sc_encoding)
+                del shared  # the last reference to the mapping: it is closed on leaving the block
         else:
-            encoded = list(build_encoded(source_path, findings_json, image))  # type: ignore[misc]
+            encoded = _build(build_encoded, source_path, findings_json, image, parts, sc_encoding)
     finally:
         root.removeHandler(keep)
     return encoded, keep.records
+
+
+def _build(
+    build_encoded: BuildEncoded | None,
+    source_path: str,
+    findings_json: dict,
+    image: object,
+    parts: tuple[str, ...],
+    sc_encoding: object,
+) -> list:
+    from dicom_node.results.build import build_encoded_results
+
+    if build_encoded is None:
+        return build_encoded_results(source_path, findings_json, image, parts, sc_encoding)  # type: ignore[arg-type]
+    return list(build_encoded(source_path, findings_json, image))  # type: ignore[misc]
 
 
 def _pool_init(parent_pid: int, memory_keep_mib: int = 0) -> None:
@@ -218,6 +235,8 @@ class AnalysisWorker:
         self._build_encoded = build_encoded
         self._sc_encoding = sc_encoding
         self._memory_keep_mib = memory_keep_mib
+        # the SC's decoded image goes to the result processes in shared memory (dicom_node/pipeline/shared_image.py)
+        self._shared_images = SharedImages()
         self.journal = journal
         self.spool = spool
         self.analyser = analyser
@@ -241,6 +260,7 @@ class AnalysisWorker:
         if self._thread is not None:
             raise RuntimeError("analysis worker already started")
         self._pool = self._new_pool()
+        self._shared_images = SharedImages()
         self._thread = threading.Thread(target=self._run, name="cxr-analyse", daemon=True)
         self._thread.start()
 
@@ -262,6 +282,7 @@ class AnalysisWorker:
                 )
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
+        self._shared_images.close()  # segments still in use are unlinked when their jobs end
         for job_id in [*self._inflight, *self._building]:  # a graceful stop is not a crash
             try:
                 self.journal.undo_start(job_id)
@@ -424,24 +445,30 @@ class AnalysisWorker:
         built = _Built(job=job, findings=findings, t0=t0, pool=self._pool)
         args = (job.path, findings_to_dict(findings))
         level = logging.getLogger().getEffectiveLevel()
+        lease = self._shared_images.share(image) if isinstance(image, SourceImage) else None
+        sent = lease.ref if lease is not None else image
         try:
             if findings.analysed and self.result_workers >= 2 and self._build_encoded is None:
                 # SR and SC at once, in two processes
-                built.future = joined_builds([
-                    self._pool.submit(_build_in_pool, None, *args, None, level, ("sr",)),
-                    self._pool.submit(_build_in_pool, None, *args, image, level, ("sc",), self._sc_encoding),
-                ])  # fmt: skip
+                sc = self._pool.submit(_build_in_pool, None, *args, sent, level, ("sc",), self._sc_encoding)
+                built.future = joined_builds([self._pool.submit(_build_in_pool, None, *args, None, level, ("sr",)), sc])
             else:
-                built.future = self._pool.submit(
-                    _build_in_pool, self._build_encoded, *args, image, level, ("sr", "sc"), self._sc_encoding
+                sc = built.future = self._pool.submit(
+                    _build_in_pool, self._build_encoded, *args, sent, level, ("sr", "sc"), self._sc_encoding
                 )
         except BrokenProcessPool as exc:
+            if lease is not None:
+                lease.release()
             self._pool_broken(built.pool, exc)
             self._retry_or_fail(job, exc, t0)
             return
         except RuntimeError as exc:  # pool shut down (stopping)
+            if lease is not None:
+                lease.release()
             self._retry_or_fail(job, exc, t0)
             return
+        if lease is not None:  # whatever the outcome: built, failed, cancelled, the pool broken
+            sc.add_done_callback(lambda _f, held=lease: held.release())
         self._building[job.id] = built
         built.future.add_done_callback(lambda _f, b=built: self._events.put(b))
 
