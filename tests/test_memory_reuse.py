@@ -74,14 +74,19 @@ def _run(code: str, *args: str, env: dict[str, str] | None = None) -> dict:
 
 @pytest.mark.skipif(not GLIBC, reason="glibc's allocator settings")
 def test_decoded_images_reuse_the_buffers_of_the_batch_before() -> None:
-    """Images decoded and prepared in batches, as a busy node does: with the allocators' defaults ~450
-    page faults per 1024² image here (the kernel zero-filling fresh pages; ~570 per image in a loaded
-    node, BENCHMARKS.md section 1); with the node's setting the buffers of the batch before are reused."""
+    """Images decoded and prepared in batches, as a busy node does: with the node's setting the buffers of
+    the batch before are reused (a 4 MB float image is 1,024 pages; under 20 faults per image).
+
+    With the allocators' defaults this usually gives ~450 page faults per 1024² image (the kernel
+    zero-filling fresh pages; ~570 per image in a loaded node, BENCHMARKS.md section 1), but not always:
+    whether glibc can trim its heap after a batch depends on where small allocations of the process
+    land, and one full-suite run saw 0.02. So only the setting's side is asserted here; the defaults'
+    mechanism is checked deterministically by the 8 MB-buffer test below."""
     default = _run(_FAULTS_PER_IMAGE, "0")
     kept = _run(_FAULTS_PER_IMAGE, str(DEFAULT_KEEP_MIB))
-    assert default["keep_mib"] == 0 and kept == {**kept, "keep_mib": DEFAULT_KEEP_MIB, "pillow": 16}
-    assert default["faults"] > 200, default  # a 4 MB float image is 1,024 pages
-    assert kept["faults"] < 20, kept
+    assert default["keep_mib"] == 0 and default["pillow"] == 0, default
+    assert kept == {**kept, "keep_mib": DEFAULT_KEEP_MIB, "pillow": 16}
+    assert kept["faults"] < 20, (kept, default)
 
 
 @pytest.mark.skipif(not GLIBC, reason="glibc's allocator settings")
