@@ -7,7 +7,6 @@ import logging
 import multiprocessing
 import os
 import signal
-import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
@@ -132,9 +131,6 @@ def test_ref_validation() -> None:
 
 class KeepImageAnalyser:
     """Answers like the engine with ``keep_image=True``: findings plus the decoded image on the future."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
 
     def submit(self, ds: pydicom.Dataset, keep_image: bool = False) -> Future[Findings]:
         f: Future[Findings] = Future()
