@@ -12,7 +12,9 @@ forward" sums, then the median over the runs of each stage's median and the leas
         --tree-option c8f=--no-gc-freeze --tree-env c8f=CXR_BENCH_DELIVER_AS_BEFORE=1 --rounds 5
 
 A baseline tree is ``git archive <commit> | tar -x -C DIR`` with this tree's ``.venv`` linked in; this
-script copies its ``profile_stages.py``, ``stage_io.py`` and ``common.py`` into each tree's ``bench/``.
+script copies its ``profile_stages.py``, ``stage_io.py`` and ``common.py`` into each tree's ``bench/``,
+except for the trees named by ``--own-scripts`` (trees whose modules predate this script's imports, run
+with the bench scripts of their time).
 """
 
 from __future__ import annotations
@@ -54,6 +56,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--tree", action="append", required=True, help="NAME=PATH (repeat; run in this order)")
     p.add_argument("--tree-option", action="append", default=[], help="NAME=OPTION for that tree's runs")
     p.add_argument("--tree-env", action="append", default=[], help="NAME=VAR=VALUE for that tree's runs")
+    p.add_argument("--own-scripts", action="append", default=[], metavar="NAME",
+                   help="run that tree's own bench scripts instead of copying this tree's into it (a tree older "
+                        "than this script's profile_stages.py, with the scripts of its time put in its bench/)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--quiet-below", type=float, default=None, help="wait for calibration loops under this many ms")
@@ -69,8 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for item in args.tree_env:
         name, var, value = item.split("=", 2)
         envs[name][var] = value
-    for path in trees.values():
-        if Path(path).resolve() != HERE.parent:
+    for name, path in trees.items():
+        if Path(path).resolve() != HERE.parent and name not in args.own_scripts:
             for script in ("profile_stages.py", "stage_io.py", "common.py", "orthanc_like_scu.py", "orthanc_contexts.json"):
                 shutil.copy(HERE / script, Path(path) / "bench" / script)
     runs: dict[str, list[dict[str, tuple[float, float]]]] = collections.defaultdict(list)
@@ -100,6 +105,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         cells = []
         for n in names:
             values = [r[stage] for r in runs[n] if stage in r]
+            if not values:  # a row that tree's script does not have
+                cells += ["–", "–"]
+                continue
             cells += [f"{statistics.median(v[0] for v in values):.1f}", f"{min(v[1] for v in values):.1f}"]
         print(f"| {stage} | " + " | ".join(cells) + " |")
     return 0
