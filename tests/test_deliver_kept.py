@@ -23,9 +23,9 @@ from tls_certs import free_port
 
 from dicom_node.delivery import kept as kept_mod
 from dicom_node.delivery.deliver import Deliverer
-from dicom_node.delivery.kept import ReactorCheckpoint
 from dicom_node.storage.journal import Journal, ResultFile
 from dicom_node.storage.spool import Spool
+from dicom_node.transport.reactor_checkpoint import ReactorCheckpoint
 
 needs_dcmtk = pytest.mark.skipif(not have_dcmtk("storescp"), reason="dcmtk storescp not installed")
 

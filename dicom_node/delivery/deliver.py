@@ -28,7 +28,7 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 from pynetdicom import AE
 
-from dicom_node.delivery.kept import KeptAssociation, KeptAssociations, install_checkpoint, is_usable
+from dicom_node.delivery.kept import KeptAssociation, KeptAssociations, is_usable
 from dicom_node.delivery.uncompressed import (
     FALLBACK_TRANSFER_SYNTAX,
     needs_fallback_context,
@@ -40,6 +40,7 @@ from dicom_node.storage.journal import Job, Journal, OutboxItem
 from dicom_node.storage.spool import Spool
 from dicom_node.transport import command_set, uid_memo
 from dicom_node.transport.event_logging import sync_standard_handlers
+from dicom_node.transport.reactor_checkpoint import install_checkpoint
 from dicom_node.transport.tcp_options import NODELAY_HANDLERS
 
 logger = logging.getLogger(__name__)

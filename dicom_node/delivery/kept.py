@@ -17,7 +17,8 @@ closes at the same moment; :class:`~dicom_node.delivery.deliver.DicomSender` sen
 association lost on a fresh one.
 
 This touches pynetdicom internals of the pinned version (see ``dicom_node/scp/chunked.py``):
-``Association._reactor_checkpoint`` (replaced by a :class:`ReactorCheckpoint`),
+``Association._reactor_checkpoint`` (replaced by a :class:`ReactorCheckpoint`, from
+``dicom_node.transport.reactor_checkpoint``),
 ``DULServiceProvider._run_loop_delay`` and the ``time`` module global of ``pynetdicom.dul``
 (:class:`DulClock`); without them an association is kept unparked (correct, dearer).
 """
@@ -33,67 +34,9 @@ from dataclasses import dataclass, field
 
 from pynetdicom.association import Association
 
+from dicom_node.transport.reactor_checkpoint import pause_reactor
+
 logger = logging.getLogger(__name__)
-
-
-class ReactorCheckpoint(threading.Event):
-    """Stands in for ``Association._reactor_checkpoint`` (the event pynetdicom's association reactor
-    waits on while it is paused) so that a pause is certain.
-
-    pynetdicom pauses the reactor before each ``send_*`` by clearing the event and waiting until
-    ``_is_paused`` is true; but that flag is still true for a moment after the reactor has returned
-    from ``wait()`` (woken by the previous message's ``set()``), and a reactor preempted there goes on
-    to take the next C-STORE response off the DIMSE queue ("Received unexpected C-STORE service
-    message"): the sender then waits the whole DIMSE timeout and reports no response. It happened
-    once in ~40 benchmark runs of back-to-back C-STOREs. Here the reactor leaves ``wait()`` only
-    while the event is set, decided under a lock that :meth:`pause` shares, and :meth:`pause`
-    returns once the reactor is inside ``wait()``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._gate = threading.Lock()
-        self.parked = False  # the reactor is inside wait() and cannot leave until set()
-        self.set()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._gate:
-            self.parked = True
-        while True:
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            woken = super().wait(remaining)
-            with self._gate:
-                if self.is_set():
-                    self.parked = False
-                    return True
-                if not woken and deadline is not None and time.monotonic() >= deadline:
-                    self.parked = False
-                    return False
-
-    def pause(self, reactor_alive: Callable[[], bool], timeout_s: float = 2.0) -> bool:
-        """Clear the event and wait (bounded) until the reactor is parked in :meth:`wait`; False if
-        it did not get there (the reactor thread ended, or ``timeout_s`` passed)."""
-        with self._gate:
-            self.clear()
-            parked = self.parked
-        deadline = time.monotonic() + timeout_s
-        while not parked:
-            if not reactor_alive() or time.monotonic() >= deadline:
-                return False
-            time.sleep(0.0002)
-            with self._gate:
-                parked = self.parked
-        return True
-
-
-def install_checkpoint(assoc: Association) -> ReactorCheckpoint | None:
-    """Give ``assoc`` a :class:`ReactorCheckpoint` (set, like the one it replaces); None when this
-    pynetdicom has no ``_reactor_checkpoint``."""
-    if not isinstance(getattr(assoc, "_reactor_checkpoint", None), threading.Event):
-        return None
-    checkpoint = ReactorCheckpoint()
-    assoc._reactor_checkpoint = checkpoint  # the reactor reads the attribute on every turn
-    return checkpoint
 
 
 #: how often a parked association's DUL thread looks at its socket (pynetdicom's default while active:
@@ -168,9 +111,7 @@ class KeptAssociation:
 
     def pause_reactor(self) -> None:
         """Make sure the association's reactor is paused before a ``send_*`` (see :class:`ReactorCheckpoint`)."""
-        checkpoint = getattr(self.assoc, "_reactor_checkpoint", None)
-        if isinstance(checkpoint, ReactorCheckpoint):
-            checkpoint.pause(self.assoc.is_alive)
+        pause_reactor(self.assoc)
 
     def park(self) -> None:
         """Pause the reactor and slow the DUL's polling while the association waits."""

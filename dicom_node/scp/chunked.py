@@ -186,6 +186,8 @@ def self_test() -> None:
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
     from pynetdicom import AE, evt
 
+    from dicom_node.transport.reactor_checkpoint import install_checkpoint, pause_reactor
+
     ds = Dataset()
     ds.SOPClassUID = SecondaryCaptureImageStorage
     ds.SOPInstanceUID = generate_uid()
@@ -220,7 +222,9 @@ def self_test() -> None:
             assoc = scu.associate("127.0.0.1", server.server_address[1], ae_title="SELFTEST")
             if not assoc.is_established:
                 raise ChunkedReceiveUnavailable("self-test: loopback association not established")
+            install_checkpoint(assoc)
             try:
+                pause_reactor(assoc)  # pynetdicom's own pause can let the reactor take the response
                 status = assoc.send_c_store(ds)
             finally:
                 assoc.release()

@@ -41,6 +41,7 @@ from dicom_node.testing.local_orthanc import (  # noqa: E402,F401  (echo_ok: imp
     orthanc_binary,
     wait_until,
 )
+from dicom_node.transport.reactor_checkpoint import install_checkpoint, pause_reactor  # noqa: E402
 
 SCALE = float(os.environ.get("CXR_RELIABILITY_SCALE", "0.25"))
 if not SCALE > 0:
@@ -166,6 +167,7 @@ def send_files(port: int, files: Sequence[Path], *, log: SendLog | None = None, 
             log.aborted_associations += 1
         log.not_sent.extend(uids)
         return log
+    install_checkpoint(assoc)  # as the node's own SCUs: no C-STORE response taken by the reactor
     try:
         for i, (f, uid) in enumerate(zip(files, uids, strict=True)):
             if not assoc.is_established:
@@ -173,6 +175,7 @@ def send_files(port: int, files: Sequence[Path], *, log: SendLog | None = None, 
                 log.aborted_associations += 1
                 break
             try:
+                pause_reactor(assoc)
                 status = assoc.send_c_store(f)
             except Exception:  # e.g. a file pynetdicom cannot even frame: counts as not sent
                 log.not_sent.append(uid)
