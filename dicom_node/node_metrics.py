@@ -140,6 +140,9 @@ class NodeMetrics:
                                   ["destination"], namespace=NAMESPACE, registry=r)  # fmt: skip
         self._failed = Counter("failed", "Failures, by stage (receive, analyse, deliver, ...)",
                                ["stage"], namespace=NAMESPACE, registry=r)  # fmt: skip
+        self._shm_fallbacks = Counter("shared_image_fallbacks", "Decoded images sent to the result processes "
+                                      "through the pipe, no shared-memory segment to be had (e.g. /dev/shm full)",
+                                      namespace=NAMESPACE, registry=r)  # fmt: skip
         self._latency = Histogram("inference_latency_seconds", "Inference latency per instance (seconds)",
                                   namespace=NAMESPACE, registry=r, buckets=LATENCY_BUCKETS)  # fmt: skip
         self._queue = Gauge("queue_depth", "Instances waiting for analysis", namespace=NAMESPACE, registry=r)
@@ -183,6 +186,10 @@ class NodeMetrics:
     def failed(self, stage: str) -> None:
         """A failure in ``stage`` (``receive``, ``analyse``, ``deliver``, ...)."""
         self._failed.labels(stage=self._guards["stage"](stage)).inc()
+
+    def shared_image_fallback(self) -> None:
+        """One decoded image went to its result process through the pipe (no shared memory for it)."""
+        self._shm_fallbacks.inc()
 
     def models_loaded(self, models: Iterable[tuple[str, str]]) -> None:
         """Publish the loaded bundles as ``cxr_node_model_info{name=..., version=...} 1``."""

@@ -17,6 +17,7 @@ import pytest
 from _results_data import findings_for, three_boxes
 from test_result_pool import _outbox_contents, _run_worker, _spool_jobs
 
+from dicom_node.node_metrics import NodeMetrics
 from dicom_node.pipeline import shared_image
 from dicom_node.pipeline.analyse import AnalysisWorker
 from dicom_node.pipeline.shared_image import SharedImageRef, SharedImages, attached
@@ -107,9 +108,10 @@ def test_no_shared_memory_means_the_pipe_with_one_warning(
     monkeypatch.setattr(shared_image.shared_memory, "SharedMemory", tracking)
     monkeypatch.setattr(shared_image.os, "posix_fallocate", no_space)
     caplog.set_level(logging.WARNING, logger="dicom_node.pipeline.shared_image")
-    images = SharedImages()
+    counted: list[int] = []
+    images = SharedImages(on_refused=lambda: counted.append(1))
     assert images.share(_image()) is None and images.share(_image()) is None
-    assert images.refused == 2 and images.shared == 0
+    assert images.refused == 2 and images.shared == 0 and len(counted) == 2  # each one counted
     assert [r.event for r in caplog.records] == ["shared_image_unavailable"]  # once, not per image
     assert created and not any(_segment_exists(n) for n in created)  # the refused segments were unlinked
 
@@ -173,6 +175,30 @@ def test_the_worker_hands_the_image_over_in_shared_memory_and_leaves_nothing(
         assert ds == piped[uid], uid
         if "PixelData" in ds:
             np.testing.assert_array_equal(ds.pixel_array, piped[uid].pixel_array)
+
+
+def test_images_left_to_the_pipe_are_counted_on_the_metrics(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """/dev/shm full: every result still built and queued, and ``cxr_node_shared_image_fallbacks_total``
+    says how many images went through the pipe (the log line comes once per process)."""
+
+    def no_space(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(shared_image.os, "posix_fallocate", no_space)
+    n = 3
+    metrics = NodeMetrics(gpu_memory=None)
+    spool, journal = _spool_jobs(tmp_path, n, 256)
+    worker = AnalysisWorker(journal, spool, KeepImageAnalyser(), destinations=["pacs"], batch_size=2,
+                            poll_interval_s=0.05, result_workers=1, metrics=metrics)  # fmt: skip
+    with pytest.raises(ValueError, match="on_refused must be callable"):
+        SharedImages(on_refused=3)  # type: ignore[arg-type]
+    _run_worker(worker, journal, n)
+    try:
+        assert len(_outbox_contents(journal)) == 2 * n  # SR + SC of each image, through the pipe
+        assert worker._shared_images.refused == n
+        assert b"cxr_node_shared_image_fallbacks_total 3.0" in metrics.render()
+    finally:
+        journal.close()
 
 
 def _start_without_sharing(worker: AnalysisWorker):  # noqa: ANN202

@@ -235,8 +235,6 @@ class AnalysisWorker:
         self._build_encoded = build_encoded
         self._sc_encoding = sc_encoding
         self._memory_keep_mib = memory_keep_mib
-        # the SC's decoded image goes to the result processes in shared memory (dicom_node/pipeline/shared_image.py)
-        self._shared_images = SharedImages()
         self.journal = journal
         self.spool = spool
         self.analyser = analyser
@@ -246,6 +244,8 @@ class AnalysisWorker:
         self.poll_interval_s = poll_interval_s
         self.on_analysed = on_analysed
         self.metrics = metrics
+        # the SC's decoded image goes to the result processes in shared memory (dicom_node/pipeline/shared_image.py)
+        self._shared_images = self._new_shared_images()
         self._events: queue.Queue[_InFlight | _Built | None] = queue.Queue()
         self._inflight: dict[int, _InFlight] = {}
         self._not_before: dict[int, float] = {}
@@ -260,7 +260,7 @@ class AnalysisWorker:
         if self._thread is not None:
             raise RuntimeError("analysis worker already started")
         self._pool = self._new_pool()
-        self._shared_images = SharedImages()
+        self._shared_images = self._new_shared_images()
         self._thread = threading.Thread(target=self._run, name="cxr-analyse", daemon=True)
         self._thread.start()
 
@@ -288,6 +288,10 @@ class AnalysisWorker:
                 self.journal.undo_start(job_id)
             except Exception:  # pragma: no cover - journal closed: the count stays one too high
                 logger.warning("could not take back an analysis start", extra={"job_id": job_id})
+
+    def _new_shared_images(self) -> SharedImages:
+        counter = self.metrics.shared_image_fallback if self.metrics is not None else None
+        return SharedImages(on_refused=counter)
 
     def _new_pool(self) -> ProcessPoolExecutor:
         pool = ProcessPoolExecutor(

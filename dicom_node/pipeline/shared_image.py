@@ -26,7 +26,7 @@ import logging
 import mmap
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from multiprocessing import shared_memory
@@ -99,10 +99,16 @@ class SharedImageLease:
 class SharedImages:
     """The node's side: images put in shared memory for the result processes, segments reused."""
 
-    def __init__(self, keep_bytes: int = DEFAULT_KEEP_BYTES) -> None:
+    def __init__(
+        self, keep_bytes: int = DEFAULT_KEEP_BYTES, *, on_refused: Callable[[], None] | None = None
+    ) -> None:
+        """``on_refused``: called (outside any lock) for each image left to the pipe, e.g. a metrics counter."""
         if keep_bytes < 0:
             raise ValueError(f"keep_bytes must be >= 0, got {keep_bytes!r}")
+        if on_refused is not None and not callable(on_refused):
+            raise ValueError(f"on_refused must be callable, got {on_refused!r}")
         self.keep_bytes = keep_bytes
+        self._on_refused = on_refused
         self._free: list[shared_memory.SharedMemory] = []
         self._lock = threading.Lock()
         self._closed = False
@@ -131,6 +137,8 @@ class SharedImages:
                             "error": str(exc),
                         },
                     )
+                if self._on_refused is not None:
+                    self._on_refused()
                 return None
         view = np.ndarray(pixels.shape, dtype=np.float32, buffer=segment.buf)
         view[...] = pixels
