@@ -56,14 +56,72 @@ def http_status(port: int, path: str = "/readyz") -> int | None:
 
 
 def replica(workdir: Path, orthanc: LocalOrthanc, name: str, *, command: Sequence[str] | None = None,
-            **env: str) -> NodeProcess:  # fmt: skip
+            destination_port: int | None = None, **env: str) -> NodeProcess:  # fmt: skip
     """``cxr-node serve`` (not started) with its own spool, DICOM port and ``/readyz`` port, delivering to
-    ``orthanc``; ready (for :meth:`NodeProcess.start`) when ``/readyz`` answers 200."""
+    ``orthanc`` (at ``destination_port`` instead of Orthanc's DICOM port: a :class:`TcpRelay` to it); ready
+    (for :meth:`NodeProcess.start`) when ``/readyz`` answers 200."""
     http_port = free_port()
-    node = NodeProcess(workdir=workdir / name, port=free_port(), orthanc_dicom_port=orthanc.dicom_port,
+    to_port = orthanc.dicom_port if destination_port is None else destination_port
+    node = NodeProcess(workdir=workdir / name, port=free_port(), orthanc_dicom_port=to_port,
                        env_overrides={"CXR_NODE_HTTP_PORT": str(http_port), **env}, command=command)  # fmt: skip
     node.ready_check = lambda: http_status(http_port) == 200
     return node
+
+
+class TcpRelay:
+    """A TCP relay from ``127.0.0.1:port`` to ``127.0.0.1:target``, listening only once :meth:`open` is called:
+    until then a connection to ``port`` is refused, as to a PACS that is down. Each relayed connection is
+    two pump threads that end with either side's close; :meth:`close` closes everything."""
+
+    def __init__(self, port: int, target: int) -> None:
+        self.port, self.target = port, target
+        self._listener: socket.socket | None = None
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    def open(self) -> None:
+        listener = socket.create_server(("127.0.0.1", self.port))
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), name="relay-accept", daemon=True).start()
+
+    def close(self) -> None:
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+        if self._listener is not None:
+            self._listener.close()
+        for sock in sockets:
+            sock.close()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:  # ends when close() closes the listener
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target), timeout=10)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                self._sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), name="relay-pump", daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while chunk := source.recv(65536):  # ends at EOF or when either socket is closed
+                sink.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
 
 def stalled_replica(workdir: Path, orthanc: LocalOrthanc, name: str) -> NodeProcess:

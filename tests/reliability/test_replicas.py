@@ -32,6 +32,7 @@ from reliability_helpers import SCALE, journal_rows, phantoms, report, scaled, s
 from replica_helpers import (
     HaproxyProcess,
     RetryingSendLog,
+    TcpRelay,
     as_replica,
     haproxy_binary,
     http_port_of,
@@ -192,12 +193,19 @@ def test_a_drained_replica_finishes_its_spool_and_is_removed_without_loss(
 ) -> None:
     """Scale-down as docs/SCALE.md prescribes: drain the replica (HAProxy ``state drain``; on Kubernetes the
     pod leaves the Service), wait for its ``cxr_node_undelivered`` to reach 0, then stop it. New associations
-    go to the others meanwhile; nothing it acknowledged is lost, and its spool is empty when it goes."""
+    go to the others meanwhile; nothing it acknowledged is lost, and its spool is empty when it goes.
+
+    The leaving replica reaches Orthanc through a :class:`TcpRelay` that opens only after the drain has
+    begun, so it holds undelivered work when drained however fast the host is (on a fast host it had
+    delivered everything before the drain, and the test proved nothing: failed once so, 2026-11-27)."""
     n = scaled(80, 40)
     files = phantoms(phantom_dir, n, seed=(SEED + 1) % 1000, size=256)
     uids = [sop_uid_of(f) for f in files]
     studies = study_uids(files)
-    nodes = [replica(tmp_path, orthanc, f"node-{i}", CXR_NODE_BATCH_SIZE="8") for i in range(2)]
+    relay = TcpRelay(free_port(), orthanc.dicom_port)
+    nodes = [replica(tmp_path, orthanc, "node-0", CXR_NODE_BATCH_SIZE="8"),
+             replica(tmp_path, orthanc, "node-1", destination_port=relay.port, CXR_NODE_BATCH_SIZE="8",
+                     CXR_NODE_RETRY_BASE_S="0.5", CXR_NODE_RETRY_MAX_S="1")]  # fmt: skip
     names = ["node-0", "node-1"]
     lb = HaproxyProcess(tmp_path / "haproxy", [as_replica(nd, nm) for nd, nm in zip(nodes, names, strict=True)])
     leaving = nodes[1]
@@ -218,6 +226,7 @@ def test_a_drained_replica_finishes_its_spool_and_is_removed_without_loss(
         send_until_acknowledged(lb.port, files[half:], uids[half:], per_association=PER_ASSOCIATION,
                                 deadline=deadline, log=log)  # fmt: skip
         assert log.acknowledged == set(uids)
+        relay.open()  # Orthanc reachable for the leaving replica: it can finish its work
         wait_for(lambda: metric(http_port_of(leaving), "cxr_node_undelivered") == 0, 60 + 3.0 * n,
                  "the drained replica's undelivered work to reach 0", interval=0.5)  # fmt: skip
         leaving.stop()  # the scale-down
@@ -230,6 +239,7 @@ def test_a_drained_replica_finishes_its_spool_and_is_removed_without_loss(
         for nd in nodes:
             nd.stop()
         lb.stop()
+        relay.close()
     assert undelivered_at_drain is not None and undelivered_at_drain > 0, "nothing to drain: the test proves nothing"
     assert int(split["node-1"]["stot"]) == associations_at_drain > 0, "a drained replica took new associations"
     left_behind = journal_rows(leaving.spool_dir, "SELECT COUNT(*) FROM jobs WHERE state IN ('received','analysed')")
