@@ -37,6 +37,24 @@ STORESCU_TS_OPTION = {
 }
 
 
+def pause_for_certain(assoc: Any) -> None:
+    """Before a ``send_*`` of a bench SCU: park ``assoc``'s reactor for certain (installed on first use),
+    as the node's own SCUs do (``dicom_node/transport/reactor_checkpoint.py``: pynetdicom's own pause can
+    let its reactor take the C-STORE response, and the sender then waits its DIMSE timeout). Nothing in a
+    tree without that module (this script is copied into older trees by ``profile_side_by_side.py``)."""
+    try:
+        from dicom_node.transport.reactor_checkpoint import (
+            ReactorCheckpoint,
+            install_checkpoint,
+            pause_reactor,
+        )
+    except ImportError:
+        return
+    if not isinstance(getattr(assoc, "_reactor_checkpoint", None), ReactorCheckpoint):
+        install_checkpoint(assoc)
+    pause_reactor(assoc)
+
+
 def cpu_model() -> str:
     """CPU model name from /proc/cpuinfo (or platform's guess)."""
     try:

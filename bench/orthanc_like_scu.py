@@ -38,6 +38,7 @@ def load_contexts(path: Path = CONTEXTS) -> list[tuple[str, list[str]]]:
 
 def send(port: int, n: int, file: Path, *, calling: str, called: str) -> None:
     """``n`` associations, each one C-STORE of ``file``; raises on any refusal or failure status."""
+    from common import pause_for_certain
     from pydicom import dcmread
     from pynetdicom import AE
     from pynetdicom.presentation import build_context
@@ -49,6 +50,7 @@ def send(port: int, n: int, file: Path, *, calling: str, called: str) -> None:
         assoc = ae.associate("127.0.0.1", port, ae_title=called)
         if not assoc.is_established:
             raise RuntimeError(f"association {i} was not accepted")
+        pause_for_certain(assoc)
         status = assoc.send_c_store(ds)
         assoc.release()
         if getattr(status, "Status", None) != 0:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
-from common import child_pids, cpu_seconds, minor_faults, percentile, rss_bytes
+from common import child_pids, cpu_seconds, minor_faults, pause_for_certain, percentile, rss_bytes
 
 
 @dataclass
@@ -129,6 +129,7 @@ class PacedPush:
                 c0 = time.perf_counter()
                 if assoc is None or not assoc.is_established:
                     assoc = self._associate(ds)
+                pause_for_certain(assoc)
                 status = assoc.send_c_store(ds)
                 if self.one_association_per_image:
                     assoc.release()

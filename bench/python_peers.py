@@ -29,7 +29,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
-from common import REPO, PushResult, run_senders, split_round_robin  # noqa: E402
+from common import REPO, PushResult, pause_for_certain, run_senders, split_round_robin  # noqa: E402
 
 #: Orthanc's ``MaximumPduLength`` in the benchmarks' configuration, and the node's default
 MAX_PDU = 131072
@@ -84,6 +84,7 @@ def push_files(port: int, files: Sequence[Path], *, calling: str, called: str) -
     failed = 0
     try:
         for path, ds in zip(files, datasets, strict=True):
+            pause_for_certain(assoc)
             status = assoc.send_c_store(ds)
             if getattr(status, "Status", None) != 0x0000:
                 failed += 1

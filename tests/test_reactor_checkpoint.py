@@ -69,3 +69,20 @@ def test_a_pause_of_an_ended_association_returns_at_once(association: Associatio
     t0 = time.monotonic()
     assert not pause_reactor(association)
     assert time.monotonic() - t0 < 1.0  # bounded by the reactor's end, not by the 2 s timeout
+
+
+def test_the_bench_scus_pause_for_certain_too(association: Association) -> None:
+    """``bench/common.pause_for_certain`` (paced.py, python_peers.py, orthanc_like_scu.py): the checkpoint
+    installed on first use, kept after, and the reactor parked before each send."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    from common import pause_for_certain
+
+    for _ in range(3):
+        pause_for_certain(association)
+        checkpoint = association._reactor_checkpoint
+        assert isinstance(checkpoint, ReactorCheckpoint) and checkpoint.parked
+        assert int(association.send_c_store(_instance()).Status) == 0x0000
+    assert association._reactor_checkpoint is checkpoint  # installed once

@@ -11,7 +11,8 @@ place of the checkpoint event, and :func:`pause_reactor` returns only once the r
 its ``wait()``, from which it leaves only when the event is set again.
 
 Every requestor association the node opens uses it: the deliveries (``dicom_node.delivery``) and the
-start-up self-test of the chunked receive (``dicom_node.scp.chunked``); so does the test harness's SCU.
+start-up self-test of the chunked receive (``dicom_node.scp.chunked``); so do the reliability harness's
+SCU and the bench scripts' SCUs (``bench/common.pause_for_certain``).
 This touches a pynetdicom internal of the pinned version (``_reactor_checkpoint``, read by the reactor
 on every turn); where it is missing, :func:`install_checkpoint` returns None and pynetdicom's own pause
 is used.
