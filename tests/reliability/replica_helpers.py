@@ -88,8 +88,16 @@ class TcpRelay:
         with self._lock:
             sockets, self._sockets = self._sockets, []
         if self._listener is not None:
+            try:  # wakes the accept() of the other thread (a close() alone leaves it blocked, listening)
+                self._listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             self._listener.close()
-        for sock in sockets:
+        for sock in sockets:  # shutdown() wakes the pump blocked in recv() on it, as above
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             sock.close()
 
     def _accept(self, listener: socket.socket) -> None:
